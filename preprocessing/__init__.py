@@ -1,0 +1,1 @@
+"""Dataset adapters, harmonization, channel geometry, the Zarr corpus and the synthetic generator."""
