@@ -1,0 +1,36 @@
+# Two commands do all the set-up: `make demo` and `make test` create .venv when missing.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Pinned CPU wheel first, so nothing pulls a multi-GB CUDA build; on a GPU machine set
+# TORCH_SPEC to the torch build you want (e.g. TORCH_SPEC="torch==2.13.0 --index-url ...").
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: demo test test-slow test-all venv clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet $(TORCH_SPEC)
+	# DeepSpeed without compiling its C++/CUDA ops: training uses torch optimizers.
+	DS_BUILD_OPS=0 $(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/aemg demo --out runs/demo
+
+# Default suite: fast tests plus `real_data` tests (they skip when ../shared/data is absent).
+test: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow and not gpu" $(PYTEST_ARGS)
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -m "slow and not gpu" $(PYTEST_ARGS)
+
+test-all: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,182 @@
+"""The `aemg` command line. Every command says where it wrote its outputs and exits
+non-zero with a one-line reason on bad input."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from aemg_dist.config import ConfigError, load_config, save_config
+
+DEFAULT_DATA_ROOT = "../shared/data"
+
+
+class CommandError(RuntimeError):
+    """A failure the user can act on; printed as one line, exit status 2."""
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """Rows of equal keys as an aligned plain-text table."""
+    if not rows:
+        return "(empty)"
+    cells = [[f"{v:.3f}" if isinstance(v, float) else str(v) for v in row.values()] for row in rows]
+    header = list(rows[0].keys())
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(header)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]
+    lines += ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cell, widths))) for cell in cells]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- prepare / corpus
+
+def _source_jobs(args: argparse.Namespace) -> list:
+    """Jobs for `--source synthetic`, a dataset name, a data folder or `--manifest`."""
+    if args.source == "synthetic" and not args.manifest:
+        from preprocessing.synthetic import SyntheticConfig, synthetic_jobs
+
+        return synthetic_jobs(SyntheticConfig(seed=args.seed, scale=args.scale))
+    from preprocessing.manifest import DatasetManifest, manifest_jobs, resolve_source
+
+    if args.manifest:
+        manifest = DatasetManifest.from_yaml(args.manifest)
+        root = args.source or os.environ.get("AEMG_DATA", DEFAULT_DATA_ROOT)
+        return manifest_jobs(manifest, root)
+    if not args.source:
+        raise CommandError("give --source (synthetic, a dataset name or a data folder) or --manifest")
+    jobs = []
+    for manifest, root in resolve_source(args.source):
+        jobs.extend(manifest_jobs(manifest, root))
+    return jobs
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from preprocessing.harmonize import HarmonizeConfig
+    from preprocessing.prepare import prepare
+
+    overrides = list(args.overrides) + ([f"target_fs={args.target_fs}"] if args.target_fs else [])
+    config = load_config(HarmonizeConfig, args.config, overrides)
+    jobs = _source_jobs(args)
+    print(f"preparing {len(jobs)} recordings into {args.out}", flush=True)
+    report = prepare(jobs, args.out, config, workers=args.workers, address=args.address, progress=not args.quiet)
+    save_config(config, Path(args.out) / "prepare.yaml")
+    print(report.summary())
+    print(f"wrote {args.out} (resolved config: {Path(args.out) / 'prepare.yaml'})")
+    return 0 if report.ok else 1
+
+
+def cmd_corpus(args: argparse.Namespace) -> int:
+    from preprocessing.corpus import Corpus, check_corpus, corpus_summary
+
+    if args.action == "info":
+        corpus = Corpus(args.corpus)
+        rows = corpus_summary(corpus)
+        print(format_table(rows))
+        hours = sum(r["hours"] for r in rows)
+        print(f"{len(corpus)} recordings, {hours:.2f} h of EMG at {corpus.harmonize_config().get('target_fs')} Hz in {args.corpus}")
+        return 0
+    problems = check_corpus(args.corpus)
+    for problem in problems:
+        print(f"PROBLEM {problem}")
+    print(f"{args.corpus}: {'OK' if not problems else f'{len(problems)} problem(s)'}")
+    return 0 if not problems else 1
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from preprocessing.corpus import Corpus, check_corpus, corpus_summary
+    from preprocessing.harmonize import HarmonizeConfig
+    from preprocessing.prepare import prepare
+    from preprocessing.synthetic import SyntheticConfig, synthetic_jobs
+
+    out = Path(args.out)
+    corpus_path = out / "corpus.zarr"
+    config = HarmonizeConfig()
+    print(f"[1/1] prepare: synthetic ({args.scale}, seed {args.seed}) -> {corpus_path}", flush=True)
+    report = prepare(synthetic_jobs(SyntheticConfig(seed=args.seed, scale=args.scale)), corpus_path, config,
+                     workers=args.workers, progress=not args.quiet)
+    save_config(config, corpus_path / "prepare.yaml")
+    print(report.summary())
+    problems = check_corpus(corpus_path)
+    if problems or not report.ok:
+        raise CommandError(f"demo corpus has problems: {(problems or report.failed)[:3]}")
+    print(format_table(corpus_summary(Corpus(corpus_path))))
+    print(f"demo outputs in {out}")
+    return 0
+
+
+# ---------------------------------------------------------------- parser
+
+def _add_runtime_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workers", type=int, default=0,
+                   help="1 = run in this process; 0 = Ray tasks on all local CPUs (default); N = local Ray with N CPUs")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: start Ray locally)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="aemg",
+        description="AEMG-dist: harmonize sEMG corpora, tokenize contraction events, pretrain and evaluate "
+                    "neuromuscular token models on Ray.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="synthetic data through the whole pipeline (no downloads)",
+                       description="Generate the built-in synthetic corpus and run the pipeline on it.")
+    p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
+    p.add_argument("--scale", default="demo", choices=["tiny", "demo", "full"], help="synthetic corpus size")
+    p.add_argument("--seed", type=int, default=0)
+    _add_runtime_options(p)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser(
+        "prepare", help="source datasets -> harmonized Zarr corpus",
+        description="Read datasets through their manifests (or the synthetic generator), harmonize them "
+                    "(filter, notch, resample, robust z-score, quality flags, electrode positions) and write "
+                    "one Zarr corpus. Re-running skips recordings that are already complete.",
+        epilog="examples:\n  aemg prepare --source ../shared/data --out corpus.zarr\n"
+               "  aemg prepare --source 3dc --out corpus.zarr target_fs=2000\n"
+               "  aemg prepare --manifest my_dataset.yaml --source /data --out corpus.zarr\n"
+               "  aemg prepare --source synthetic --scale tiny --out synth.zarr",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--source", help="'synthetic', a shipped dataset name (3dc, coteallard, ...), or a folder "
+                                    "holding dataset folders (e.g. ../shared/data); with --manifest: the data root")
+    p.add_argument("--manifest", help="a dataset manifest YAML (see README: adding a dataset)")
+    p.add_argument("--out", required=True, help="corpus path (CORPUS.zarr)")
+    p.add_argument("--target-fs", type=float, default=None, help="common sample rate in Hz (default 1000)")
+    p.add_argument("--config", help="YAML with harmonization settings (HarmonizeConfig)")
+    p.add_argument("--scale", default="demo", choices=["tiny", "demo", "full"], help="synthetic corpus size")
+    p.add_argument("--seed", type=int, default=0, help="synthetic generator seed")
+    p.add_argument("overrides", nargs="*", help="harmonization overrides key=value (e.g. highpass_hz=10)")
+    _add_runtime_options(p)
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("corpus", help="inspect or validate a corpus",
+                       description="info: datasets, subjects, sessions, hours, channels, source rates. "
+                                   "check: validate every recording (non-zero exit on problems).")
+    p.add_argument("action", choices=["info", "check"])
+    p.add_argument("corpus", help="CORPUS.zarr")
+    p.set_defaults(func=cmd_corpus)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    from preprocessing.corpus import CorpusError
+    from preprocessing.errors import DataError, ManifestError
+
+    try:
+        return func(args)
+    except (CommandError, ConfigError, CorpusError, DataError, ManifestError, FileNotFoundError) as err:
+        print(f"aemg {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"aemg {args.command}: interrupted; complete recordings are kept, re-run to finish", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

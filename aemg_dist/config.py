@@ -1,0 +1,54 @@
+"""Typed configs: dataclass defaults < YAML file < `key=value` overrides (OmegaConf).
+
+Every run saves the resolved config next to its outputs, so it can be reproduced exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import is_dataclass
+from pathlib import Path
+from typing import Sequence, TypeVar
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A config file or override does not fit the config's schema or values."""
+
+
+def load_config(schema: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
+    """Merge defaults, an optional YAML file and `key=value` overrides into a `schema` instance.
+
+    Unknown keys, wrong types and values rejected by the dataclass's own checks raise
+    ConfigError naming the culprit, before any work starts.
+    """
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise ConfigError(f"overrides must look like key=value, got {bad}")
+    try:
+        merged = OmegaConf.structured(schema)
+        if path is not None:
+            if not Path(path).is_file():
+                raise ConfigError(f"config file {path} does not exist")
+            merged = OmegaConf.merge(merged, OmegaConf.load(path))
+        if overrides:
+            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
+        return OmegaConf.to_object(merged)  # type: ignore[return-value]
+    except OmegaConfBaseException as err:
+        where = f" in {path}" if path else ""
+        raise ConfigError(f"bad {schema.__name__}{where}: {err.msg if hasattr(err, 'msg') else err}".splitlines()[0]) from None
+    except ValueError as err:  # a dataclass __post_init__ check
+        raise ConfigError(f"bad {schema.__name__}: {err}") from None
+
+
+def save_config(config: object, path: str | Path) -> Path:
+    """Write the resolved config as YAML; returns the path."""
+    if not is_dataclass(config):
+        raise TypeError(f"expected a dataclass instance, got {type(config).__name__}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(OmegaConf.structured(config), path)
+    return path

@@ -1,0 +1,260 @@
+"""The harmonized corpus: a Zarr v3 store, one group per recording, plus a manifest.
+
+Layout of `CORPUS.zarr/`:
+
+    zarr.json                      root group; attrs: format, harmonize config
+    <dataset>/<subject>/<session>/ one group per recording; attrs: all metadata
+        emg/                       float32 (time, channels), chunked by time, Blosc-zstd
+    manifest.json                  every complete recording with its length, so Ray Data can
+                                   shard the corpus without opening every group
+
+Crash safety: a recording group is created with `complete: false`, its array is written, and
+only then are its attributes written with `complete: true`. Readers and the manifest ignore
+groups that are not complete; a re-run deletes them and writes them again. The manifest is
+rebuilt from the groups and replaced atomically, so it never lists a half-written recording.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import zarr
+import zarr.codecs
+
+from .harmonize import HarmonizeConfig, HarmonizedRecording, validate_segments
+from .errors import DataError
+from .recording import Segment
+
+CORPUS_FORMAT = "aemg-corpus/1"
+MANIFEST_FILE = "manifest.json"
+CHUNK_SECONDS = 30.0
+
+
+class CorpusError(RuntimeError):
+    """The corpus store is missing, of another format, or was made with other settings."""
+
+
+@dataclass(frozen=True)
+class RecordingEntry:
+    """One manifest row."""
+
+    key: str
+    dataset: str
+    subject: str
+    session: str
+    n_samples: int
+    n_channels: int
+    fs: float
+    source_fs: float
+    n_segments: int
+
+    @property
+    def duration_s(self) -> float:
+        return self.n_samples / self.fs
+
+
+def _compressor() -> zarr.codecs.BloscCodec:
+    return zarr.codecs.BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle")
+
+
+class CorpusWriter:
+    """Writes harmonized recordings into a corpus; safe to run again on the same path."""
+
+    def __init__(self, path: str | Path, config: HarmonizeConfig):
+        self.path = Path(path)
+        self.config = config
+        root = zarr.open_group(str(self.path), mode="a")
+        stored = root.attrs.get("harmonize")
+        if stored is None:
+            root.attrs.update({"format": CORPUS_FORMAT, "harmonize": asdict(config)})
+        elif stored != asdict(config):
+            changed = {k: (stored.get(k), v) for k, v in asdict(config).items() if stored.get(k) != v}
+            raise CorpusError(f"{self.path} was prepared with other settings {changed} (stored, requested); "
+                              "write to a new --out or delete it")
+        self.root = root
+
+    def is_complete(self, key: str) -> bool:
+        return _group_is_complete(self.root, key)
+
+    def ensure_parents(self, keys: list[str]) -> None:
+        """Create dataset/subject groups up front, so parallel writers never race on them."""
+        for parent in sorted({key.rsplit("/", 1)[0] for key in keys}):
+            self.root.require_group(parent)
+
+    def write(self, rec: HarmonizedRecording) -> None:
+        """Write one recording; an incomplete leftover of an earlier crash is replaced."""
+        key = rec.key
+        if key in self.root:
+            del self.root[key]
+        group = self.root.create_group(key, attributes={"complete": False})
+        chunk_rows = max(1, int(CHUNK_SECONDS * rec.fs))
+        array = group.create_array("emg", shape=rec.emg.shape, chunks=(min(chunk_rows, rec.emg.shape[0]), rec.emg.shape[1]),
+                                   dtype="float32", compressors=_compressor())
+        array[...] = rec.emg
+        group.attrs.update({**rec.attrs(self.config), "complete": True})
+
+    def write_manifest(self) -> list[RecordingEntry]:
+        """Rebuild the manifest from the complete groups and replace it atomically."""
+        entries = [_entry(key, attrs) for key, attrs in _iter_complete(self.root)]
+        payload = {"format": CORPUS_FORMAT, "recordings": [asdict(e) for e in entries]}
+        fd, tmp = tempfile.mkstemp(dir=self.path, prefix=".manifest-", suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            json.dump(payload, f, indent=1)
+        os.replace(tmp, self.path / MANIFEST_FILE)
+        return entries
+
+
+class Corpus:
+    """Read access used by every later stage: list, metadata, time ranges, segments."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        manifest = self.path / MANIFEST_FILE
+        if not (self.path / "zarr.json").exists():
+            raise CorpusError(f"{self.path} is not a corpus (no zarr.json); run `aemg prepare` first")
+        if not manifest.exists():
+            raise CorpusError(f"{self.path} has no {MANIFEST_FILE}; re-run `aemg prepare` to finish it")
+        payload = json.loads(manifest.read_text())
+        if payload.get("format") != CORPUS_FORMAT:
+            raise CorpusError(f"{manifest}: unknown corpus format {payload.get('format')!r}")
+        self.entries = [RecordingEntry(**row) for row in payload["recordings"]]
+        self._by_key = {e.key: e for e in self.entries}
+        self.root = zarr.open_group(str(self.path), mode="r")
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._by_key
+
+    def keys(self) -> list[str]:
+        return [e.key for e in self.entries]
+
+    def entry(self, key: str) -> RecordingEntry:
+        try:
+            return self._by_key[key]
+        except KeyError:
+            raise KeyError(f"{key!r} is not a recording of {self.path}") from None
+
+    def attrs(self, key: str) -> dict[str, Any]:
+        self.entry(key)
+        return dict(self.root[key].attrs)
+
+    def read(self, key: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """EMG samples [start, stop) of a recording, float32 (time, channels)."""
+        n = self.entry(key).n_samples
+        stop = n if stop is None else stop
+        if not 0 <= start <= stop <= n:
+            raise IndexError(f"{key}: range [{start}, {stop}) outside [0, {n})")
+        return self.root[key]["emg"][start:stop]
+
+    def segments(self, key: str) -> list[Segment]:
+        return [Segment(**s) for s in self.attrs(key)["segments"]]
+
+    def harmonize_config(self) -> dict[str, Any]:
+        return dict(self.root.attrs.get("harmonize", {}))
+
+
+def _group_is_complete(root: zarr.Group, key: str) -> bool:
+    try:
+        group = root[key]
+        return bool(group.attrs.get("complete")) and group["emg"].shape[0] == group.attrs.get("n_samples")
+    except (KeyError, ValueError, json.JSONDecodeError, FileNotFoundError):
+        return False
+
+
+def _recording_keys(root: zarr.Group) -> Iterator[str]:
+    """Every group at depth 3 (dataset/subject/session), complete or not."""
+    with warnings.catch_warnings():  # manifest.json and prepare.yaml at the root are ours, not zarr's
+        warnings.filterwarnings("ignore", message="Object at .* is not recognized", category=UserWarning)
+        datasets = sorted(root.groups())
+    for dataset, dgroup in datasets:
+        for subject, sgroup in sorted(dgroup.groups()):
+            for session, _ in sorted(sgroup.groups()):
+                yield f"{dataset}/{subject}/{session}"
+
+
+def _iter_complete(root: zarr.Group) -> Iterator[tuple[str, dict[str, Any]]]:
+    for key in _recording_keys(root):
+        if _group_is_complete(root, key):
+            yield key, dict(root[key].attrs)
+
+
+def _entry(key: str, attrs: dict[str, Any]) -> RecordingEntry:
+    return RecordingEntry(key=key, dataset=attrs["dataset"], subject=attrs["subject"], session=attrs["session"],
+                          n_samples=int(attrs["n_samples"]), n_channels=int(attrs["n_channels"]), fs=float(attrs["fs"]),
+                          source_fs=float(attrs["source_fs"]), n_segments=len(attrs["segments"]))
+
+
+def check_corpus(path: str | Path) -> list[str]:
+    """Every problem found in a corpus, as one line each; empty when the corpus is sound."""
+    try:
+        corpus = Corpus(path)
+    except (CorpusError, json.JSONDecodeError) as err:
+        return [str(err)]
+    problems = []
+    on_disk = set(_recording_keys(corpus.root))
+    for key in sorted(on_disk - set(corpus.keys())):
+        state = "incomplete (an interrupted write; re-run prepare)" if not _group_is_complete(corpus.root, key) \
+            else "complete but missing from the manifest (re-run prepare)"
+        problems.append(f"{key}: {state}")
+    for entry in corpus.entries:
+        problems.extend(f"{entry.key}: {p}" for p in _check_recording(corpus, entry))
+    return problems
+
+
+def _check_recording(corpus: Corpus, entry: RecordingEntry) -> list[str]:
+    if entry.key not in set(_recording_keys(corpus.root)) or not _group_is_complete(corpus.root, entry.key):
+        return ["listed in the manifest but missing or incomplete on disk"]
+    attrs = corpus.attrs(entry.key)
+    problems = []
+    emg = corpus.root[entry.key]["emg"]
+    if emg.shape != (entry.n_samples, entry.n_channels):
+        problems.append(f"array shape {emg.shape} != manifest ({entry.n_samples}, {entry.n_channels})")
+    if len(attrs["electrodes"]["channels"]) != entry.n_channels:
+        problems.append("electrode layout and channel count disagree")
+    for name in ("center", "scale"):
+        if len(attrs["normalization"][name]) != entry.n_channels:
+            problems.append(f"normalization {name} has the wrong length")
+    if not all(s > 0 for s in attrs["normalization"]["scale"]):
+        problems.append("non-positive normalization scale")
+    try:
+        validate_segments([Segment(**s) for s in attrs["segments"]], entry.n_samples, entry.key)
+    except DataError as err:
+        problems.append(err.problem)
+    band = attrs["valid_band_hz"]
+    if not 0 < band[0] < band[1] <= attrs["fs"] / 2:
+        problems.append(f"valid band {band} is not inside (0, fs/2]")
+    step = max(1, int(CHUNK_SECONDS * entry.fs))
+    for start in range(0, entry.n_samples, step):  # chunk by chunk: bounded memory on long recordings
+        if not np.isfinite(emg[start:start + step]).all():
+            problems.append(f"non-finite samples in [{start}, {min(start + step, entry.n_samples)})")
+            break
+    return problems
+
+
+def corpus_summary(corpus: Corpus) -> list[dict[str, Any]]:
+    """One row per dataset: subjects, sessions, recordings, hours, channels, rates, segments."""
+    rows = []
+    for dataset in sorted({e.dataset for e in corpus.entries}):
+        entries = [e for e in corpus.entries if e.dataset == dataset]
+        bad = sum(not ok for e in entries for ok in corpus.attrs(e.key)["channel_ok"])
+        rows.append({
+            "dataset": dataset,
+            "subjects": len({e.subject for e in entries}),
+            "sessions": len({(e.subject, e.session) for e in entries}),
+            "recordings": len(entries),
+            "hours": sum(e.duration_s for e in entries) / 3600,
+            "channels": "/".join(str(c) for c in sorted({e.n_channels for e in entries})),
+            "source_fs": "/".join(f"{f:g}" for f in sorted({e.source_fs for e in entries})),
+            "segments": sum(e.n_segments for e in entries),
+            "bad_channels": bad,
+        })
+    return rows

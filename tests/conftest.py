@@ -1,0 +1,35 @@
+"""Shared fixtures: a local Ray for the whole session, and the real-data root."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def real_data_root() -> Path:
+    """`AEMG_DATA`, else ../shared/data next to the project root."""
+    return Path(os.environ.get("AEMG_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    root = real_data_root()
+    if not root.is_dir():
+        pytest.skip(f"real data not found at {root} (set AEMG_DATA)")
+    return root
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A 2-CPU local Ray, started once and always shut down."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
