@@ -39,7 +39,9 @@ def load_config(schema: type[T], path: str | Path | None = None, overrides: Sequ
         return OmegaConf.to_object(merged)  # type: ignore[return-value]
     except OmegaConfBaseException as err:
         where = f" in {path}" if path else ""
-        raise ConfigError(f"bad {schema.__name__}{where}: {err.msg if hasattr(err, 'msg') else err}".splitlines()[0]) from None
+        key = getattr(err, "full_key", None)
+        message = str(getattr(err, "msg", err)).splitlines()[0]
+        raise ConfigError(f"bad {schema.__name__}{where}: " + (f"{key}: " if key else "") + message) from None
     except ValueError as err:  # a dataclass __post_init__ check
         raise ConfigError(f"bad {schema.__name__}: {err}") from None
 

@@ -71,10 +71,10 @@ class ElectrodeLayout:
         kind = spec.get("layout")
         if kind not in LAYOUT_KINDS:
             raise ManifestError(f"electrode layout must be one of {LAYOUT_KINDS}, got {kind!r}")
-        if kind == "grid":
-            layout = _grid(spec)
-        elif "channels" in spec:
+        if "channels" in spec:  # explicit positions win (this is also how the corpus stores layouts)
             layout = _explicit(kind, spec["channels"])
+        elif kind == "grid":
+            layout = _grid(spec)
         elif kind == "ring" and ("n_channels" in spec or n_channels is not None):
             layout = _ring(int(spec.get("n_channels", n_channels)), float(spec.get("offset_deg", 0.0)))
         else:
