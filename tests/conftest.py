@@ -28,7 +28,10 @@ def ray_local():
     """A 2-CPU local Ray, started once and always shut down."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # workers import test helpers (tests/recordings.py) like the driver does
+    tests_dir = str(Path(__file__).resolve().parent)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": tests_dir}})
     try:
         yield ray
     finally:

@@ -131,3 +131,15 @@ def test_cli_prepare_info_check(tmp_path, capsys, monkeypatch):
     assert aemg(["prepare", "--source", "x", "--out", str(out), "--workers", "1", "nope=1"]) == 2
     assert "nope" in capsys.readouterr().err
     assert aemg(["corpus", "check", str(tmp_path / "missing.zarr")]) == 1
+
+
+def test_ray_tasks_write_the_same_corpus_as_one_process(tmp_path, ray_local):
+    jobs = [*JOBS, ArrayJob("dsa", "s3", "day1", fail="corrupt")]
+    local = prepare(jobs, tmp_path / "local.zarr", workers=1, progress=False)
+    distributed = prepare(jobs, tmp_path / "ray.zarr", workers=0, progress=False)
+    assert sorted(distributed.written) == sorted(local.written) and distributed.failed == local.failed
+    a, b = Corpus(tmp_path / "local.zarr"), Corpus(tmp_path / "ray.zarr")
+    assert a.entries == b.entries
+    for key in a.keys():
+        assert np.array_equal(a.read(key), b.read(key))
+        assert a.attrs(key) == b.attrs(key)
