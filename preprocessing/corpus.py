@@ -28,9 +28,9 @@ import numpy as np
 import zarr
 import zarr.codecs
 
-from .harmonize import HarmonizeConfig, HarmonizedRecording, validate_segments
+from .harmonize import HarmonizeConfig, HarmonizedRecording
 from .errors import DataError
-from .recording import Segment
+from .recording import Segment, validate_segments
 
 CORPUS_FORMAT = "aemg-corpus/1"
 MANIFEST_FILE = "manifest.json"

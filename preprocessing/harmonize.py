@@ -28,7 +28,7 @@ import numpy as np
 from scipy import signal
 
 from .errors import DataError
-from .recording import RawRecording, Segment
+from .recording import RawRecording, Segment, validate_segments
 
 MIN_FS_HZ = 50.0
 MAX_FS_HZ = 100_000.0
@@ -192,17 +192,6 @@ def _check_input(raw: RawRecording, where: str) -> None:
     if min_piece < 3 * 8:  # zero-phase filtering needs a few filter lengths of signal
         raise DataError(where, f"a piece of only {min_piece} samples is too short to filter")
     validate_segments(raw.segments, raw.n_samples, where)
-
-
-def validate_segments(segments: list[Segment], n_samples: int, where: str) -> None:
-    """Segments must lie inside the recording, be non-empty and not overlap."""
-    ordered = sorted(segments, key=lambda s: s.start)
-    for seg in ordered:
-        if not 0 <= seg.start < seg.stop <= n_samples:
-            raise DataError(where, f"segment [{seg.start}, {seg.stop}) label {seg.label} is outside the recording of {n_samples} samples or empty")
-    for before, after in zip(ordered[:-1], ordered[1:]):
-        if after.start < before.stop:
-            raise DataError(where, f"segments [{before.start}, {before.stop}) and [{after.start}, {after.stop}) overlap")
 
 
 def _add_flag(quality: list[list[str]], channel: int, flag: str) -> None:

@@ -77,7 +77,7 @@ import yaml
 from .errors import DataError, ManifestError
 from .geometry import ElectrodeLayout
 from .readers import Reader, make_reader
-from .recording import RawRecording, Segment
+from .recording import RawRecording, Segment, validate_segments
 
 DATA_ROOT_ENV = "AEMG_DATA"
 DEFAULT_DATA_ROOT = "../shared/data"  # relative to the current directory (the project root)
@@ -317,18 +317,6 @@ def manifest_jobs(manifest: DatasetManifest, data_root: str | Path) -> list[Mani
         files = tuple(source for _, source in sorted(groups[group], key=lambda item: item[0]))
         jobs[key] = ManifestJob(manifest, root, key, subject, session, files)
     return list(jobs.values())
-
-
-def validate_segments(segments: list[Segment], n_samples: int, where: str) -> None:
-    """Segments must be non-empty, lie inside [0, n_samples) and not overlap (DataError otherwise)."""
-    ordered = sorted(segments, key=lambda s: s.start)
-    for seg in ordered:
-        if not 0 <= seg.start < seg.stop <= n_samples:
-            raise DataError(where, f"segment [{seg.start}, {seg.stop}) label {seg.label} is empty or outside "
-                                   f"the recording of {n_samples} samples")
-    for before, after in zip(ordered[:-1], ordered[1:]):
-        if after.start < before.stop:
-            raise DataError(where, f"segments [{before.start}, {before.stop}) and [{after.start}, {after.stop}) overlap")
 
 
 def shipped_manifests() -> dict[str, Path]:

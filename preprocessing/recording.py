@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .errors import DataError
 from .geometry import ElectrodeLayout
 
 
@@ -65,3 +66,15 @@ class RawRecording:
         """Contiguous [start, stop) spans between joins."""
         bounds = [0, *sorted(j for j in self.joins if 0 < j < self.n_samples), self.n_samples]
         return [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+
+
+def validate_segments(segments: list[Segment], n_samples: int, where: str) -> None:
+    """Segments must be non-empty, lie inside [0, n_samples) and not overlap (DataError otherwise)."""
+    ordered = sorted(segments, key=lambda s: s.start)
+    for seg in ordered:
+        if not 0 <= seg.start < seg.stop <= n_samples:
+            raise DataError(where, f"segment [{seg.start}, {seg.stop}) label {seg.label} is empty or outside "
+                                   f"the recording of {n_samples} samples")
+    for before, after in zip(ordered[:-1], ordered[1:]):
+        if after.start < before.stop:
+            raise DataError(where, f"segments [{before.start}, {before.stop}) and [{after.start}, {after.stop}) overlap")
