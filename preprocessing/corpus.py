@@ -206,12 +206,12 @@ def check_corpus(path: str | Path) -> list[str]:
             else "complete but missing from the manifest (re-run prepare)"
         problems.append(f"{key}: {state}")
     for entry in corpus.entries:
-        problems.extend(f"{entry.key}: {p}" for p in _check_recording(corpus, entry))
+        problems.extend(f"{entry.key}: {p}" for p in _check_recording(corpus, entry, on_disk))
     return problems
 
 
-def _check_recording(corpus: Corpus, entry: RecordingEntry) -> list[str]:
-    if entry.key not in set(_recording_keys(corpus.root)) or not _group_is_complete(corpus.root, entry.key):
+def _check_recording(corpus: Corpus, entry: RecordingEntry, on_disk: set[str]) -> list[str]:
+    if entry.key not in on_disk or not _group_is_complete(corpus.root, entry.key):
         return ["listed in the manifest but missing or incomplete on disk"]
     attrs = corpus.attrs(entry.key)
     problems = []
