@@ -84,16 +84,30 @@ def cmd_corpus(args: argparse.Namespace) -> int:
     return 0 if not problems else 1
 
 
+def cmd_tokenize(args: argparse.Namespace) -> int:
+    from aemg_dist.data import TokenizeConfig, tokenize_corpus
+
+    config = load_config(TokenizeConfig, args.config, args.overrides)
+    report = tokenize_corpus(args.corpus, args.out, config, workers=args.workers, address=args.address,
+                             progress=not args.quiet)
+    print(report.summary())
+    print(f"wrote {args.out} (manifest: tokens.json, resolved config: tokenize.yaml)")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
+    import shutil
+
+    from aemg_dist.data import TokenizeConfig, tokenize_corpus
     from preprocessing.corpus import Corpus, check_corpus, corpus_summary
     from preprocessing.harmonize import HarmonizeConfig
     from preprocessing.prepare import prepare
     from preprocessing.synthetic import SyntheticConfig, synthetic_jobs
 
     out = Path(args.out)
-    corpus_path = out / "corpus.zarr"
+    corpus_path, tokens_path = out / "corpus.zarr", out / "tokens"
     config = HarmonizeConfig()
-    print(f"[1/1] prepare: synthetic ({args.scale}, seed {args.seed}) -> {corpus_path}", flush=True)
+    print(f"[1/2] prepare: synthetic ({args.scale}, seed {args.seed}) -> {corpus_path}", flush=True)
     report = prepare(synthetic_jobs(SyntheticConfig(seed=args.seed, scale=args.scale)), corpus_path, config,
                      workers=args.workers, progress=not args.quiet)
     save_config(config, corpus_path / "prepare.yaml")
@@ -102,6 +116,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if problems or not report.ok:
         raise CommandError(f"demo corpus has problems: {(problems or report.failed)[:3]}")
     print(format_table(corpus_summary(Corpus(corpus_path))))
+
+    print(f"[2/2] tokenize: {corpus_path} -> {tokens_path}", flush=True)
+    shutil.rmtree(tokens_path, ignore_errors=True)  # tokens are cheap to remake; the corpus is kept
+    print(tokenize_corpus(corpus_path, tokens_path, TokenizeConfig(), workers=args.workers,
+                          progress=not args.quiet).summary())
     print(f"demo outputs in {out}")
     return 0
 
@@ -153,6 +172,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_runtime_options(p)
     p.set_defaults(func=cmd_prepare)
 
+    p = sub.add_parser(
+        "tokenize", help="corpus -> contraction events -> token shards (Parquet), on Ray Data",
+        description="Detect contraction events per window and turn them into neuromuscular tokens: one Parquet "
+                    "row per window (pretraining chunks by default, or labeled classification windows), plus "
+                    "tokens.json (files, counts, feature names) and the resolved tokenize.yaml.",
+        epilog="examples:\n  aemg tokenize --corpus corpus.zarr --out tokens/\n"
+               "  aemg tokenize --corpus corpus.zarr --out windows/ windows.kind=labeled windows.length_s=0.5 "
+               "windows.stride_s=0.25 windows.margin_s=0.25\n"
+               "  aemg tokenize --corpus corpus.zarr --out tokens/ events.envelope=tkeo tokens.include_quiet=false",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--corpus", required=True, help="CORPUS.zarr made by `aemg prepare`")
+    p.add_argument("--out", required=True, help="output folder for the token shards (must not hold shards yet)")
+    p.add_argument("--config", help="YAML with a TokenizeConfig (events, tokens, windows, shard_s)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. events.high=2.5 windows.kind=labeled")
+    _add_runtime_options(p)
+    p.set_defaults(func=cmd_tokenize)
+
     p = sub.add_parser("corpus", help="inspect or validate a corpus",
                        description="info: datasets, subjects, sessions, hours, channels, source rates. "
                                    "check: validate every recording (non-zero exit on problems).")
@@ -170,7 +206,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return func(args)
-    except (CommandError, ConfigError, CorpusError, DataError, ManifestError, FileNotFoundError) as err:
+    except (CommandError, ConfigError, CorpusError, DataError, ManifestError, FileNotFoundError,
+            FileExistsError) as err:
         print(f"aemg {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

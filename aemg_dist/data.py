@@ -1,0 +1,336 @@
+"""`aemg tokenize`: harmonized corpus -> token shards (Parquet), streamed through Ray Data.
+
+Three steps:
+
+1. **Plan** (one Ray task per recording): the recording-level noise floor of every channel
+   (from its envelope, read in bounded pieces) and the recording's windows (`windows.py`).
+   The floor is a property of the recording, so a window is tokenized the same way whichever
+   shard, worker or run it lands in.
+2. **Read** (`CorpusWindowsDatasource`, a Ray Data datasource driven by the corpus manifest):
+   a shard is a run of consecutive windows of one recording spanning at most `shard_s`
+   seconds; its read task reads that time range once and emits one row per window. Ray
+   Data's `read_zarr` refuses zarr-python 3 and cannot ship array attributes, hence this
+   small datasource.
+3. **Tokenize** (`map_batches`, fused with the read, in parallel workers) and **write**
+   Parquet, one row per window (schema in `TOKEN_SCHEMA`), then `tokens.json` (files, counts,
+   feature names, config) and `tokenize.yaml` (the resolved config).
+
+Windows are tokenized independently (an event that crosses a window border is cut there),
+so the Ray Data output equals the in-process output row for row, and memory stays bounded
+by the number of shards in flight whatever the corpus size.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from functools import partial
+from typing import Any, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from ray.data.block import BlockAccessor, BlockMetadata
+from ray.data.datasource import Datasource, ReadTask
+from tqdm import tqdm
+
+from aemg_dist.config import save_config
+from aemg_dist.events import EventConfig, envelope, noise_floor
+from aemg_dist.parallel import ensure_ray, map_unordered
+from aemg_dist.tokens import TokenConfig, WindowTokens, feature_names, tokenize_window
+from aemg_dist.windows import WindowConfig, Windows, cut_windows, recording_spans
+from preprocessing.corpus import Corpus
+from preprocessing.recording import Segment
+
+TOKENS_MANIFEST = "tokens.json"
+TOKENS_FORMAT = "aemg-tokens/1"
+FLOOR_PIECE_S = 60.0  # the floor pass reads recordings in pieces of this length
+
+
+@dataclass(frozen=True)
+class TokenizeConfig:
+    """Everything that decides the tokens; saved next to them."""
+
+    events: EventConfig = field(default_factory=EventConfig)
+    tokens: TokenConfig = field(default_factory=TokenConfig)
+    windows: WindowConfig = field(default_factory=WindowConfig)
+    shard_s: float = 60.0  # time range one read task covers
+
+    def __post_init__(self) -> None:
+        if self.shard_s <= 0:
+            raise ValueError(f"shard_s must be > 0, got {self.shard_s}")
+
+
+@dataclass(frozen=True)
+class RecordingPlan:
+    """What a worker needs to tokenize any window of one recording."""
+
+    key: str
+    dataset: str
+    subject: str
+    session: str
+    fs: float
+    source_fs: float
+    coords: np.ndarray  # (C, 3) canonical electrode coordinates
+    channel_ok: np.ndarray  # (C,) bool
+    floor: np.ndarray  # (C,) recording-level noise floor of the envelope
+    windows: Windows
+    label_names: dict[int, str]
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Windows [first, last) of one recording, read as one time range."""
+
+    key: str
+    first: int
+    last: int
+    start: int  # first sample read
+    stop: int  # one past the last sample read
+
+
+def plan_recording(key: str, corpus_path: str, cfg: TokenizeConfig) -> RecordingPlan:
+    """Noise floor and windows of one recording (runs as a Ray task)."""
+    corpus = Corpus(corpus_path)
+    attrs = corpus.attrs(key)
+    entry = corpus.entry(key)
+    fs = entry.fs
+    # whole envelope steps per piece, so the pieces' envelopes join on the same grid
+    step = max(1, int(round(cfg.events.step_ms * fs / 1000)))
+    piece = max(step, int(FLOOR_PIECE_S * fs) // step * step)
+    envelopes = [envelope(corpus.read(key, a, min(a + piece, entry.n_samples)), fs, cfg.events)[0]
+                 for a in range(0, entry.n_samples, piece)]
+    floor = noise_floor(np.concatenate(envelopes, axis=0), cfg.events)
+    segments = [Segment(**s) for s in attrs["segments"]]
+    spans = recording_spans(entry.n_samples, segments, attrs["joins"], cfg.windows, attrs["rest_label"])
+    return RecordingPlan(
+        key=key, dataset=entry.dataset, subject=entry.subject, session=entry.session, fs=fs,
+        source_fs=entry.source_fs, coords=np.asarray(attrs["canonical_coordinates"], dtype=np.float32),
+        channel_ok=np.asarray(attrs["channel_ok"], dtype=bool), floor=floor,
+        windows=cut_windows(spans, fs, cfg.windows), label_names={int(k): v for k, v in attrs["label_names"].items()},
+    )
+
+
+def make_shards(plan: RecordingPlan, shard_s: float) -> list[Shard]:
+    """Group consecutive windows so one shard reads at most ~shard_s seconds."""
+    w = plan.windows
+    limit = max(1, int(shard_s * plan.fs))
+    shards, first = [], 0
+    while first < len(w):
+        # windows are sorted by start; take those starting within `limit` of the first one
+        last = int(np.searchsorted(w.start, w.start[first] + limit, side="left"))
+        last = max(last, first + 1)
+        shards.append(Shard(plan.key, first, last, int(w.start[first]), int(w.stop[first:last].max())))
+        first = last
+    return shards
+
+
+def read_shard(corpus: Corpus, plan: RecordingPlan, shard: Shard) -> dict[str, np.ndarray]:
+    """One row per window of the shard: identifiers, label and the window's samples."""
+    samples = corpus.read(shard.key, shard.start, shard.stop)
+    w = plan.windows
+    idx = np.arange(shard.first, shard.last)
+    emg = np.empty(len(idx), dtype=object)
+    for row, i in enumerate(idx):
+        emg[row] = samples[w.start[i] - shard.start:w.stop[i] - shard.start]
+    return {"key": np.full(len(idx), shard.key, dtype=object), "start": w.start[idx], "stop": w.stop[idx],
+            "label": w.label[idx], "rep": w.rep[idx], "emg": emg}
+
+
+def tokenize_rows(batch: dict[str, np.ndarray], plans: dict[str, RecordingPlan], cfg: TokenizeConfig) -> pa.Table:
+    """Tokenize every window row of a batch; returns Parquet-ready rows (`TOKEN_SCHEMA`)."""
+    tokens = []
+    for i, key in enumerate(batch["key"]):
+        plan = plans[key]
+        tokens.append(tokenize_window(np.asarray(batch["emg"][i]), plan.fs, plan.coords, plan.source_fs,
+                                      plan.channel_ok, cfg.events, cfg.tokens, floor=plan.floor))
+    keys = [str(k) for k in batch["key"]]
+    labels = np.asarray(batch["label"], dtype=np.int64)
+    columns = {
+        "key": keys,
+        "dataset": [plans[k].dataset for k in keys],
+        "subject": [plans[k].subject for k in keys],
+        "session": [plans[k].session for k in keys],
+        "start": np.asarray(batch["start"], dtype=np.int64),
+        "stop": np.asarray(batch["stop"], dtype=np.int64),
+        "fs": np.array([plans[k].fs for k in keys]),
+        "label": labels,
+        "label_name": [plans[k].label_names.get(int(lab), "") for k, lab in zip(keys, labels)],
+        "rep": np.asarray(batch["rep"], dtype=np.int64),
+        "n_tokens": np.array([t.n_tokens for t in tokens], dtype=np.int32),
+    }
+    offsets = pa.array(np.concatenate([[0], np.cumsum(columns["n_tokens"])]).astype(np.int32))
+    for name, dtype in TOKEN_FIELDS.items():
+        flat = np.concatenate([getattr(t, name) for t in tokens]) if tokens else np.zeros(0)
+        values = pa.array(flat.reshape(-1).astype(dtype))
+        if flat.ndim == 2:  # per-token vectors (features, coords) keep their width
+            values = pa.FixedSizeListArray.from_arrays(values, flat.shape[1])
+        columns[name] = pa.ListArray.from_arrays(offsets, values)
+    return pa.table(columns)
+
+
+# per-token arrays of WindowTokens and their stored dtypes
+TOKEN_FIELDS = {"features": np.float32, "coords": np.float32, "onset_s": np.float32, "duration_s": np.float32,
+                "rank": np.int16, "group": np.int16, "channel": np.int16, "active": np.bool_}
+
+
+def table_to_windows(table: pa.Table) -> list[WindowTokens]:
+    """Token rows back to WindowTokens (what the model's batches are collated from)."""
+    columns = {}
+    for name, dtype in TOKEN_FIELDS.items():
+        column = table.column(name).combine_chunks()
+        values = column.values
+        width = values.type.list_size if pa.types.is_fixed_size_list(values.type) else None
+        flat = (values.values if width else values).to_numpy(zero_copy_only=False)
+        flat = flat.astype(np.int64 if dtype == np.int16 else dtype)
+        columns[name] = (flat.reshape(-1, width) if width else flat, column.offsets.to_numpy())
+    return [WindowTokens(**{name: flat[offsets[i]:offsets[i + 1]] for name, (flat, offsets) in columns.items()})
+            for i in range(table.num_rows)]
+
+
+def read_token_table(folder: str | Path, columns: list[str] | None = None) -> pa.Table:
+    """All token rows of a `tokenize` output folder as one table (in file order)."""
+    files = sorted(Path(folder).glob("*.parquet"))
+    if not files:
+        raise FileNotFoundError(f"{folder} holds no token shards (*.parquet); run `aemg tokenize` first")
+    return pa.concat_tables([pq.read_table(f, columns=columns) for f in files])
+
+
+class CorpusWindowsDatasource(Datasource):
+    """Ray Data datasource: one read task per shard, each yielding one row per window."""
+
+    def __init__(self, corpus_path: str, plans: dict[str, RecordingPlan], shards: list[Shard]):
+        super().__init__()
+        self.corpus_path, self.plans, self.shards = corpus_path, plans, shards
+
+    def estimate_inmemory_data_size(self) -> int:
+        return sum((s.stop - s.start) * len(self.plans[s.key].coords) * 4 for s in self.shards)
+
+    def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
+                       data_context: Any = None) -> list[ReadTask]:
+        tasks = []
+        for shard in self.shards:
+            plan = self.plans[shard.key]
+            meta = BlockMetadata(num_rows=shard.last - shard.first, size_bytes=(shard.stop - shard.start) * len(plan.coords) * 4,
+                                 input_files=None, exec_stats=None)
+            # each task carries only its own shard and plan, not the whole corpus plan
+            tasks.append(ReadTask(partial(_read_block, self.corpus_path, shard, plan), meta,
+                                  per_task_row_limit=per_task_row_limit))
+        return tasks
+
+
+def _read_block(corpus_path: str, shard: Shard, plan: RecordingPlan) -> Iterator[Any]:
+    yield BlockAccessor.batch_to_block(read_shard(Corpus(corpus_path), plan, shard))
+
+
+@dataclass
+class TokenizeReport:
+    out: Path
+    recordings: int = 0
+    windows: int = 0
+    tokens: int = 0
+    empty_windows: int = 0
+    skipped_spans: int = 0
+    channel_samples: int = 0
+    wall_seconds: float = 0.0
+    files: list[dict[str, Any]] = field(default_factory=list)
+
+    def summary(self) -> str:
+        rate = self.channel_samples / max(self.wall_seconds, 1e-9) / 1e6
+        return (f"tokens: {self.out}  ({self.recordings} recordings, {self.windows} windows, {self.tokens} tokens, "
+                f"{self.empty_windows} windows without activity, {self.skipped_spans} spans too short) "
+                f"in {self.wall_seconds:.1f} s ({rate:.1f} M channel-samples/s)")
+
+
+def plan_corpus(corpus_path: str | Path, cfg: TokenizeConfig, *, keys: list[str] | None = None, workers: int = 0,
+                address: str | None = None, progress: bool = True) -> dict[str, RecordingPlan]:
+    corpus = Corpus(corpus_path)
+    keys = keys if keys is not None else corpus.keys()
+    plans = map_unordered(plan_recording, keys, str(corpus_path), cfg, workers=workers, address=address)
+    by_key = {p.key: p for p in tqdm(plans, total=len(keys), desc="plan", unit="rec", disable=not progress)}
+    return {k: by_key[k] for k in keys}
+
+
+def tokenize_corpus(corpus_path: str | Path, out: str | Path, cfg: TokenizeConfig | None = None, *,
+                    keys: list[str] | None = None, workers: int = 0, address: str | None = None,
+                    progress: bool = True) -> TokenizeReport:
+    """Tokenize a corpus (or the recordings `keys`) into Parquet token shards at `out`.
+
+    workers == 1 runs everything in this process; otherwise planning runs as Ray tasks and
+    tokenization as a Ray Data pipeline (local Ray, or the cluster at `address`).
+    """
+    cfg = cfg or TokenizeConfig()
+    start_time = time.perf_counter()
+    out = Path(out)
+    if out.exists() and any(out.glob("*.parquet")):
+        raise FileExistsError(f"{out} already holds token shards; choose a new --out or delete it")
+    out.mkdir(parents=True, exist_ok=True)
+    plans = plan_corpus(corpus_path, cfg, keys=keys, workers=workers, address=address, progress=progress)
+    shards = [s for plan in plans.values() for s in make_shards(plan, cfg.shard_s)]
+    if workers == 1:
+        _tokenize_local(str(corpus_path), plans, shards, cfg, out, progress)
+    else:
+        _tokenize_ray_data(str(corpus_path), plans, shards, cfg, out, address)
+    report = _write_manifest(out, plans, cfg)
+    report.wall_seconds = time.perf_counter() - start_time
+    return report
+
+
+def _tokenize_local(corpus_path: str, plans: dict[str, RecordingPlan], shards: list[Shard], cfg: TokenizeConfig,
+                    out: Path, progress: bool) -> None:
+    corpus = Corpus(corpus_path)
+    tables = [tokenize_rows(read_shard(corpus, plans[s.key], s), plans, cfg)
+              for s in tqdm(shards, desc="tokenize", unit="shard", disable=not progress)]
+    if tables:
+        pq.write_table(pa.concat_tables(tables), out / "part-00000.parquet")
+
+
+def _tokenize_ray_data(corpus_path: str, plans: dict[str, RecordingPlan], shards: list[Shard],
+                       cfg: TokenizeConfig, out: Path, address: str | None) -> None:
+    import ray
+
+    ensure_ray(address)
+    # On small clusters Ray Data's per-operator reservations serialize a read+map pipeline;
+    # without them a 2-CPU machine runs it ~1.7x faster (STACK_NOTES.md).
+    ray.data.DataContext.get_current().op_resource_reservation_enabled = False
+    plans_ref = ray.put(plans)
+    dataset = ray.data.read_datasource(CorpusWindowsDatasource(corpus_path, plans, shards))
+    dataset = dataset.map_batches(_tokenize_batch, fn_kwargs={"plans": plans_ref, "cfg": cfg},
+                                  batch_format="numpy", batch_size=None, zero_copy_batch=True)
+    dataset.write_parquet(str(out), min_rows_per_file=4096)
+
+
+def _tokenize_batch(batch: dict[str, np.ndarray], plans: Any, cfg: TokenizeConfig) -> pa.Table:
+    import ray
+
+    if isinstance(plans, ray.ObjectRef):
+        plans = ray.get(plans)
+    return tokenize_rows(batch, plans, cfg)
+
+
+def _write_manifest(out: Path, plans: dict[str, RecordingPlan], cfg: TokenizeConfig) -> TokenizeReport:
+    report = TokenizeReport(out=out, recordings=len(plans))
+    for path in sorted(out.glob("*.parquet")):
+        meta = pq.read_metadata(path)
+        n_tokens = pq.read_table(path, columns=["n_tokens"]).column("n_tokens").to_numpy()
+        report.files.append({"path": path.name, "rows": meta.num_rows, "tokens": int(n_tokens.sum())})
+        report.windows += meta.num_rows
+        report.tokens += int(n_tokens.sum())
+        report.empty_windows += int((n_tokens == 0).sum())
+    report.skipped_spans = sum(p.windows.skipped_spans for p in plans.values())
+    report.channel_samples = sum(int((p.windows.stop - p.windows.start).sum()) * len(p.coords) for p in plans.values())
+    manifest = {
+        "format": TOKENS_FORMAT,
+        "feature_names": feature_names(cfg.tokens),
+        "config": {"events": asdict(cfg.events), "tokens": asdict(cfg.tokens), "windows": asdict(cfg.windows),
+                   "shard_s": cfg.shard_s},
+        "recordings": sorted(plans),
+        "files": report.files,
+        "windows": report.windows,
+        "tokens": report.tokens,
+    }
+    (out / TOKENS_MANIFEST).write_text(json.dumps(manifest, indent=1))
+    save_config(cfg, out / "tokenize.yaml")
+    return report
