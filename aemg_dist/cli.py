@@ -95,6 +95,22 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plot(args: argparse.Namespace) -> int:
+    from aemg_dist.data import TokenizeConfig
+    from aemg_dist.plots import plot_events
+    from preprocessing.corpus import Corpus
+
+    config = load_config(TokenizeConfig, args.config, args.overrides)
+    key = args.key or Corpus(args.corpus).keys()[0]
+    if key not in Corpus(args.corpus):
+        raise CommandError(f"{key!r} is not a recording of {args.corpus} (see `aemg corpus info`)")
+    out = args.out or f"events_{key.replace('/', '_')}.png"
+    path = plot_events(args.corpus, key, out, start_s=args.start, duration_s=args.duration,
+                       ev_cfg=config.events, tok_cfg=config.tokens)
+    print(f"wrote {path}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     import shutil
 
@@ -188,6 +204,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. events.high=2.5 windows.kind=labeled")
     _add_runtime_options(p)
     p.set_defaults(func=cmd_tokenize)
+
+    p = sub.add_parser("plot", help="draw a recording's signal, envelope, thresholds, events and token groups",
+                       description="events: one panel per channel with the harmonized signal, its envelope, the noise "
+                                   "floor thresholds, detected events and token groups (recruitment ranks), under the "
+                                   "labeled segments; to check the detector by eye.")
+    p.add_argument("what", choices=["events"])
+    p.add_argument("--corpus", required=True, help="CORPUS.zarr")
+    p.add_argument("--key", help="recording dataset/subject/session (default: the first one)")
+    p.add_argument("--start", type=float, default=0.0, help="start time in s (default 0)")
+    p.add_argument("--duration", type=float, default=20.0, help="seconds to draw (default 20)")
+    p.add_argument("--out", help="PNG path (default events_<key>.png)")
+    p.add_argument("--config", help="YAML with a TokenizeConfig (its events and tokens sections are used)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. events.high=2.5")
+    p.set_defaults(func=cmd_plot)
 
     p = sub.add_parser("corpus", help="inspect or validate a corpus",
                        description="info: datasets, subjects, sessions, hours, channels, source rates. "
