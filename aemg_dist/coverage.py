@@ -36,26 +36,17 @@ import numpy as np
 
 from preprocessing.corpus import Corpus
 
-from .events import EventConfig, detect_events, envelope, noise_floor
+from preprocessing.recording import split_at_joins
 
-
-def recording_floor(x: np.ndarray, fs: float, cfg: EventConfig) -> np.ndarray:
-    """The recording-level noise floor (n_channels,): `noise_floor` of the whole recording's envelope."""
-    return noise_floor(envelope(x, fs, cfg)[0], cfg)
-
-
-def pieces(n_samples: int, joins: Iterable[int]) -> list[tuple[int, int]]:
-    """Contiguous [start, stop) spans of a recording between its file joins."""
-    bounds = [0, *sorted(j for j in joins if 0 < j < n_samples), n_samples]
-    return [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+from .events import EventConfig, detect_events, recording_floor
 
 
 def covered_mask(x: np.ndarray, fs: float, joins: Iterable[int], cfg: EventConfig,
                  channel_ok: np.ndarray) -> np.ndarray:
     """(n_samples,) bool: True where any channel is inside a contraction event (recording-level floor)."""
-    floor = recording_floor(x, fs, cfg)
+    floor = recording_floor(lambda a, b: x[a:b], x.shape[0], fs, cfg)
     starts, stops = [], []
-    for start, stop in pieces(x.shape[0], joins):
+    for start, stop in split_at_joins(x.shape[0], joins):
         events = detect_events(x[start:stop], fs, cfg, channel_ok=channel_ok, floor=floor)
         starts.append(start + events.onset)
         stops.append(start + events.offset)

@@ -37,7 +37,7 @@ from ray.data.datasource import Datasource, ReadTask
 from tqdm import tqdm
 
 from aemg_dist.config import save_config
-from aemg_dist.events import EventConfig, envelope, noise_floor
+from aemg_dist.events import EventConfig, recording_floor
 from aemg_dist.parallel import ensure_ray, map_unordered
 from aemg_dist.tokens import TokenConfig, WindowTokens, feature_names, tokenize_window
 from aemg_dist.windows import WindowConfig, Windows, cut_windows, recording_spans
@@ -46,7 +46,6 @@ from preprocessing.recording import Segment
 
 TOKENS_MANIFEST = "tokens.json"
 TOKENS_FORMAT = "aemg-tokens/1"
-FLOOR_PIECE_S = 60.0  # the floor pass reads recordings in pieces of this length
 
 
 @dataclass(frozen=True)
@@ -97,12 +96,7 @@ def plan_recording(key: str, corpus_path: str, cfg: TokenizeConfig) -> Recording
     attrs = corpus.attrs(key)
     entry = corpus.entry(key)
     fs = entry.fs
-    # whole envelope steps per piece, so the pieces' envelopes join on the same grid
-    step = max(1, int(round(cfg.events.step_ms * fs / 1000)))
-    piece = max(step, int(FLOOR_PIECE_S * fs) // step * step)
-    envelopes = [envelope(corpus.read(key, a, min(a + piece, entry.n_samples)), fs, cfg.events)[0]
-                 for a in range(0, entry.n_samples, piece)]
-    floor = noise_floor(np.concatenate(envelopes, axis=0), cfg.events)
+    floor = recording_floor(partial(corpus.read, key), entry.n_samples, fs, cfg.events)
     segments = [Segment(**s) for s in attrs["segments"]]
     spans = recording_spans(entry.n_samples, segments, attrs["joins"], cfg.windows, attrs["rest_label"])
     return RecordingPlan(

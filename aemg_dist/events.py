@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 from scipy.ndimage import uniform_filter1d
@@ -246,6 +247,20 @@ def detect_events(x: np.ndarray, fs: float, cfg: EventConfig | None = None, chan
     channel_onset = np.where(active, channel_onset, onset[:, None])
     channel_offset = np.where(active, channel_offset, offset[:, None])
     return Events(onset, offset, chunk, active, channel_onset, channel_offset, env, env_fs, floor, channel_ok)
+
+
+def recording_floor(read: Callable[[int, int], np.ndarray], n_samples: int, fs: float, cfg: EventConfig,
+                    piece_s: float = 60.0) -> np.ndarray:
+    """The noise floor of a whole recording, reading it through `read(start, stop)` in pieces.
+
+    Every window of a recording is then detected against this one floor (a short window of a
+    held gesture has no rest of its own). Pieces hold whole envelope steps, so their envelopes
+    join on the grid a single pass would use, and memory stays bounded on long recordings.
+    """
+    step = _step_samples(fs, cfg)
+    piece = max(step, int(piece_s * fs) // step * step)
+    envelopes = [envelope(read(a, min(a + piece, n_samples)), fs, cfg)[0] for a in range(0, n_samples, piece)]
+    return noise_floor(np.concatenate(envelopes, axis=0), cfg)
 
 
 def onset_f1(reference: np.ndarray, detected: np.ndarray, tolerance: float) -> tuple[float, float, float]:

@@ -27,9 +27,9 @@ from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import NullFormatter  # noqa: E402
 
 from preprocessing.corpus import Corpus  # noqa: E402
+from preprocessing.recording import split_at_joins  # noqa: E402
 
-from .coverage import pieces, recording_floor  # noqa: E402
-from .events import EventConfig, Events, detect_events  # noqa: E402
+from .events import EventConfig, Events, detect_events, recording_floor  # noqa: E402
 from .tokens import TokenConfig, WindowTokens, tokenize_window  # noqa: E402
 
 MAX_PANELS = 16  # more channels than this (HD grids): only the most active ones are drawn
@@ -59,9 +59,9 @@ def plot_events(corpus_path: str | Path, key: str, out_png: str | Path, start_s:
     x = corpus.read(key)
     channel_ok = np.asarray(attrs["channel_ok"], dtype=bool)
     positions, source_fs = np.asarray(attrs["canonical_coordinates"]), float(attrs["source_fs"])
-    floor = recording_floor(x, fs, ev_cfg)
+    floor = recording_floor(lambda a, b: x[a:b], n_samples, fs, ev_cfg)
     detected = []  # (piece start, events, tokens) of every piece that overlaps the view
-    for a, b in pieces(n_samples, attrs["joins"]):
+    for a, b in split_at_joins(n_samples, attrs["joins"]):
         if a < view[1] and b > view[0]:
             # tokenize_window detects the same events again; the plot needs both the events' per-channel
             # spans and the tokens' group/rank order, and a few pieces make that cheap.

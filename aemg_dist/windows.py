@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from preprocessing.recording import Segment
+from preprocessing.recording import Segment, split_at_joins
 
 WINDOW_KINDS = ("chunks", "labeled")
 
@@ -63,8 +63,7 @@ def recording_spans(n_samples: int, segments: list[Segment], joins: list[int], c
     """The spans `cut_windows` works on: pieces between joins (chunks) or labeled segments."""
     if cfg.kind == "labeled":
         return [s for s in segments if cfg.include_rest or s.label != rest_label]
-    bounds = [0, *sorted(j for j in joins if 0 < j < n_samples), n_samples]
-    return [Segment(a, b, -1, "", -1) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+    return [Segment(a, b, -1, "", -1) for a, b in split_at_joins(n_samples, joins)]
 
 
 def cut_windows(spans: list[Segment], fs: float, cfg: WindowConfig) -> Windows:

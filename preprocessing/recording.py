@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Iterable
 
 import numpy as np
 
@@ -64,8 +65,13 @@ class RawRecording:
 
     def pieces(self) -> list[tuple[int, int]]:
         """Contiguous [start, stop) spans between joins."""
-        bounds = [0, *sorted(j for j in self.joins if 0 < j < self.n_samples), self.n_samples]
-        return [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+        return split_at_joins(self.n_samples, self.joins)
+
+
+def split_at_joins(n_samples: int, joins: Iterable[int]) -> list[tuple[int, int]]:
+    """Contiguous [start, stop) spans of a recording between its file joins."""
+    bounds = [0, *sorted(j for j in joins if 0 < j < n_samples), n_samples]
+    return [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
 
 
 def validate_segments(segments: list[Segment], n_samples: int, where: str) -> None:
