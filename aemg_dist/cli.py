@@ -143,11 +143,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- parser
 
+def _add_synthetic_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scale", default="demo", choices=["tiny", "demo", "full"], help="synthetic corpus size")
+    p.add_argument("--seed", type=int, default=0, help="synthetic generator seed")
+
+
 def _add_runtime_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=0,
                    help="1 = run in this process; 0 = Ray tasks on all local CPUs (default); N = local Ray with N CPUs")
     p.add_argument("--address", default=None, help="Ray cluster address (default: start Ray locally)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _subcommand(sub: Any, name: str, help: str, description: str, examples: Sequence[str]) -> argparse.ArgumentParser:
+    """A subcommand whose --help ends with worked examples."""
+    epilog = "examples:\n" + "\n".join(f"  {e}" for e in examples)
+    return sub.add_parser(name, help=help, description=description, epilog=epilog,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -161,43 +173,39 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="synthetic data through the whole pipeline (no downloads)",
                        description="Generate the built-in synthetic corpus and run the pipeline on it.")
     p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
-    p.add_argument("--scale", default="demo", choices=["tiny", "demo", "full"], help="synthetic corpus size")
-    p.add_argument("--seed", type=int, default=0)
+    _add_synthetic_options(p)
     _add_runtime_options(p)
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser(
-        "prepare", help="source datasets -> harmonized Zarr corpus",
-        description="Read datasets through their manifests (or the synthetic generator), harmonize them "
-                    "(filter, notch, resample, robust z-score, quality flags, electrode positions) and write "
-                    "one Zarr corpus. Re-running skips recordings that are already complete.",
-        epilog="examples:\n  aemg prepare --source ../shared/data --out corpus.zarr\n"
-               "  aemg prepare --source 3dc --out corpus.zarr target_fs=2000\n"
-               "  aemg prepare --manifest my_dataset.yaml --source /data --out corpus.zarr\n"
-               "  aemg prepare --source synthetic --scale tiny --out synth.zarr",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _subcommand(
+        sub, "prepare", "source datasets -> harmonized Zarr corpus",
+        "Read datasets through their manifests (or the synthetic generator), harmonize them (filter, notch, "
+        "resample, robust z-score, quality flags, electrode positions) and write one Zarr corpus. Re-running "
+        "skips recordings that are already complete.",
+        ["aemg prepare --source ../shared/data --out corpus.zarr",
+         "aemg prepare --source 3dc --out corpus.zarr target_fs=2000",
+         "aemg prepare --manifest my_dataset.yaml --source /data --out corpus.zarr",
+         "aemg prepare --source synthetic --scale tiny --out synth.zarr"])
     p.add_argument("--source", help="'synthetic', a shipped dataset name (3dc, coteallard, ...), or a folder "
                                     "holding dataset folders (e.g. ../shared/data); with --manifest: the data root")
     p.add_argument("--manifest", help="a dataset manifest YAML (see README: adding a dataset)")
     p.add_argument("--out", required=True, help="corpus path (CORPUS.zarr)")
     p.add_argument("--target-fs", type=float, default=None, help="common sample rate in Hz (default 1000)")
     p.add_argument("--config", help="YAML with harmonization settings (HarmonizeConfig)")
-    p.add_argument("--scale", default="demo", choices=["tiny", "demo", "full"], help="synthetic corpus size")
-    p.add_argument("--seed", type=int, default=0, help="synthetic generator seed")
+    _add_synthetic_options(p)
     p.add_argument("overrides", nargs="*", help="harmonization overrides key=value (e.g. highpass_hz=10)")
     _add_runtime_options(p)
     p.set_defaults(func=cmd_prepare)
 
-    p = sub.add_parser(
-        "tokenize", help="corpus -> contraction events -> token shards (Parquet), on Ray Data",
-        description="Detect contraction events per window and turn them into neuromuscular tokens: one Parquet "
-                    "row per window (pretraining chunks by default, or labeled classification windows), plus "
-                    "tokens.json (files, counts, feature names) and the resolved tokenize.yaml.",
-        epilog="examples:\n  aemg tokenize --corpus corpus.zarr --out tokens/\n"
-               "  aemg tokenize --corpus corpus.zarr --out windows/ windows.kind=labeled windows.length_s=0.5 "
-               "windows.stride_s=0.25 windows.margin_s=0.25\n"
-               "  aemg tokenize --corpus corpus.zarr --out tokens/ events.envelope=tkeo tokens.include_quiet=false",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _subcommand(
+        sub, "tokenize", "corpus -> contraction events -> token shards (Parquet), on Ray Data",
+        "Detect contraction events per window and turn them into neuromuscular tokens: one Parquet row per "
+        "window (pretraining chunks by default, or labeled classification windows), plus tokens.json (files, "
+        "counts, feature names) and the resolved tokenize.yaml.",
+        ["aemg tokenize --corpus corpus.zarr --out tokens/",
+         "aemg tokenize --corpus corpus.zarr --out windows/ windows.kind=labeled windows.length_s=0.5 "
+         "windows.stride_s=0.25 windows.margin_s=0.25",
+         "aemg tokenize --corpus corpus.zarr --out tokens/ events.envelope=tkeo tokens.include_quiet=false"])
     p.add_argument("--corpus", required=True, help="CORPUS.zarr made by `aemg prepare`")
     p.add_argument("--out", required=True, help="output folder for the token shards (must not hold shards yet)")
     p.add_argument("--config", help="YAML with a TokenizeConfig (events, tokens, windows, shard_s)")
