@@ -111,6 +111,18 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from aemg_dist.train import load_pretrain_config, pretrain
+
+    overrides = list(args.overrides) + (["dist.ray=false"] if args.no_ray else [])
+    config = load_pretrain_config(args.config, overrides)
+    result = pretrain(config)
+    shown = ", ".join(f"{k}={v:.4g}" for k, v in result.final.items() if k in ("loss", "val_loss", "codebook_usage", "perplexity", "mtm_accuracy"))
+    print(f"pretrained {result.steps} steps ({shown})")
+    print(f"wrote {result.out} (config.yaml, metrics.csv, loss.png, codebook.png, export/ for evaluation)")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     import shutil
 
@@ -212,6 +224,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. events.high=2.5 windows.kind=labeled")
     _add_runtime_options(p)
     p.set_defaults(func=cmd_tokenize)
+
+    p = _subcommand(
+        sub, "pretrain", "token shards -> pretrained model (Ray Train + DeepSpeed)",
+        "Self-supervised pretraining of the conditioned Transformer: VQ reconstruction of the tokens (a codebook "
+        "of contraction prototypes) and masked token modeling, on Ray Train workers with DeepSpeed ZeRO. A run "
+        "started again with the same run.out resumes from its latest checkpoint.",
+        ["aemg pretrain --config configs/pretrain/tiny.yaml data.tokens=runs/demo/tokens",
+         "aemg pretrain --config configs/pretrain/tiny.yaml dist.zero_stage=2 model.codebook_size=256",
+         "aemg pretrain --config configs/pretrain/tiny.yaml --no-ray optim.max_steps=50"])
+    p.add_argument("--config", help="YAML with a PretrainConfig (preset, model, data, optim, run, dist)")
+    p.add_argument("--no-ray", action="store_true", help="run the same loop in this process, without Ray/DeepSpeed")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. preset=small optim.max_steps=1000")
+    p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser("plot", help="draw a recording's signal, envelope, thresholds, events and token groups",
                        description="events: one panel per channel with the harmonized signal, its envelope, the noise "

@@ -19,8 +19,9 @@ class ConfigError(ValueError):
     """A config file or override does not fit the config's schema or values."""
 
 
-def load_config(schema: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
-    """Merge defaults, an optional YAML file and `key=value` overrides into a `schema` instance.
+def load_config(schema: type[T], path: str | Path | Sequence[str | Path] | None = None,
+                overrides: Sequence[str] = ()) -> T:
+    """Merge defaults, optional YAML file(s) (later ones win) and `key=value` overrides into a `schema` instance.
 
     Unknown keys, wrong types and values rejected by the dataclass's own checks raise
     ConfigError naming the culprit, before any work starts.
@@ -28,22 +29,28 @@ def load_config(schema: type[T], path: str | Path | None = None, overrides: Sequ
     bad = [o for o in overrides if "=" not in o]
     if bad:
         raise ConfigError(f"overrides must look like key=value, got {bad}")
+    paths = [] if path is None else [path] if isinstance(path, (str, Path)) else list(path)
     try:
         merged = OmegaConf.structured(schema)
-        if path is not None:
-            if not Path(path).is_file():
-                raise ConfigError(f"config file {path} does not exist")
-            merged = OmegaConf.merge(merged, OmegaConf.load(path))
+        for layer in paths:
+            if not Path(layer).is_file():
+                raise ConfigError(f"config file {layer} does not exist")
+            merged = OmegaConf.merge(merged, OmegaConf.load(layer))
         if overrides:
             merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
         return OmegaConf.to_object(merged)  # type: ignore[return-value]
     except OmegaConfBaseException as err:
-        where = f" in {path}" if path else ""
+        where = f" in {paths[-1]}" if paths else ""
         key = getattr(err, "full_key", None)
         message = str(getattr(err, "msg", err)).splitlines()[0]
         raise ConfigError(f"bad {schema.__name__}{where}: " + (f"{key}: " if key else "") + message) from None
     except ValueError as err:  # a dataclass __post_init__ check
         raise ConfigError(f"bad {schema.__name__}: {err}") from None
+
+
+def config_from_dict(schema: type[T], values: dict) -> T:
+    """Rebuild a config from `dataclasses.asdict` output (e.g. after crossing a process boundary)."""
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), values))  # type: ignore[return-value]
 
 
 def save_config(config: object, path: str | Path) -> Path:

@@ -1,0 +1,509 @@
+"""`aemg pretrain`: self-supervised pretraining on token shards with Ray Train + DeepSpeed.
+
+One training loop (`train_loop`) serves both paths:
+- Ray (default): a `TorchTrainer` starts `dist.num_workers` workers; each streams its share of
+  the token shards (`ray.train.get_dataset_shard`), wraps the model in `deepspeed.initialize`
+  (ZeRO stage from config; bf16 on GPU, fp32 on CPU with a torch AdamW, so no compiled ops),
+  checkpoints every `run.checkpoint_every` steps on all ranks through `ray.train.report`, resumes
+  from the latest checkpoint automatically, and is retried `dist.max_failures` times.
+- `--no-ray`: the same loop in this process with plain torch (for debugging and as the baseline
+  of the distributed overhead benchmark).
+
+The run folder (`run.out`) holds the resolved `config.yaml`, `metrics.csv`, TensorBoard events,
+`loss.png` / `codebook.png`, Ray Train's checkpoints (`ray/`) and the exported inference
+checkpoint (`export/`: safetensors + config.json).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import shutil
+import tempfile
+import time
+import zlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import pyarrow as pa
+import torch
+from omegaconf import OmegaConf
+
+from aemg_dist.config import ConfigError, config_from_dict, load_config, save_config
+from aemg_dist.data import TOKENS_MANIFEST, read_token_table, table_to_windows
+from aemg_dist.model import AEMGModel, ModelConfig, batch_to_torch
+from aemg_dist.model.export import export_inference, load_inference
+from aemg_dist.tokens import TokenBatch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+MODEL_PRESETS = REPO_ROOT / "configs" / "model"
+METRICS = ("loss", "recon_loss", "commit_loss", "mtm_loss", "mtm_accuracy", "codebook_usage", "perplexity", "lr")
+
+
+@dataclass
+class DataConfig:
+    tokens: str = "runs/demo/tokens"  # output folder of `aemg tokenize` (chunks)
+    batch_size: int = 32  # global batch, in windows
+    max_tokens: int = 256  # per window; longer windows keep their earliest groups
+    exclude_subjects: list[str] = field(default_factory=list)  # "dataset/subject" never seen (LOSO folds)
+    exclude_datasets: list[str] = field(default_factory=list)  # datasets never seen (leave-one-dataset-out)
+    val_fraction: float = 0.1  # recordings held out for the validation loss (chosen by a hash of the key)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    weight_decay: float = 0.05
+    beta1: float = 0.9
+    beta2: float = 0.95
+    warmup_steps: int = 20
+    max_steps: int = 300
+    grad_clip: float = 1.0
+
+
+@dataclass
+class RunConfig:
+    out: str = "runs/pretrain"
+    seed: int = 0
+    log_every: int = 10
+    checkpoint_every: int = 100
+    val_every: int = 100
+    val_batches: int = 4
+    init_from: str = ""  # an exported checkpoint to start from (stage 2 of two-stage training)
+    fail_at_step: int = -1  # fault injection for tests: rank 1 (or 0 alone) raises once at this step
+
+
+@dataclass
+class DistConfig:
+    ray: bool = True
+    num_workers: int = 2
+    zero_stage: int = 0
+    precision: str = "auto"  # auto = bf16 on GPU, fp32 on CPU
+    max_failures: int = 1
+    address: str = ""
+    cpus_per_worker: int = 1
+
+
+@dataclass
+class PretrainConfig:
+    preset: str = "tiny"  # configs/model/<preset>.yaml; `model.*` keys override it
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
+
+    def __post_init__(self) -> None:
+        if self.data.batch_size < 1 or self.data.max_tokens < 1:
+            raise ValueError("data.batch_size and data.max_tokens must be >= 1")
+        if self.dist.ray and self.data.batch_size % self.dist.num_workers:
+            raise ValueError(f"data.batch_size {self.data.batch_size} must be divisible by dist.num_workers "
+                             f"{self.dist.num_workers}")
+        if self.dist.zero_stage not in (0, 1, 2, 3):
+            raise ValueError(f"dist.zero_stage must be 0, 1, 2 or 3, got {self.dist.zero_stage}")
+        if self.dist.precision not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"dist.precision must be auto, fp32 or bf16, got {self.dist.precision!r}")
+        if not 0 <= self.data.val_fraction < 1:
+            raise ValueError(f"data.val_fraction must be in [0, 1), got {self.data.val_fraction}")
+        if self.optim.max_steps < 1 or self.optim.warmup_steps < 0 or self.run.checkpoint_every < 1:
+            raise ValueError("optim.max_steps and run.checkpoint_every must be >= 1, optim.warmup_steps >= 0")
+
+
+def load_pretrain_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> PretrainConfig:
+    """Defaults < model preset < YAML file < key=value overrides; validated before anything starts."""
+    chosen = OmegaConf.merge(OmegaConf.load(path) if path and Path(path).is_file() else {},
+                             OmegaConf.from_dotlist([o for o in overrides if o.startswith("preset=")]))
+    preset = str(chosen.get("preset", PretrainConfig.preset))
+    preset_file = MODEL_PRESETS / f"{preset}.yaml"
+    if not preset_file.is_file():
+        raise ConfigError(f"unknown model preset {preset!r}; choose one of {sorted(p.stem for p in MODEL_PRESETS.glob('*.yaml'))}")
+    with tempfile.TemporaryDirectory() as tmp:  # the preset becomes the lowest file layer, under `model:`
+        layer = Path(tmp) / "preset.yaml"
+        OmegaConf.save(OmegaConf.create({"model": OmegaConf.load(preset_file)}), layer)
+        return load_config(PretrainConfig, [layer, *([path] if path else [])], overrides)
+
+
+# ---------------------------------------------------------------- data
+
+def split_tables(cfg: DataConfig) -> tuple[pa.Table, pa.Table]:
+    """(train, validation) token rows after the exclusions; validation = whole recordings."""
+    if not (Path(cfg.tokens) / TOKENS_MANIFEST).is_file():
+        raise FileNotFoundError(f"{cfg.tokens} holds no token shards ({TOKENS_MANIFEST}); run `aemg tokenize` first")
+    table = read_token_table(cfg.tokens)
+    keys = np.array(table.column("key").to_pylist())
+    subject = np.char.add(np.char.add(np.array(table.column("dataset").to_pylist()), "/"),
+                          np.array(table.column("subject").to_pylist()))
+    keep = ~np.isin(subject, cfg.exclude_subjects) & ~np.isin(table.column("dataset").to_numpy(zero_copy_only=False),
+                                                              cfg.exclude_datasets)
+    # a stable hash of the recording key, so the split never depends on row order or the machine
+    is_val = np.array([zlib.crc32(k.encode()) / 2**32 < cfg.val_fraction for k in keys], dtype=bool)
+    train, val = table.filter(pa.array(keep & ~is_val)), table.filter(pa.array(keep & is_val))
+    if train.num_rows == 0:
+        raise ValueError(f"no training windows left in {cfg.tokens} after the exclusions")
+    return train, val
+
+
+def collate(rows: pa.Table, max_tokens: int) -> dict[str, torch.Tensor]:
+    return batch_to_torch(TokenBatch.collate(table_to_windows(rows), max_tokens=max_tokens))
+
+
+def local_batches(table: pa.Table, batch_size: int, seed: int, skip: int = 0) -> Iterator[pa.Table]:
+    """Shuffled batches forever, epoch after epoch; `skip` batches are passed over (resume)."""
+    epoch, served = 0, 0
+    while True:
+        order = np.random.default_rng([seed, epoch]).permutation(table.num_rows)
+        for start in range(0, table.num_rows - batch_size + 1, batch_size):
+            if served >= skip:
+                yield table.take(pa.array(order[start:start + batch_size]))
+            served += 1
+        epoch += 1
+
+
+def ray_batches(micro_batch: int, seed: int) -> Iterator[pa.Table]:
+    import ray.train
+
+    shard = ray.train.get_dataset_shard("train")
+    epoch = 0
+    while True:
+        for batch in shard.iter_batches(batch_size=micro_batch, batch_format="pyarrow", drop_last=True,
+                                        local_shuffle_buffer_size=8 * micro_batch, local_shuffle_seed=seed + epoch):
+            yield batch
+        epoch += 1
+
+
+# ---------------------------------------------------------------- optimisation
+
+def lr_lambda(cfg: OptimConfig):
+    """Linear warmup then cosine decay to min_lr_ratio, as a multiplier of cfg.lr."""
+    def factor(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return factor
+
+
+class PlainStepper:
+    """Backward/step/checkpoint with plain torch (the --no-ray path)."""
+
+    def __init__(self, model: AEMGModel, cfg: PretrainConfig):
+        self.model = model
+        self.optimizer = torch.optim.AdamW(model.param_groups(cfg.optim.weight_decay), lr=cfg.optim.lr,
+                                           betas=(cfg.optim.beta1, cfg.optim.beta2))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg.optim))
+        self.grad_clip = cfg.optim.grad_clip
+
+    def step(self, loss: torch.Tensor) -> None:
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def lr(self) -> float:
+        return self.scheduler.get_last_lr()[0]
+
+    def prepare(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The batch on the model's device (and precision, for DeepSpeed bf16)."""
+        return batch
+
+    def export(self, folder: Path, model_cfg: ModelConfig, rank: int) -> None:
+        if rank == 0:
+            export_inference(self.model, model_cfg, folder)
+
+    def save(self, folder: str, step: int) -> None:
+        torch.save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                    "scheduler": self.scheduler.state_dict(), "step": step}, Path(folder) / "state.pt")
+
+    def load(self, folder: str) -> int:
+        state = torch.load(Path(folder) / "state.pt", weights_only=True)  # tensors and plain containers only
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        return int(state["step"])
+
+
+class DeepSpeedStepper(PlainStepper):
+    """The same interface around a DeepSpeed engine (ZeRO stage, precision and clipping from config)."""
+
+    def __init__(self, model: AEMGModel, cfg: PretrainConfig, world_size: int):
+        import deepspeed
+
+        super().__init__(model, cfg)
+        bf16 = cfg.dist.precision == "bf16" or (cfg.dist.precision == "auto" and torch.cuda.is_available())
+        ds_config = {
+            "train_batch_size": cfg.data.batch_size,
+            "train_micro_batch_size_per_gpu": cfg.data.batch_size // world_size,
+            "gradient_accumulation_steps": 1,
+            "gradient_clipping": cfg.optim.grad_clip,
+            "zero_optimization": {"stage": cfg.dist.zero_stage},
+            "bf16": {"enabled": bf16},
+            "steps_per_print": 10**9,
+        }
+        self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=model, optimizer=self.optimizer, lr_scheduler=self.scheduler, config=ds_config)
+        self.model = self.engine.module
+        self.zero_stage = cfg.dist.zero_stage
+        self.dtype = torch.bfloat16 if bf16 else torch.float32
+        self.model.tokenizer.quantizer.float()  # EMA codebook statistics stay float32 under bf16
+
+    def prepare(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: v.to(self.engine.device, dtype=self.dtype if v.is_floating_point() else None)
+                for k, v in batch.items()}
+
+    def export(self, folder: Path, model_cfg: ModelConfig, rank: int) -> None:
+        import deepspeed
+
+        if self.zero_stage < 3:
+            return super().export(folder, model_cfg, rank)
+        # ZeRO-3 holds one partition per rank: gather the full weights (a collective) before saving
+        with deepspeed.zero.GatheredParameters(list(self.model.parameters())):
+            super().export(folder, model_cfg, rank)
+
+    def step(self, loss: torch.Tensor) -> None:
+        self.engine.backward(loss)
+        self.engine.step()  # clips, steps the optimizer and the LR schedule, zeroes gradients
+
+    def save(self, folder: str, step: int) -> None:
+        self.engine.save_checkpoint(folder, tag="state", client_state={"step": step})
+
+    def load(self, folder: str) -> int:
+        # DeepSpeed checkpoints are written by this run's own workers (trusted); exported models use safetensors
+        _, client = self.engine.load_checkpoint(folder, tag="state")
+        return int(client["step"])
+
+
+# ---------------------------------------------------------------- the loop
+
+def train_loop(loop_config: dict[str, Any]) -> None:
+    """Train for cfg.optim.max_steps steps; runs in every Ray Train worker, or once with --no-ray."""
+    cfg = config_from_dict(PretrainConfig, loop_config["config"])
+    distributed = cfg.dist.ray
+    if distributed:
+        import ray.train
+
+        context = ray.train.get_context()
+        rank, world = context.get_world_rank(), context.get_world_size()
+    else:
+        rank, world = 0, 1
+    torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
+    model = AEMGModel(cfg.model)
+    if cfg.run.init_from:
+        model.load_state_dict(load_inference(cfg.run.init_from).state_dict())
+    stepper = DeepSpeedStepper(model, cfg, world) if distributed else PlainStepper(model, cfg)
+    start_step = _resume(stepper) if distributed else _resume_local(stepper, cfg)
+    micro_batch = cfg.data.batch_size // world
+    train, val = split_tables(cfg.data) if not distributed else (None, loop_config["val"])
+    batches = ray_batches(micro_batch, cfg.run.seed + rank) if distributed else \
+        local_batches(train, micro_batch, cfg.run.seed, skip=start_step)
+    log = MetricsLog(Path(cfg.run.out), enabled=rank == 0)
+    started, last = time.perf_counter(), {}
+    for step in range(start_step, cfg.optim.max_steps):
+        if step == cfg.run.fail_at_step and rank == min(1, world - 1):
+            _fail_once(Path(cfg.run.out))
+        # every random draw of a step (masks, code restarts) depends on (seed, rank, step) only, so a
+        # resumed run repeats exactly what the uninterrupted one would have done
+        torch.manual_seed(zlib.crc32(f"{cfg.run.seed}/{rank}/{step}".encode()))
+        model.train()
+        out = model(stepper.prepare(collate(next(batches), cfg.data.max_tokens)))
+        stepper.step(out["loss"])
+        last = {name: float(out[name].detach()) for name in METRICS if name in out}
+        last.update(lr=stepper.lr(), step=step + 1, elapsed_s=time.perf_counter() - started)
+        if (step + 1) % cfg.run.val_every == 0 or step + 1 == cfg.optim.max_steps:
+            last["val_loss"] = _validate(model, val, cfg, stepper.prepare)
+        if (step + 1) % cfg.run.log_every == 0 or "val_loss" in last:
+            log.write(last)
+        if (step + 1) % cfg.run.checkpoint_every == 0 or step + 1 == cfg.optim.max_steps:
+            _checkpoint(stepper, step + 1, last, cfg.run.out, distributed)
+    log.close()
+    stepper.export(Path(cfg.run.out) / "export", cfg.model, rank)
+
+
+def _validate(model: AEMGModel, val: pa.Table | None, cfg: PretrainConfig, prepare: Any) -> float:
+    """Mean loss over the first val_batches validation batches (fixed masks: seed 0), or nan."""
+    if val is None or val.num_rows == 0:
+        return float("nan")
+    model.eval()
+    generator = torch.Generator().manual_seed(0)
+    size = max(1, cfg.data.batch_size)
+    losses = []
+    with torch.no_grad():
+        for start in range(0, min(val.num_rows, size * cfg.run.val_batches), size):
+            batch = prepare(collate(val.slice(start, size), cfg.data.max_tokens))
+            losses.append(float(model(batch, generator=generator)["loss"]))
+    return float(np.mean(losses))
+
+
+def _fail_once(out: Path) -> None:
+    marker = out / ".fault_injected"
+    if not marker.exists():
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()
+        raise RuntimeError("injected fault (run.fail_at_step) to test recovery")
+
+
+def _checkpoint(stepper: PlainStepper, step: int, metrics: dict[str, float], out: str, distributed: bool) -> None:
+    if not distributed:  # write beside, then swap in: a crash never leaves a half checkpoint
+        final, staging, old = (Path(out) / name for name in ("local_checkpoint", ".checkpoint_new", ".checkpoint_old"))
+        for leftover in (staging, old):
+            shutil.rmtree(leftover, ignore_errors=True)
+        staging.mkdir(parents=True)
+        stepper.save(str(staging), step)
+        if final.exists():
+            os.replace(final, old)
+        os.replace(staging, final)
+        shutil.rmtree(old, ignore_errors=True)
+        return
+    import ray.train
+
+    with tempfile.TemporaryDirectory() as folder:
+        stepper.save(folder, step)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+
+
+def _resume(stepper: PlainStepper) -> int:
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return 0
+    with checkpoint.as_directory() as folder:
+        return stepper.load(folder)
+
+
+def _resume_local(stepper: PlainStepper, cfg: PretrainConfig) -> int:
+    folder = Path(cfg.run.out) / "local_checkpoint"
+    return stepper.load(str(folder)) if (folder / "state.pt").exists() else 0
+
+
+class MetricsLog:
+    """metrics.csv and TensorBoard events, written by rank 0 only."""
+
+    def __init__(self, out: Path, enabled: bool):
+        self.enabled = enabled
+        if not enabled:
+            return
+        from tensorboardX import SummaryWriter
+
+        out.mkdir(parents=True, exist_ok=True)
+        self.csv_path = out / "metrics.csv"
+        self.tensorboard = SummaryWriter(str(out / "tensorboard"))
+
+    def write(self, row: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        fields_ = ["step", "elapsed_s", *METRICS, "val_loss"]
+        new = not self.csv_path.exists()
+        with self.csv_path.open("a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fields_, extrasaction="ignore")
+            if new:
+                writer.writeheader()
+            writer.writerow({k: row.get(k, "") for k in fields_})
+        for name, value in row.items():
+            if name != "step":
+                self.tensorboard.add_scalar(name, value, int(row["step"]))
+
+    def close(self) -> None:
+        if self.enabled:
+            self.tensorboard.close()
+
+
+# ---------------------------------------------------------------- the driver
+
+@dataclass
+class PretrainResult:
+    out: Path
+    steps: int
+    final: dict[str, float]
+    checkpoint: str  # Ray Train's latest checkpoint folder, or the local one
+    export: Path
+
+
+def pretrain(cfg: PretrainConfig) -> PretrainResult:
+    """Run pretraining as configured; returns where everything was written."""
+    out = Path(cfg.run.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    train, val = split_tables(cfg.data)  # fails here, before any worker starts, on bad data paths
+    if not cfg.dist.ray:
+        train_loop({"config": asdict(cfg)})
+        checkpoint = str(out / "local_checkpoint")
+    else:
+        checkpoint = _fit_on_ray(cfg, train, val, out)
+    plot_metrics(out / "metrics.csv", out)
+    final = _last_row(out / "metrics.csv")
+    return PretrainResult(out=out, steps=int(final.get("step", 0)), final=final, checkpoint=checkpoint,
+                          export=out / "export")
+
+
+def _fit_on_ray(cfg: PretrainConfig, train: pa.Table, val: pa.Table, out: Path) -> str:
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig as RayRunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from aemg_dist.parallel import ensure_ray
+
+    ensure_ray(cfg.dist.address or None)
+    use_gpu = torch.cuda.is_available()
+    os.environ.setdefault("DS_ACCELERATOR", "cuda" if use_gpu else "cpu")
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config={"config": asdict(cfg), "val": val},
+        scaling_config=ScalingConfig(num_workers=cfg.dist.num_workers, use_gpu=use_gpu,
+                                     resources_per_worker={"CPU": cfg.dist.cpus_per_worker}),
+        run_config=RayRunConfig(name="ray", storage_path=str(out),  # same name + path = resume from its checkpoints
+                                failure_config=FailureConfig(max_failures=cfg.dist.max_failures),
+                                checkpoint_config=CheckpointConfig(num_to_keep=2),
+                                worker_runtime_env={"env_vars": {"DS_ACCELERATOR": os.environ["DS_ACCELERATOR"]}}),
+        # rows arrive grouped by recording; shuffle them once here so every micro-batch mixes recordings
+        # (the workers' local shuffle buffers only reorder nearby rows)
+        datasets={"train": ray.data.from_arrow(train.take(np.random.default_rng(cfg.run.seed).permutation(train.num_rows)))},
+    )
+    result = trainer.fit()
+    return result.checkpoint.path if result.checkpoint else ""
+
+
+def _last_row(path: Path) -> dict[str, float]:
+    if not path.exists():
+        return {}
+    with path.open() as f:
+        rows = list(csv.DictReader(f))
+    return {k: float(v) for k, v in rows[-1].items() if v not in ("", None)} if rows else {}
+
+
+def plot_metrics(csv_path: Path, out: Path) -> list[Path]:
+    """loss.png (total, reconstruction, masked, validation) and codebook.png (usage, perplexity)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not csv_path.exists():
+        return []
+    with csv_path.open() as f:
+        rows = list(csv.DictReader(f))
+    step = np.array([float(r["step"]) for r in rows])
+
+    def series(name: str) -> np.ndarray:
+        return np.array([float(r[name]) if r.get(name) not in ("", None) else np.nan for r in rows])
+
+    written = []
+    for filename, names, title in (("loss.png", ("loss", "recon_loss", "mtm_loss", "val_loss"), "pretraining losses"),
+                                   ("codebook.png", ("codebook_usage", "perplexity"), "codebook")):
+        fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.2), squeeze=False)
+        for ax, name in zip(axes[0], names):
+            values = series(name)
+            ax.plot(step[~np.isnan(values)], values[~np.isnan(values)], marker="." if name == "val_loss" else None)
+            ax.set_title(name)
+            ax.set_xlabel("step")
+            ax.grid(alpha=0.3)
+        fig.suptitle(title)
+        fig.tight_layout()
+        fig.savefig(out / filename, dpi=110)
+        plt.close(fig)
+        written.append(out / filename)
+    return written
