@@ -127,6 +127,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     import shutil
 
     from aemg_dist.data import TokenizeConfig, tokenize_corpus
+    from aemg_dist.train import REPO_ROOT, load_pretrain_config, pretrain
     from preprocessing.corpus import Corpus, check_corpus, corpus_summary
     from preprocessing.harmonize import HarmonizeConfig
     from preprocessing.prepare import prepare
@@ -135,7 +136,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out = Path(args.out)
     corpus_path, tokens_path = out / "corpus.zarr", out / "tokens"
     config = HarmonizeConfig()
-    print(f"[1/2] prepare: synthetic ({args.scale}, seed {args.seed}) -> {corpus_path}", flush=True)
+    print(f"[1/3] prepare: synthetic ({args.scale}, seed {args.seed}) -> {corpus_path}", flush=True)
     report = prepare(synthetic_jobs(SyntheticConfig(seed=args.seed, scale=args.scale)), corpus_path, config,
                      workers=args.workers, progress=not args.quiet)
     save_config(config, corpus_path / "prepare.yaml")
@@ -145,11 +146,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
         raise CommandError(f"demo corpus has problems: {(problems or report.failed)[:3]}")
     print(format_table(corpus_summary(Corpus(corpus_path))))
 
-    print(f"[2/2] tokenize: {corpus_path} -> {tokens_path}", flush=True)
-    shutil.rmtree(tokens_path, ignore_errors=True)  # tokens are cheap to remake; the corpus is kept
+    print(f"[2/3] tokenize: {corpus_path} -> {tokens_path}", flush=True)
+    shutil.rmtree(tokens_path, ignore_errors=True)  # tokens and models are cheap to remake; the corpus is kept
     print(tokenize_corpus(corpus_path, tokens_path, TokenizeConfig(), workers=args.workers,
                           progress=not args.quiet).summary())
-    print(f"demo outputs in {out}")
+
+    pretrain_path = out / "pretrain"
+    shutil.rmtree(pretrain_path, ignore_errors=True)
+    where = "in this process" if args.workers == 1 else "on Ray Train + DeepSpeed, 2 workers"
+    print(f"[3/3] pretrain: tiny model {where} -> {pretrain_path}", flush=True)
+    config = load_pretrain_config(REPO_ROOT / "configs" / "pretrain" / "tiny.yaml", [
+        f"data.tokens={tokens_path}", f"run.out={pretrain_path}", f"run.seed={args.seed}",
+        *(["dist.ray=false"] if args.workers == 1 else [])])
+    result = pretrain(config)
+    print(f"pretrained {result.steps} steps: " + ", ".join(
+        f"{k}={result.final[k]:.3g}" for k in ("loss", "val_loss", "codebook_usage", "perplexity", "mtm_accuracy")
+        if k in result.final))
+    print(f"demo outputs in {out} (corpus.zarr, tokens/, pretrain/: loss.png, codebook.png, export/)")
     return 0
 
 

@@ -55,11 +55,13 @@ class TokenizeConfig:
     events: EventConfig = field(default_factory=EventConfig)
     tokens: TokenConfig = field(default_factory=TokenConfig)
     windows: WindowConfig = field(default_factory=WindowConfig)
-    shard_s: float = 60.0  # time range one read task covers
+    shard_s: float = 60.0  # time range read at once: one block of window rows
+    task_s: float = 600.0  # EMG seconds one Ray Data read task covers (a run of shards); fewer, larger
+    #                        tasks amortize Ray's per-task cost, which dominates on short recordings
 
     def __post_init__(self) -> None:
-        if self.shard_s <= 0:
-            raise ValueError(f"shard_s must be > 0, got {self.shard_s}")
+        if self.shard_s <= 0 or self.task_s <= 0:
+            raise ValueError(f"shard_s and task_s must be > 0, got {self.shard_s}, {self.task_s}")
 
 
 @dataclass(frozen=True)
@@ -193,30 +195,40 @@ def read_token_table(folder: str | Path, columns: list[str] | None = None) -> pa
 
 
 class CorpusWindowsDatasource(Datasource):
-    """Ray Data datasource: one read task per shard, each yielding one row per window."""
+    """Ray Data datasource: read tasks over runs of shards (about `task_s` seconds of EMG each),
+    yielding one block per shard with one row per window."""
 
-    def __init__(self, corpus_path: str, plans: dict[str, RecordingPlan], shards: list[Shard]):
+    def __init__(self, corpus_path: str, plans: dict[str, RecordingPlan], shards: list[Shard], task_s: float):
         super().__init__()
-        self.corpus_path, self.plans, self.shards = corpus_path, plans, shards
+        self.corpus_path, self.plans, self.shards, self.task_s = corpus_path, plans, shards, task_s
+
+    def _bytes(self, shard: Shard) -> int:
+        return (shard.stop - shard.start) * len(self.plans[shard.key].coords) * 4
 
     def estimate_inmemory_data_size(self) -> int:
-        return sum((s.stop - s.start) * len(self.plans[s.key].coords) * 4 for s in self.shards)
+        return sum(self._bytes(s) for s in self.shards)
 
     def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
                        data_context: Any = None) -> list[ReadTask]:
-        tasks = []
-        for shard in self.shards:
-            plan = self.plans[shard.key]
-            meta = BlockMetadata(num_rows=shard.last - shard.first, size_bytes=(shard.stop - shard.start) * len(plan.coords) * 4,
-                                 input_files=None, exec_stats=None)
-            # each task carries only its own shard and plan, not the whole corpus plan
-            tasks.append(ReadTask(partial(_read_block, self.corpus_path, shard, plan), meta,
-                                  per_task_row_limit=per_task_row_limit))
+        tasks, run, seconds = [], [], 0.0
+        for i, shard in enumerate(self.shards):
+            run.append(shard)
+            seconds += (shard.stop - shard.start) / self.plans[shard.key].fs
+            if seconds >= self.task_s or i == len(self.shards) - 1:
+                meta = BlockMetadata(num_rows=sum(s.last - s.first for s in run), size_bytes=sum(map(self._bytes, run)),
+                                     input_files=None, exec_stats=None)
+                # a task carries only its own shards and their plans, not the whole corpus plan
+                plans = {s.key: self.plans[s.key] for s in run}
+                tasks.append(ReadTask(partial(_read_blocks, self.corpus_path, run, plans), meta,
+                                      per_task_row_limit=per_task_row_limit))
+                run, seconds = [], 0.0
         return tasks
 
 
-def _read_block(corpus_path: str, shard: Shard, plan: RecordingPlan) -> Iterator[Any]:
-    yield BlockAccessor.batch_to_block(read_shard(Corpus(corpus_path), plan, shard))
+def _read_blocks(corpus_path: str, shards: list[Shard], plans: dict[str, RecordingPlan]) -> Iterator[Any]:
+    corpus = Corpus(corpus_path)
+    for shard in shards:  # one block per shard: memory is bounded by the shard, not the task
+        yield BlockAccessor.batch_to_block(read_shard(corpus, plans[shard.key], shard))
 
 
 @dataclass
@@ -290,17 +302,27 @@ def _tokenize_ray_data(corpus_path: str, plans: dict[str, RecordingPlan], shards
     # without them a 2-CPU machine runs it ~1.7x faster (STACK_NOTES.md).
     ray.data.DataContext.get_current().op_resource_reservation_enabled = False
     plans_ref = ray.put(plans)
-    dataset = ray.data.read_datasource(CorpusWindowsDatasource(corpus_path, plans, shards))
+    source = CorpusWindowsDatasource(corpus_path, plans, shards, cfg.task_s)
+    # one block per read task keeps the read fused with the tokenizer; Ray Data would otherwise split
+    # the few large tasks into many blocks and run the unfused map one task at a time on small clusters
+    dataset = ray.data.read_datasource(source, override_num_blocks=len(source.get_read_tasks(1)))
     dataset = dataset.map_batches(_tokenize_batch, fn_kwargs={"plans": plans_ref, "cfg": cfg},
                                   batch_format="numpy", batch_size=None, zero_copy_batch=True)
     dataset.write_parquet(str(out), min_rows_per_file=4096)
+
+
+_PLANS_CACHE: dict[str, dict[str, RecordingPlan]] = {}  # per worker process: fetch the plans once
 
 
 def _tokenize_batch(batch: dict[str, np.ndarray], plans: Any, cfg: TokenizeConfig) -> pa.Table:
     import ray
 
     if isinstance(plans, ray.ObjectRef):
-        plans = ray.get(plans)
+        ref = plans.hex()
+        if ref not in _PLANS_CACHE:
+            _PLANS_CACHE.clear()  # one tokenize run at a time per worker
+            _PLANS_CACHE[ref] = ray.get(plans)
+        plans = _PLANS_CACHE[ref]
     return tokenize_rows(batch, plans, cfg)
 
 

@@ -1,0 +1,107 @@
+"""Tokenization throughput and memory: single process vs Ray Data, corpus vs 4x corpus.
+
+    python benchmarks/bench_tokenize.py --out benchmarks/out/tokenize.json
+    python benchmarks/bench_tokenize.py --corpus runs/real.zarr      # also time a given corpus
+
+Builds two synthetic corpora (all four simulated devices; the second has 4x the subjects), then
+measures, in one invocation so the ratios compare like with like:
+- channel-samples per second of `tokenize_corpus(workers=1)` (one process, one core);
+- the same through Ray Data on 2 CPUs, once warm (Ray started and the pipeline run once before);
+- peak resident memory of a whole `aemg tokenize` run (driver, Ray's processes and workers,
+  sampled every 0.1 s) on the corpus and on the 4x corpus.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from aemg_dist.data import tokenize_corpus  # noqa: E402
+from aemg_dist.parallel import ensure_ray  # noqa: E402
+from preprocessing.prepare import prepare  # noqa: E402
+from preprocessing.synthetic import SyntheticConfig, default_datasets, synthetic_jobs  # noqa: E402
+
+
+def synthetic_corpus(out: Path, subjects: int) -> Path:
+    specs = [dataclasses.replace(spec, n_subjects=subjects, n_sessions=1) for spec in default_datasets("demo")]
+    report = prepare(synthetic_jobs(SyntheticConfig(seed=0, datasets=specs)), out, workers=2, progress=False)
+    assert report.ok, report.failed
+    return out
+
+
+def throughput(corpus: Path, scratch: Path, workers: int) -> dict:
+    out = scratch / f"tokens-w{workers}"
+    shutil.rmtree(out, ignore_errors=True)
+    report = tokenize_corpus(corpus, out, workers=workers, progress=False)
+    return {"workers": workers, "wall_s": round(report.wall_seconds, 2), "windows": report.windows,
+            "tokens": report.tokens, "mchannel_samples_per_s": round(report.channel_samples / report.wall_seconds / 1e6, 2)}
+
+
+def peak_memory_mb(corpus: Path, out: Path) -> float:
+    """Peak summed RSS of `aemg tokenize` and every process it starts (Ray included)."""
+    aemg = Path(sys.executable).with_name("aemg")
+    proc = subprocess.Popen([str(aemg), "tokenize", "--corpus", str(corpus), "--out", str(out), "--quiet"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    root, peak = psutil.Process(proc.pid), 0
+    while proc.poll() is None:
+        try:
+            procs = [root, *root.children(recursive=True)]
+            peak = max(peak, sum(p.memory_info().rss for p in procs if p.is_running()))
+        except psutil.Error:
+            pass
+        time.sleep(0.1)
+    if proc.returncode != 0:
+        raise RuntimeError(f"aemg tokenize failed on {corpus}")
+    return peak / 2**20
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--subjects", type=int, default=2, help="subjects per simulated device in the base corpus")
+    parser.add_argument("--corpus", help="also measure throughput on this corpus")
+    parser.add_argument("--out", help="write the results as JSON here")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        scratch = Path(tmp)
+        base = synthetic_corpus(scratch / "base.zarr", args.subjects)
+        large = synthetic_corpus(scratch / "large.zarr", 4 * args.subjects)
+        corpora = {"synthetic": base, **({"given": Path(args.corpus)} if args.corpus else {})}
+        result = {}
+        for name, corpus in corpora.items():
+            single = throughput(corpus, scratch, workers=1)
+            ensure_ray(num_cpus=2)
+            throughput(corpus, scratch, workers=2)  # warm-up: workers started, code imported
+            ray_data = throughput(corpus, scratch, workers=2)
+            result[name] = {"single": single, "ray_data": ray_data,
+                            "speedup": round(single["wall_s"] / ray_data["wall_s"], 2)}
+        memory = {"base_mb": round(peak_memory_mb(base, scratch / "mem-base"), 1),
+                  "large_mb": round(peak_memory_mb(large, scratch / "mem-large"), 1)}
+        memory["ratio"] = round(memory["large_mb"] / memory["base_mb"], 3)
+        result["memory"] = memory
+    print("| corpus | run | windows | tokens | wall s | M channel-samples/s |\n|---|---|---|---|---|---|")
+    for name in corpora:
+        for run in ("single", "ray_data"):
+            r = result[name][run]
+            print(f"| {name} | {run} ({r['workers']} worker{'s' if r['workers'] > 1 else ''}) | {r['windows']} | "
+                  f"{r['tokens']} | {r['wall_s']} | {r['mchannel_samples_per_s']} |")
+        print(f"Ray Data (2 CPUs, warm) / single process on {name}: {result[name]['speedup']}x")
+    print(f"peak memory of `aemg tokenize`: {memory['base_mb']} MB (corpus) vs {memory['large_mb']} MB (4x corpus): "
+          f"ratio {memory['ratio']}")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
