@@ -404,7 +404,7 @@ class MetricsLog:
                 writer.writeheader()
             writer.writerow({k: row.get(k, "") for k in fields_})
         for name, value in row.items():
-            if name != "step":
+            if name != "step" and math.isfinite(value):  # no validation set: val_loss is nan
                 self.tensorboard.add_scalar(name, value, int(row["step"]))
 
     def close(self) -> None:
