@@ -426,6 +426,9 @@ class PretrainResult:
 def pretrain(cfg: PretrainConfig) -> PretrainResult:
     """Run pretraining as configured; returns where everything was written."""
     out = Path(cfg.run.out).resolve()
+    # workers do not share the driver's working directory: hand them absolute paths
+    cfg.run.out, cfg.data.tokens = str(out), str(Path(cfg.data.tokens).resolve())
+    cfg.run.init_from = str(Path(cfg.run.init_from).resolve()) if cfg.run.init_from else ""
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     train, val = split_tables(cfg.data)  # fails here, before any worker starts, on bad data paths
@@ -434,6 +437,8 @@ def pretrain(cfg: PretrainConfig) -> PretrainResult:
         checkpoint = str(out / "local_checkpoint")
     else:
         checkpoint = _fit_on_ray(cfg, train, val, out)
+    if not (out / "metrics.csv").exists():
+        raise RuntimeError(f"pretraining finished without writing {out / 'metrics.csv'}; see the Ray logs above")
     plot_metrics(out / "metrics.csv", out)
     final = _last_row(out / "metrics.csv")
     return PretrainResult(out=out, steps=int(final.get("step", 0)), final=final, checkpoint=checkpoint,

@@ -1,6 +1,7 @@
 """Pretraining: the plain loop, resume, Ray Train + DeepSpeed (ZeRO 0/2/3), fault recovery, export."""
 
 import csv
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +14,8 @@ from aemg_dist.train import load_pretrain_config, pretrain, split_tables, collat
 from preprocessing.prepare import prepare
 from preprocessing.synthetic import SyntheticConfig, synthetic_jobs
 
+TINY = Path(__file__).resolve().parents[1] / "configs" / "pretrain" / "tiny.yaml"
+
 
 @pytest.fixture(scope="module")
 def tokens(tmp_path_factory):
@@ -23,7 +26,7 @@ def tokens(tmp_path_factory):
 
 
 def _config(tokens, out, *overrides):
-    return load_pretrain_config("configs/pretrain/tiny.yaml", [
+    return load_pretrain_config(TINY, [
         f"data.tokens={tokens}", f"run.out={out}", "data.batch_size=16", "optim.warmup_steps=5",
         "run.log_every=5", "run.val_every=20", "model.dead_code_steps=1000", *overrides])
 
@@ -99,8 +102,9 @@ def test_ray_train_deepspeed_recovers_from_a_worker_failure(tokens, tmp_path, ra
 
 
 @pytest.mark.parametrize("stage", [2, 3])
-def test_zero_stages_run_with_two_workers(tokens, tmp_path, ray_local, stage):
-    result = pretrain(_config(tokens, tmp_path, "optim.max_steps=10", "run.checkpoint_every=10", f"dist.zero_stage={stage}"))
-    rows = _metrics(tmp_path)
+def test_zero_stages_run_with_two_workers(tokens, tmp_path, ray_local, stage, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a relative run.out must reach the workers as the driver's folder
+    result = pretrain(_config(tokens, "run", "optim.max_steps=10", "run.checkpoint_every=10", f"dist.zero_stage={stage}"))
+    rows = _metrics(tmp_path / "run")
     assert result.steps == 10 and np.isfinite(rows[-1]["loss"])
-    assert (tmp_path / "export" / "model.safetensors").exists()
+    assert (tmp_path / "run" / "export" / "model.safetensors").exists()
