@@ -297,7 +297,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     stepper = DeepSpeedStepper(model, cfg, world) if distributed else PlainStepper(model, cfg)
     start_step = _resume(stepper) if distributed else _resume_local(stepper, cfg)
     micro_batch = cfg.data.batch_size // world
-    train, val = split_tables(cfg.data) if not distributed else (None, loop_config["val"])
+    train, val = loop_config.get("train"), loop_config["val"]  # split once, by the driver
     batches = ray_batches(micro_batch, cfg.run.seed + rank) if distributed else \
         local_batches(train, micro_batch, cfg.run.seed, skip=start_step)
     log = MetricsLog(Path(cfg.run.out), enabled=rank == 0)
@@ -433,7 +433,7 @@ def pretrain(cfg: PretrainConfig) -> PretrainResult:
     save_config(cfg, out / "config.yaml")
     train, val = split_tables(cfg.data)  # fails here, before any worker starts, on bad data paths
     if not cfg.dist.ray:
-        train_loop({"config": asdict(cfg)})
+        train_loop({"config": asdict(cfg), "train": train, "val": val})
         checkpoint = str(out / "local_checkpoint")
     else:
         checkpoint = _fit_on_ray(cfg, train, val, out)
