@@ -131,6 +131,13 @@ def test_cli_prepare_info_check(tmp_path, capsys, monkeypatch):
     assert aemg(["prepare", "--source", "x", "--out", str(out), "--workers", "1", "nope=1"]) == 2
     assert "nope" in capsys.readouterr().err
     assert aemg(["corpus", "check", str(tmp_path / "missing.zarr")]) == 1
+    # overrides before and after options both count
+    other = tmp_path / "other.zarr"
+    assert aemg(["prepare", "highpass_hz=15", "--source", "x", "--out", str(other), "--workers", "1", "lowpass_hz=400"]) == 0
+    resolved = (other / "prepare.yaml").read_text()
+    assert "highpass_hz: 15.0" in resolved and "lowpass_hz: 400.0" in resolved
+    with pytest.raises(SystemExit):
+        aemg(["corpus", "info", str(out), "--bogus"])
 
 
 def test_ray_tasks_write_the_same_corpus_as_one_process(tmp_path, ray_local):
