@@ -1,0 +1,218 @@
+"""Evaluation core: folds, calibration budgets, TD features, LDA and metrics (fast, numpy only)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from aemg_dist.evaluation import LDA, balanced_accuracy, calibration_split, loso_folds, macro_f1, td_features
+from aemg_dist.evaluation.folds import N_BLOCKS
+
+BUDGETS = (0, 1, 5, 10, 25, 50, 100)
+
+
+def _table(with_reps: bool = True) -> dict[str, np.ndarray]:
+    """Two datasets: 'ninapro' (3 subjects x 2 sessions, 4 labels x 6 reps x 3 windows, plus
+    unlabeled windows) and 'multiday' (1 subject, 6 sessions, no rep ids: rep = -1)."""
+    rows = {c: [] for c in ("dataset", "subject", "session", "key", "start", "label", "rep")}
+
+    def add(ds, subj, sess, label, rep, start):
+        rows["dataset"].append(ds); rows["subject"].append(subj); rows["session"].append(sess)
+        rows["key"].append(f"{ds}/{subj}/{sess}"); rows["start"].append(start)
+        rows["label"].append(label); rows["rep"].append(rep)
+
+    for s in range(3):
+        for sess in range(2):
+            t = 0
+            for rep in range(6):
+                for label in range(4):
+                    for _ in range(3):
+                        add("ninapro", f"s{s}", f"d{sess}", label, rep if with_reps else -1, t); t += 100
+            add("ninapro", f"s{s}", f"d{sess}", -1, -1, t)  # unlabeled: in no fold
+    for sess in range(6):
+        t = 0
+        for label in range(3):
+            for _ in range(40):
+                add("multiday", "m0", f"day{sess}", label, -1, t); t += 100
+    return {k: np.asarray(v) for k, v in rows.items()}
+
+
+def test_loso_no_subject_in_train_and_heldout():
+    table = _table()
+    folds = loso_folds(pa.table(table), "ninapro")  # pyarrow input
+    assert sorted(f.held_out for f in folds) == ["s0", "s1", "s2"]
+    labeled = np.flatnonzero((table["dataset"] == "ninapro") & (table["label"] >= 0))
+    for f in folds:
+        assert set(table["subject"][f.heldout_idx]) == {f.held_out}
+        assert f.held_out not in set(table["subject"][f.train_idx])
+        assert set(table["dataset"][f.train_idx]) == {"ninapro"}
+        assert np.array_equal(np.sort(np.concatenate([f.train_idx, f.heldout_idx])), labeled)
+    assert np.array_equal(np.sort(np.concatenate([f.heldout_idx for f in folds])), labeled)
+
+
+def test_single_subject_dataset_is_leave_one_session_out():
+    table = _table()
+    folds = loso_folds(table, "multiday")
+    assert len(folds) == 6
+    for f in folds:
+        assert set(table["session"][f.heldout_idx]) == {f.held_out}
+        assert f.held_out not in set(table["session"][f.train_idx])
+        assert len(f.train_idx) == 5 * 120 and len(f.heldout_idx) == 120
+
+
+def _rep_units(table, idx):
+    return {(table["key"][i], table["label"][i], table["rep"][i]) for i in idx}
+
+
+@pytest.mark.parametrize("seed", [0, 1, 7])
+def test_budgets_nested_disjoint_and_same_test(seed):
+    table = _table()
+    fold = loso_folds(table, "ninapro")[1]
+    splits = {b: calibration_split(fold, b, seed) for b in BUDGETS}
+    calib0, test0 = splits[0]
+    assert calib0.size == 0 and test0.size > 0
+    for lo, hi in zip(BUDGETS, BUDGETS[1:]):
+        assert set(splits[lo][0]) <= set(splits[hi][0])  # nested
+    for b, (calib, test) in splits.items():
+        assert np.array_equal(test, test0)  # every budget scored on the same windows
+        assert not set(calib) & set(test)
+        assert not _rep_units(table, calib) & _rep_units(table, test)  # no shared repetition
+        assert set(calib) | set(test) <= set(fold.heldout_idx)
+        if b > 0:  # at least one repetition per label
+            assert set(table["label"][calib]) == {0, 1, 2, 3}
+    # whole repetitions: every calibration repetition comes with all its windows
+    calib = splits[50][0]
+    for key, label, rep in _rep_units(table, calib):
+        whole = np.flatnonzero((table["key"] == key) & (table["label"] == label) & (table["rep"] == rep))
+        assert set(whole) <= set(calib)
+    # 12 units per label (2 sessions x 6 reps): test = round(0.33 * 12) = 4, 100 % = the other 8
+    n_units = lambda idx, lab: len({u for u in _rep_units(table, idx) if u[1] == lab})
+    assert all(n_units(test0, lab) == 4 for lab in range(4))
+    assert all(n_units(splits[100][0], lab) == 8 for lab in range(4))
+    assert all(n_units(splits[25][0], lab) == 3 for lab in range(4))
+    assert all(n_units(splits[1][0], lab) == 1 for lab in range(4))
+
+
+def test_calibration_deterministic_per_seed():
+    table = _table()
+    fold = loso_folds(table, "ninapro")[0]
+    a = calibration_split(fold, 25, seed=3)
+    b = calibration_split(loso_folds(table, "ninapro")[0], 25, seed=3)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    others = [calibration_split(fold, 25, seed=s)[0] for s in range(4, 12)]
+    assert any(not np.array_equal(a[0], o) for o in others)
+
+
+def test_no_reps_uses_contiguous_time_blocks():
+    table = _table()
+    fold = loso_folds(table, "multiday")[2]
+    calib, test = calibration_split(fold, 10, seed=0)
+    assert not set(calib) & set(test)
+    # 40 windows per label -> N_BLOCKS blocks of 2; 10 % of 20 blocks = 2 blocks = 4 windows per label
+    assert N_BLOCKS == 20
+    for lab in range(3):
+        c = np.sort(table["start"][calib][table["label"][calib] == lab])
+        assert c.size == 4
+        # each chosen block is two consecutive windows of the same label
+        pairs = c.reshape(2, 2)
+        assert np.all(pairs[:, 1] - pairs[:, 0] == 100)
+    calib5, test5 = calibration_split(fold, 5, seed=0)
+    assert set(calib5) <= set(calib) and np.array_equal(test5, test)
+    assert calibration_split(fold, 0, seed=0)[0].size == 0
+
+
+# ---------------------------------------------------------------- TD features
+
+
+def _td_loop(x: np.ndarray, threshold: float) -> np.ndarray:
+    n, t_len, c = x.shape
+    out = np.zeros((n, 5, c))
+    for i in range(n):
+        for ch in range(c):
+            s = x[i, :, ch].astype(np.float64)
+            rms = np.sqrt(np.mean(s * s))
+            thr = threshold * rms
+            zc = sum(1 for t in range(t_len - 1) if s[t] * s[t + 1] < 0 and abs(s[t] - s[t + 1]) >= thr)
+            ssc = sum(1 for t in range(1, t_len - 1)
+                      if (s[t] - s[t - 1]) * (s[t] - s[t + 1]) > 0
+                      and (abs(s[t] - s[t - 1]) >= thr or abs(s[t] - s[t + 1]) >= thr))
+            out[i, :, ch] = [np.mean(np.abs(s)), rms, np.sum(np.abs(np.diff(s))), zc, ssc]
+    return out.reshape(n, 5 * c)
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.01, 0.5])
+def test_td_features_equal_direct_loop(threshold):
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((7, 50, 3)) * np.array([1.0, 1e-3, 30.0])).astype(np.float32)
+    x[0, :, 1] = 0.0  # silent channel
+    x[1, 10:20, 0] = 0.5  # flat stretch
+    got = td_features(x, threshold=threshold)
+    assert got.shape == (7, 15)
+    np.testing.assert_allclose(got, _td_loop(x, threshold), rtol=1e-12, atol=1e-12)
+
+
+def test_td_features_known_values():
+    x = np.array([1.0, -1.0, 1.0, -1.0, 1.0], dtype=np.float32)[None, :, None]
+    mav, rms, wl, zc, ssc = td_features(x)[0]
+    assert (mav, rms, wl, zc, ssc) == (1.0, 1.0, 8.0, 4.0, 3.0)
+    # a large threshold removes the crossings and slope changes
+    assert td_features(x, threshold=2.5)[0, 3:].tolist() == [0.0, 0.0]
+
+
+# ---------------------------------------------------------------- LDA and metrics
+
+
+def _two_class_closed_form(X, y, Xt):
+    m0, m1 = X[y == 0].mean(0), X[y == 1].mean(0)
+    c = np.concatenate([X[y == 0] - m0, X[y == 1] - m1])
+    s = c.T @ c / (len(X) - 2)
+    w = np.linalg.inv(s) @ (m1 - m0)
+    p1 = np.mean(y == 1)
+    b = -0.5 * w @ (m0 + m1) + np.log(p1 / (1 - p1))
+    return (Xt @ w + b > 0).astype(int)
+
+
+def test_lda_two_gaussians_matches_closed_form():
+    rng = np.random.default_rng(1)
+    cov = np.array([[2.0, 0.8, 0.0], [0.8, 1.0, 0.3], [0.0, 0.3, 0.5]])
+    chol = np.linalg.cholesky(cov)
+    mu = np.array([[0.0, 0.0, 0.0], [1.5, -1.0, 1.0]])
+
+    def sample(n0, n1):
+        y = np.r_[np.zeros(n0, int), np.ones(n1, int)]
+        return mu[y] + rng.standard_normal((n0 + n1, 3)) @ chol.T, y
+
+    X, y = sample(300, 200)
+    Xt, yt = sample(1000, 1000)
+    pred = LDA().fit(X, y).predict(Xt)
+    assert balanced_accuracy(yt, pred) > 0.9
+    assert np.array_equal(pred, _two_class_closed_form(X, y, Xt))
+
+
+def test_lda_multiclass_string_labels_and_singular_features():
+    rng = np.random.default_rng(2)
+    y = np.repeat(np.array(["fist", "open", "rest"]), 100)
+    centers = {"fist": [3, 0], "open": [0, 3], "rest": [0, 0]}
+    X = np.array([centers[c] for c in y]) + 0.5 * rng.standard_normal((300, 2))
+    X = np.c_[X, np.ones(300)]  # constant feature: singular covariance
+    model = LDA().fit(X, y)
+    assert np.mean(model.predict(X) == y) > 0.95
+    assert np.mean(LDA(ridge=1e-3).fit(X, y).predict(X) == y) > 0.95
+
+
+def test_balanced_accuracy_and_macro_f1_hand_made():
+    y_true = np.array([0] * 8 + [1] * 2)
+    y_pred = np.zeros(10, int)  # always the majority class
+    assert np.mean(y_true == y_pred) == 0.8
+    assert balanced_accuracy(y_true, y_pred) == 0.5
+    # class 0: P = 8/10, R = 1 -> F1 = 16/18; class 1: F1 = 0
+    assert macro_f1(y_true, y_pred) == pytest.approx((16 / 18) / 2)
+    y_pred2 = np.array([0] * 6 + [1] * 2 + [1, 0])
+    # recall: class 0 6/8, class 1 1/2
+    assert balanced_accuracy(y_true, y_pred2) == pytest.approx((6 / 8 + 1 / 2) / 2)
+    # class 0: tp 6, P 6/7, R 6/8 -> F1 = 12/15; class 1: tp 1, P 1/3, R 1/2 -> F1 = 2/5
+    assert macro_f1(y_true, y_pred2) == pytest.approx((12 / 15 + 2 / 5) / 2)
+    assert balanced_accuracy([2, 2, 5], [2, 2, 5]) == 1.0 and macro_f1([2, 2, 5], [2, 2, 5]) == 1.0
+    # a class only predicted (never true) lowers macro F1 but not balanced accuracy
+    assert balanced_accuracy([0, 0], [0, 3]) == 0.5 and macro_f1([0, 0], [0, 3]) == pytest.approx((2 / 3) / 2)
