@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import is_dataclass
 from pathlib import Path
-from typing import Sequence, TypeVar
+from typing import Mapping, Sequence, TypeVar
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -19,9 +19,10 @@ class ConfigError(ValueError):
     """A config file or override does not fit the config's schema or values."""
 
 
-def load_config(schema: type[T], path: str | Path | Sequence[str | Path] | None = None,
+def load_config(schema: type[T], path: str | Path | Sequence[str | Path | Mapping] | None = None,
                 overrides: Sequence[str] = ()) -> T:
-    """Merge defaults, optional YAML file(s) (later ones win) and `key=value` overrides into a `schema` instance.
+    """Merge defaults, optional layers (YAML files or mappings; later ones win) and `key=value`
+    overrides into a `schema` instance.
 
     Unknown keys, wrong types and values rejected by the dataclass's own checks raise
     ConfigError naming the culprit, before any work starts.
@@ -33,6 +34,9 @@ def load_config(schema: type[T], path: str | Path | Sequence[str | Path] | None 
     try:
         merged = OmegaConf.structured(schema)
         for layer in paths:
+            if isinstance(layer, Mapping):
+                merged = OmegaConf.merge(merged, layer)
+                continue
             if not Path(layer).is_file():
                 raise ConfigError(f"config file {layer} does not exist")
             merged = OmegaConf.merge(merged, OmegaConf.load(layer))
@@ -40,7 +44,8 @@ def load_config(schema: type[T], path: str | Path | Sequence[str | Path] | None 
             merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
         return OmegaConf.to_object(merged)  # type: ignore[return-value]
     except OmegaConfBaseException as err:
-        where = f" in {paths[-1]}" if paths else ""
+        files = [p for p in paths if not isinstance(p, Mapping)]
+        where = f" in {files[-1]}" if files else ""
         key = getattr(err, "full_key", None)
         message = str(getattr(err, "msg", err)).splitlines()[0]
         raise ConfigError(f"bad {schema.__name__}{where}: " + (f"{key}: " if key else "") + message) from None

@@ -329,10 +329,9 @@ def _tokenize_batch(batch: dict[str, np.ndarray], plans: Any, cfg: TokenizeConfi
 def _write_manifest(out: Path, plans: dict[str, RecordingPlan], cfg: TokenizeConfig) -> TokenizeReport:
     report = TokenizeReport(out=out, recordings=len(plans))
     for path in sorted(out.glob("*.parquet")):
-        meta = pq.read_metadata(path)
-        n_tokens = pq.read_table(path, columns=["n_tokens"]).column("n_tokens").to_numpy()
-        report.files.append({"path": path.name, "rows": meta.num_rows, "tokens": int(n_tokens.sum())})
-        report.windows += meta.num_rows
+        n_tokens = pq.read_table(path, columns=["n_tokens"]).column("n_tokens").to_numpy()  # one row per window
+        report.files.append({"path": path.name, "rows": len(n_tokens), "tokens": int(n_tokens.sum())})
+        report.windows += len(n_tokens)
         report.tokens += int(n_tokens.sum())
         report.empty_windows += int((n_tokens == 0).sum())
     report.skipped_spans = sum(p.windows.skipped_spans for p in plans.values())

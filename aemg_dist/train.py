@@ -33,7 +33,7 @@ import torch
 from omegaconf import OmegaConf
 
 from aemg_dist.config import ConfigError, config_from_dict, load_config, save_config
-from aemg_dist.data import TOKENS_MANIFEST, read_token_table, table_to_windows
+from aemg_dist.data import read_token_table, table_to_windows
 from aemg_dist.model import AEMGModel, ModelConfig, batch_to_torch
 from aemg_dist.model.export import export_inference, load_inference
 from aemg_dist.tokens import TokenBatch
@@ -121,26 +121,21 @@ def load_pretrain_config(path: str | Path | None = None, overrides: Sequence[str
     preset_file = MODEL_PRESETS / f"{preset}.yaml"
     if not preset_file.is_file():
         raise ConfigError(f"unknown model preset {preset!r}; choose one of {sorted(p.stem for p in MODEL_PRESETS.glob('*.yaml'))}")
-    with tempfile.TemporaryDirectory() as tmp:  # the preset becomes the lowest file layer, under `model:`
-        layer = Path(tmp) / "preset.yaml"
-        OmegaConf.save(OmegaConf.create({"model": OmegaConf.load(preset_file)}), layer)
-        return load_config(PretrainConfig, [layer, *([path] if path else [])], overrides)
+    preset_layer = {"model": OmegaConf.load(preset_file)}  # the lowest layer, under `model:`
+    return load_config(PretrainConfig, [preset_layer, *([path] if path else [])], overrides)
 
 
 # ---------------------------------------------------------------- data
 
 def split_tables(cfg: DataConfig) -> tuple[pa.Table, pa.Table]:
     """(train, validation) token rows after the exclusions; validation = whole recordings."""
-    if not (Path(cfg.tokens) / TOKENS_MANIFEST).is_file():
-        raise FileNotFoundError(f"{cfg.tokens} holds no token shards ({TOKENS_MANIFEST}); run `aemg tokenize` first")
-    table = read_token_table(cfg.tokens)
-    keys = np.array(table.column("key").to_pylist())
-    subject = np.char.add(np.char.add(np.array(table.column("dataset").to_pylist()), "/"),
-                          np.array(table.column("subject").to_pylist()))
-    keep = ~np.isin(subject, cfg.exclude_subjects) & ~np.isin(table.column("dataset").to_numpy(zero_copy_only=False),
-                                                              cfg.exclude_datasets)
+    table = read_token_table(cfg.tokens)  # FileNotFoundError naming the folder when it holds no shards
+    dataset = np.array(table.column("dataset").to_pylist())
+    subject = np.char.add(np.char.add(dataset, "/"), np.array(table.column("subject").to_pylist()))
+    keep = ~np.isin(subject, cfg.exclude_subjects) & ~np.isin(dataset, cfg.exclude_datasets)
     # a stable hash of the recording key, so the split never depends on row order or the machine
-    is_val = np.array([zlib.crc32(k.encode()) / 2**32 < cfg.val_fraction for k in keys], dtype=bool)
+    is_val = np.array([zlib.crc32(k.encode()) / 2**32 < cfg.val_fraction for k in table.column("key").to_pylist()],
+                      dtype=bool)
     train, val = table.filter(pa.array(keep & ~is_val)), table.filter(pa.array(keep & is_val))
     if train.num_rows == 0:
         raise ValueError(f"no training windows left in {cfg.tokens} after the exclusions")

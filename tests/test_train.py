@@ -9,7 +9,7 @@ import torch
 
 from aemg_dist.config import ConfigError
 from aemg_dist.data import tokenize_corpus
-from aemg_dist.model import batch_to_torch, load_inference
+from aemg_dist.model import load_inference
 from aemg_dist.train import load_pretrain_config, pretrain, split_tables, collate
 from preprocessing.prepare import prepare
 from preprocessing.synthetic import SyntheticConfig, synthetic_jobs
