@@ -271,6 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["info", "check"])
     p.add_argument("corpus", help="CORPUS.zarr")
     p.set_defaults(func=cmd_corpus)
+    __import__("aemg_dist.jobs").jobs.add_commands(sub)  # aemg submit / aemg jobs (imports cli: a late import)
     return parser
 
 
