@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import textwrap
 import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -12,6 +13,8 @@ from typing import Any, Callable, Sequence
 from aemg_dist.config import ConfigError, load_config, save_config
 
 DEFAULT_DATA_ROOT = "../shared/data"
+DEMO_HELD_OUT = ("synth_myo/s01", "synth_myo/s02", "synth_myo/s03")  # the demo's LOSO folds
+DEMO_EVALUATION = Path(__file__).resolve().parents[1] / "configs" / "evaluate" / "demo.yaml"
 
 
 class CommandError(RuntimeError):
@@ -123,6 +126,49 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate_config(args: argparse.Namespace, methods: Sequence[str]) -> Any:
+    """EvaluateConfig from --config < the command's options < key=value overrides."""
+    from aemg_dist.evaluation.runner import EvaluateConfig
+
+    options = [f"corpus={args.corpus}", f"out={args.out}", f"protocol={args.protocol}", f"workers={args.workers}",
+               f"methods=[{','.join(args.methods.split(',') if args.methods else methods)}]"]
+    if getattr(args, "checkpoint", None):
+        options.append(f"checkpoints=[{','.join(args.checkpoint)}]")
+    for name in ("budgets", "seeds", "datasets", "subjects"):
+        if getattr(args, name):
+            options.append(f"{name}=[{getattr(args, name)}]")
+    if args.max_folds is not None:
+        options.append(f"max_folds={args.max_folds}")
+    if args.address:
+        options.append(f"address={args.address}")
+    return load_config(EvaluateConfig, args.config, [*options, *args.overrides])
+
+
+def _run_evaluation(args: argparse.Namespace, methods: Sequence[str]) -> int:
+    from aemg_dist.evaluation.report import aggregate
+    from aemg_dist.evaluation.runner import evaluate
+
+    result = evaluate(_evaluate_config(args, methods), progress=not args.quiet)
+    table = [{"method": a["method"], "dataset": a["dataset"], "budget %": a["budget"],
+              "balanced_acc": f"{a['mean']:.3f} ± {a['std']:.3f}", "subjects": a["n"]} for a in aggregate(result.rows)]
+    print(format_table(table))
+    print(f"evaluated {len(result.rows)} trials in {result.seconds:.0f} s")
+    print(f"wrote {result.out} (summary.csv, report.md, low_label.png, confusion_*.png, trials.jsonl, evaluate.yaml)")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from aemg_dist.evaluation.methods import AEMG_METHODS, BASELINE_METHODS
+
+    return _run_evaluation(args, [*AEMG_METHODS, *BASELINE_METHODS])
+
+
+def cmd_baselines(args: argparse.Namespace) -> int:
+    from aemg_dist.evaluation.methods import BASELINE_METHODS
+
+    return _run_evaluation(args, BASELINE_METHODS)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     import shutil
 
@@ -136,7 +182,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out = Path(args.out)
     corpus_path, tokens_path = out / "corpus.zarr", out / "tokens"
     config = HarmonizeConfig()
-    print(f"[1/3] prepare: synthetic ({args.scale}, seed {args.seed}) -> {corpus_path}", flush=True)
+    print(f"[1/4] prepare: synthetic ({args.scale}, seed {args.seed}) -> {corpus_path}", flush=True)
     report = prepare(synthetic_jobs(SyntheticConfig(seed=args.seed, scale=args.scale)), corpus_path, config,
                      workers=args.workers, progress=not args.quiet)
     save_config(config, corpus_path / "prepare.yaml")
@@ -146,7 +192,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         raise CommandError(f"demo corpus has problems: {(problems or report.failed)[:3]}")
     print(format_table(corpus_summary(Corpus(corpus_path))))
 
-    print(f"[2/3] tokenize: {corpus_path} -> {tokens_path}", flush=True)
+    print(f"[2/4] tokenize: {corpus_path} -> {tokens_path}", flush=True)
     shutil.rmtree(tokens_path, ignore_errors=True)  # tokens and models are cheap to remake; the corpus is kept
     print(tokenize_corpus(corpus_path, tokens_path, TokenizeConfig(), workers=args.workers,
                           progress=not args.quiet).summary())
@@ -154,15 +200,28 @@ def cmd_demo(args: argparse.Namespace) -> int:
     pretrain_path = out / "pretrain"
     shutil.rmtree(pretrain_path, ignore_errors=True)
     where = "in this process" if args.workers == 1 else "on Ray Train + DeepSpeed, 2 workers"
-    print(f"[3/3] pretrain: tiny model {where} -> {pretrain_path}", flush=True)
+    # the evaluated subjects are left out of pretraining, so no fold's held-out subject was ever seen
+    print(f"[3/4] pretrain: tiny model {where}, without the held-out subjects {list(DEMO_HELD_OUT)} "
+          f"-> {pretrain_path}", flush=True)
     config = load_pretrain_config(REPO_ROOT / "configs" / "pretrain" / "tiny.yaml", [
         f"data.tokens={tokens_path}", f"run.out={pretrain_path}", f"run.seed={args.seed}",
-        *(["dist.ray=false"] if args.workers == 1 else [])])
+        f"data.exclude_subjects=[{','.join(DEMO_HELD_OUT)}]", *(["dist.ray=false"] if args.workers == 1 else [])])
     result = pretrain(config)
     print(f"pretrained {result.steps} steps: " + ", ".join(
         f"{k}={result.final[k]:.3g}" for k in ("loss", "val_loss", "codebook_usage", "perplexity", "mtm_accuracy")
         if k in result.final))
-    print(f"demo outputs in {out} (corpus.zarr, tokens/, pretrain/: loss.png, codebook.png, export/)")
+
+    results_path = out / "results"
+    shutil.rmtree(results_path, ignore_errors=True)
+    print(f"[4/4] evaluate: LOSO on {list(DEMO_HELD_OUT)}, budgets 0/10/100 %, AEMG and every baseline "
+          f"-> {results_path}", flush=True)
+    args.checkpoint, args.corpus, args.out, args.protocol = [str(pretrain_path)], str(corpus_path), str(results_path), "loso"
+    args.budgets, args.subjects, args.config = "0,10,100", ",".join(DEMO_HELD_OUT), str(DEMO_EVALUATION)
+    args.seeds = args.datasets = args.methods = args.max_folds = None
+    args.overrides = []
+    cmd_evaluate(args)
+    print(f"demo outputs in {out}: corpus.zarr, tokens/, pretrain/ (loss.png, codebook.png, export/), "
+          f"results/ (report.md, summary.csv, low_label.png)")
     return 0
 
 
@@ -180,9 +239,25 @@ def _add_runtime_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def _add_evaluation_options(p: argparse.ArgumentParser, default_methods: str) -> None:
+    p.add_argument("--corpus", required=True, help="CORPUS.zarr made by `aemg prepare`")
+    p.add_argument("--out", required=True, help="results folder")
+    p.add_argument("--protocol", default="loso", choices=["loso"], help="evaluation protocol (default loso)")
+    p.add_argument("--budgets", help="calibration budgets in %% (default 0,1,5,10,100)")
+    p.add_argument("--seeds", help="calibration draws, e.g. 0,1,2 (default 0)")
+    p.add_argument("--methods", help=f"comma-separated methods (default: {default_methods})")
+    p.add_argument("--datasets", help="comma-separated datasets (default: all)")
+    p.add_argument("--subjects", help="held-out subjects as dataset/subject, comma-separated (default: all)")
+    p.add_argument("--max-folds", type=int, default=None, help="at most N evenly spaced folds per dataset")
+    p.add_argument("--config", help="YAML with an EvaluateConfig (train.*, windows.*, test_percent, ...)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.base_steps=500 require_unseen=false")
+    _add_runtime_options(p)
+
+
 def _subcommand(sub: Any, name: str, help: str, description: str, examples: Sequence[str]) -> argparse.ArgumentParser:
     """A subcommand whose --help ends with worked examples."""
     epilog = "examples:\n" + "\n".join(f"  {e}" for e in examples)
+    description = textwrap.fill(description, width=100)  # raw formatting keeps the examples' lines, so wrap here
     return sub.add_parser(name, help=help, description=description, epilog=epilog,
                           formatter_class=argparse.RawDescriptionHelpFormatter)
 
@@ -250,6 +325,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-ray", action="store_true", help="run the same loop in this process, without Ray/DeepSpeed")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. preset=small optim.max_steps=1000")
     p.set_defaults(func=cmd_pretrain)
+
+    evaluation_help = (
+        "Leave-one-subject-out evaluation on labeled windows (leave-one-session-out for a single-subject dataset): "
+        "each method learns from the other subjects, then adapts with a calibration budget (% of the held-out "
+        "subject's labeled repetitions) and is scored on the same test repetitions at every budget. Writes "
+        "summary.csv, report.md (mean ± std, paired Wilcoxon tests), low_label.png and confusion matrices. "
+        "Finished folds are kept in trials.jsonl: re-running the same command resumes.")
+    p = _subcommand(
+        sub, "evaluate", "pretrained checkpoint(s) -> LOSO x calibration budgets, with the baselines",
+        evaluation_help + " By default a fold is only scored with a checkpoint whose pretraining excluded the "
+        "held-out subject (data.exclude_subjects) or its dataset (data.exclude_datasets); give several "
+        "--checkpoint runs that together exclude every held-out subject.",
+        ["aemg evaluate --checkpoint runs/pt --corpus corpus.zarr --protocol loso --budgets 0,1,5,10,100 --out results/",
+         "aemg evaluate --checkpoint runs/pt-a --checkpoint runs/pt-b --corpus corpus.zarr --seeds 0,1,2 --out results/",
+         "aemg evaluate --checkpoint runs/pt --corpus corpus.zarr --methods aemg_probe,td_lda --datasets 3dc "
+         "--out results/ train.base_steps=500"])
+    p.add_argument("--checkpoint", action="append", required=True,
+                   help="an `aemg pretrain` run folder (or its export/); repeat for several")
+    _add_evaluation_options(p, "aemg_finetune,aemg_probe and every baseline")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = _subcommand(
+        sub, "baselines", "the baselines alone (no pretrained checkpoint) -> LOSO x calibration budgets",
+        evaluation_help + " Methods: aemg_scratch (the AEMG architecture from scratch), td_lda, cnn, transformer, "
+        "simclr, mae.",
+        ["aemg baselines --corpus corpus.zarr --protocol loso --out results/",
+         "aemg baselines --corpus corpus.zarr --methods td_lda,cnn --budgets 0,10,100 --max-folds 5 --out results/"])
+    _add_evaluation_options(p, "every baseline")
+    p.set_defaults(func=cmd_baselines)
 
     p = sub.add_parser("plot", help="draw a recording's signal, envelope, thresholds, events and token groups",
                        description="events: one panel per channel with the harmonized signal, its envelope, the noise "

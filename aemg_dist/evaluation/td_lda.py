@@ -14,7 +14,9 @@ threshold follows the channel's scale whatever the units. Output (N, 5*C) float6
 `LDA`: class means, pooled within-class covariance S (divisor N - K), optional ridge
 (S + ridge * mean(diag S) * I), discriminants x' S^-1 mu_k - mu_k' S^-1 mu_k / 2 + log prior_k
 (empirical priors by default). A singular S (ridge 0, constant features) falls back to the
-pseudo-inverse.
+pseudo-inverse. With `sample_weight` w (calibration windows weighted up against the other
+subjects' windows), means and priors are weighted and S = sum_i w_i (x_i - mu_yi)(x_i - mu_yi)' /
+(sum w * (N - K) / N), which is the unweighted estimate when every w_i = 1.
 """
 
 from __future__ import annotations
@@ -50,16 +52,21 @@ class LDA:
             raise ValueError("priors must be 'empirical' or 'uniform'")
         self.ridge, self.priors = ridge, priors
 
-    def fit(self, X: np.ndarray, y: np.ndarray) -> "LDA":
+    def fit(self, X: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None) -> "LDA":
         X = np.asarray(X, dtype=np.float64)
         y = np.asarray(y)
-        self.classes_, inverse, counts = np.unique(y, return_inverse=True, return_counts=True)
-        k = self.classes_.size
-        if k < 2 or X.shape[0] <= k:
+        self.classes_, inverse = np.unique(y, return_inverse=True)
+        k, n = self.classes_.size, X.shape[0]
+        if k < 2 or n <= k:
             raise ValueError("LDA needs at least two classes and more samples than classes")
-        means = np.stack([X[inverse == i].mean(axis=0) for i in range(k)])
+        w = np.ones(n) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+        if w.shape != (n,) or np.any(w <= 0) or not np.all(np.isfinite(w)):
+            raise ValueError("sample_weight must be (N,) positive finite weights")
+        counts = np.bincount(inverse, weights=w, minlength=k)
+        means = np.stack([np.bincount(inverse, weights=w * X[:, j], minlength=k) for j in range(X.shape[1])], axis=1)
+        means /= counts[:, None]
         centered = X - means[inverse]
-        cov = centered.T @ centered / (X.shape[0] - k)
+        cov = (centered * w[:, None]).T @ centered / (w.sum() * (n - k) / n)
         if self.ridge > 0:
             cov = cov + self.ridge * np.mean(np.diag(cov)) * np.eye(cov.shape[0])
         try:

@@ -1,0 +1,169 @@
+"""Supervised training shared by every neural method, and the linear probe.
+
+Calibration protocol (the same for every method): a classifier first learns from the other
+subjects' labeled windows ("source"); budget 0 % scores that model on the held-out subject. For a
+budget b > 0 the held-out subject's calibration windows join the source windows and make up
+`calib_share` of what the classifier learns from: a neural model continues from its source model
+for `adapt_steps` steps on batches with that share of calibration windows; LDA and the linear
+probe are refit with the calibration windows weighted to that share of the total weight. Without
+the weighting 1 % of one subject would be drowned by the other subjects' windows.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from aemg_dist.model import AEMGModel
+
+
+@dataclass
+class FinetuneConfig:
+    """How every neural classifier is trained (AEMG fine-tuning, from scratch, CNN, Transformer, ...)."""
+
+    base_steps: int = 300  # on the other subjects' windows
+    adapt_steps: int = 100  # per calibration budget, continuing from the source model
+    batch_size: int = 64
+    lr: float = 1e-3
+    adapt_lr: float = 3e-4
+    weight_decay: float = 0.01
+    warmup_fraction: float = 0.1
+    calib_share: float = 0.5  # share of calibration windows in adaptation batches / LDA and probe weights
+    probe_l2: float = 1e-3  # ridge of the linear probe (logistic regression on standardized features)
+    pretrain_steps: int = 300  # SimCLR / MAE pretraining on the fold's unlabeled training windows
+
+    def __post_init__(self) -> None:
+        if min(self.base_steps, self.batch_size, self.pretrain_steps) < 1 or self.adapt_steps < 0:
+            raise ValueError("base_steps, batch_size and pretrain_steps must be >= 1, adapt_steps >= 0")
+        if not 0 < self.calib_share <= 1:
+            raise ValueError(f"calib_share must be in (0, 1], got {self.calib_share}")
+        if self.lr <= 0 or self.adapt_lr <= 0 or self.probe_l2 < 0:
+            raise ValueError("lr and adapt_lr must be > 0, probe_l2 >= 0")
+
+
+Inputs = Callable[[np.ndarray], Any]  # row indices -> the model's input for those windows
+
+
+def calibration_weights(n_source: int, n_calib: int, share: float) -> np.ndarray:
+    """Weights of [source rows, calibration rows] so the calibration rows hold `share` of the total."""
+    weights = np.ones(n_source + n_calib)
+    if n_calib and n_source:
+        weights[n_source:] = share / (1 - share) * n_source / n_calib if share < 1 else 1.0
+        if share == 1:
+            weights[:n_source] = 1e-6 * n_calib / n_source  # calibration only (LDA needs positive weights)
+    return weights
+
+
+def _batch_indices(rng: np.random.Generator, source: np.ndarray, calib: np.ndarray, size: int,
+                   share: float) -> np.ndarray:
+    n_calib = int(round(share * size)) if calib.size else 0
+    parts = [rng.choice(calib, n_calib)] if n_calib else []
+    if size - n_calib:
+        parts.append(rng.choice(source, size - n_calib))
+    return np.concatenate(parts)
+
+
+def train_classifier(model: nn.Module, inputs: Inputs, y: np.ndarray, source: np.ndarray, calib: np.ndarray,
+                     steps: int, lr: float, cfg: FinetuneConfig, seed: int) -> list[float]:
+    """Train `model` (inputs -> logits) in place with AdamW, warmup + cosine; returns the step losses.
+
+    Batches draw `calib_share` of their windows from `calib` (with replacement) when it is not
+    empty, the rest from `source`; the draws depend only on `seed`.
+    """
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+    warmup = max(1, int(cfg.warmup_fraction * steps))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (
+        1 + math.cos(math.pi * min(1.0, s / steps))))
+    labels = torch.as_tensor(y, dtype=torch.long)
+    model.train()
+    losses = []
+    for _ in range(steps):
+        idx = _batch_indices(rng, source, calib, cfg.batch_size, cfg.calib_share)
+        loss = F.cross_entropy(model(inputs(idx)), labels[idx])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        schedule.step()
+        losses.append(float(loss.detach()))
+    return losses
+
+
+@torch.no_grad()
+def apply_in_batches(fn: Callable[[Any], torch.Tensor], inputs: Inputs, idx: np.ndarray,
+                     batch_size: int = 512) -> np.ndarray:
+    """fn(inputs(chunk)) over idx in chunks, concatenated as a numpy array (eval mode is the caller's)."""
+    outs = [fn(inputs(idx[i:i + batch_size])).float().cpu().numpy() for i in range(0, idx.size, batch_size)]
+    return np.concatenate(outs) if outs else np.zeros((0,))
+
+
+def predict(model: nn.Module, inputs: Inputs, idx: np.ndarray) -> np.ndarray:
+    model.eval()
+    return apply_in_batches(model, inputs, idx).argmax(axis=1)
+
+
+def adapted_copy(model: nn.Module) -> nn.Module:
+    """An independent copy of a source model, to adapt to one (budget, seed) without touching it."""
+    return copy.deepcopy(model)
+
+
+class LinearProbe:
+    """Multinomial logistic regression on standardized features, fitted by L-BFGS with an L2 ridge."""
+
+    def __init__(self, l2: float = 1e-3, max_iter: int = 200):
+        self.l2, self.max_iter = l2, max_iter
+
+    def fit(self, X: np.ndarray, y: np.ndarray, n_classes: int, sample_weight: np.ndarray | None = None) -> "LinearProbe":
+        X = np.asarray(X, dtype=np.float64)
+        self.mean_, self.scale_ = X.mean(axis=0), X.std(axis=0) + 1e-6
+        x = torch.as_tensor((X - self.mean_) / self.scale_)
+        target = torch.as_tensor(y, dtype=torch.long)
+        w = torch.as_tensor(np.ones(len(y)) if sample_weight is None else sample_weight, dtype=torch.float64)
+        w = w / w.sum()
+        weight = torch.zeros(X.shape[1], n_classes, dtype=torch.float64, requires_grad=True)
+        bias = torch.zeros(n_classes, dtype=torch.float64, requires_grad=True)
+        optimizer = torch.optim.LBFGS([weight, bias], max_iter=self.max_iter, line_search_fn="strong_wolfe")
+
+        def closure() -> torch.Tensor:
+            optimizer.zero_grad()
+            loss = (F.cross_entropy(x @ weight + bias, target, reduction="none") * w).sum() \
+                + self.l2 * weight.pow(2).sum()
+            loss.backward()
+            return loss
+
+        optimizer.step(closure)
+        self.weight_, self.bias_ = weight.detach().numpy(), bias.detach().numpy()
+        return self
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return np.argmax((np.asarray(X) - self.mean_) / self.scale_ @ self.weight_ + self.bias_, axis=1)
+
+
+class AEMGClassifier(nn.Module):
+    """The AEMG encoder (token embedding + Transformer; pooled window output) with a linear head."""
+
+    def __init__(self, backbone: AEMGModel, n_classes: int):
+        super().__init__()
+        self.backbone = backbone
+        # the pretraining objective may have frozen parts (two-stage training): fine-tuning trains them all
+        for part in (backbone.embed, backbone.encoder):
+            part.requires_grad_(True)
+        backbone.tokenizer.requires_grad_(False)  # not on the classification path
+        backbone.head.requires_grad_(False)
+        self.head = nn.Linear(backbone.cfg.d_model, n_classes)
+
+    def features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.backbone.encode(batch)[0]
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.head(self.features(batch))

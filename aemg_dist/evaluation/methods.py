@@ -1,0 +1,232 @@
+"""The compared methods, each behind one small interface, on identical windows and folds.
+
+    source_model(ctx)                 fit on the fold's source windows (the other subjects)
+    calibrated(ctx, base, calib, s)   adapt to the held-out subject's calibration windows (seed s)
+    predict(ctx, model, idx)          class indices of the windows idx
+
+Methods (`METHODS`):
+    aemg_finetune   the pretrained AEMG encoder + a linear head, trained end to end
+    aemg_probe      the frozen pretrained encoder's pooled window features + a linear probe
+    aemg_scratch    the same architecture as aemg_finetune from a random initialisation
+    td_lda          MAV, RMS, WL, ZC, SSC per channel + LDA (Hudgins et al. 1993)
+    cnn             a raw-signal 1D-CNN from scratch
+    transformer     a supervised Transformer over raw-signal patches (sliding windows) from scratch
+    simclr          the CNN pretrained by SimCLR on the fold's unlabeled training windows, fine-tuned
+    mae             the patch Transformer pretrained as a masked autoencoder on the same windows, fine-tuned
+
+SimCLR and MAE pretrain per fold on the windows of the fold's other subjects only (labels unused),
+so, like AEMG under the default protocol, they never see the held-out subject before calibration.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from aemg_dist.evaluation.classifiers import (
+    AEMGClassifier, FinetuneConfig, LinearProbe, adapted_copy, apply_in_batches, calibration_weights, predict,
+    train_classifier)
+from aemg_dist.evaluation.data import DatasetWindows
+from aemg_dist.evaluation.folds import Fold
+from aemg_dist.evaluation.td_lda import LDA, td_features
+from aemg_dist.model import AEMGModel, ModelConfig, batch_to_torch, load_inference
+
+AEMG_METHODS = ("aemg_finetune", "aemg_probe")  # need a pretrained checkpoint
+BASELINE_METHODS = ("aemg_scratch", "td_lda", "cnn", "transformer", "simclr", "mae")
+
+
+@dataclass
+class FoldContext:
+    """What a method may use for one fold: the dataset's windows, the fold, the training knobs and,
+    for the AEMG methods, the pretrained checkpoint chosen for this fold."""
+
+    data: DatasetWindows
+    fold: Fold
+    train: FinetuneConfig
+    max_tokens: int
+    model_config: ModelConfig  # architecture of aemg_scratch (the checkpoint's, when there is one)
+    checkpoint: str = ""  # exported inference checkpoint folder
+    cache: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def source(self) -> np.ndarray:
+        return self.fold.train_idx
+
+    @property
+    def n_classes(self) -> int:
+        return int(self.data.class_labels.size)
+
+    def seed(self, method: str, *parts: Any) -> int:
+        """A training seed that depends only on (method, dataset, held-out subject, parts)."""
+        return zlib.crc32("/".join(map(str, (method, self.data.dataset, self.fold.held_out, *parts))).encode())
+
+    def token_inputs(self, idx: np.ndarray) -> dict[str, torch.Tensor]:
+        return batch_to_torch(self.data.token_batch(idx, self.max_tokens))
+
+    def raw_inputs(self, idx: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(self.data.raw[idx])  # fancy indexing copies: writable, never the cache itself
+
+    def pretrained(self) -> AEMGModel:
+        if not self.checkpoint:
+            raise ValueError("AEMG methods need a pretrained checkpoint (aemg evaluate --checkpoint RUN)")
+        return load_inference(self.checkpoint)
+
+
+class Method:
+    name: str = ""
+
+    def source_model(self, ctx: FoldContext) -> Any:
+        raise NotImplementedError
+
+    def calibrated(self, ctx: FoldContext, base: Any, calib: np.ndarray, seed: int) -> Any:
+        raise NotImplementedError
+
+    def predict(self, ctx: FoldContext, model: Any, idx: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
+class FeatureMethod(Method):
+    """Fixed features of every window + a linear classifier refit with weighted calibration windows."""
+
+    def features(self, ctx: FoldContext) -> np.ndarray:
+        raise NotImplementedError
+
+    def classifier(self, ctx: FoldContext, X: np.ndarray, y: np.ndarray, weight: np.ndarray | None) -> Any:
+        raise NotImplementedError
+
+    def _features(self, ctx: FoldContext) -> np.ndarray:
+        key = f"features/{self.name}"
+        if key not in ctx.cache:
+            ctx.cache[key] = self.features(ctx)
+        return ctx.cache[key]
+
+    def source_model(self, ctx: FoldContext) -> Any:
+        X = self._features(ctx)
+        return self.classifier(ctx, X[ctx.source], ctx.data.y[ctx.source], None)
+
+    def calibrated(self, ctx: FoldContext, base: Any, calib: np.ndarray, seed: int) -> Any:
+        X, rows = self._features(ctx), np.concatenate([ctx.source, calib])
+        weight = calibration_weights(ctx.source.size, calib.size, ctx.train.calib_share)
+        return self.classifier(ctx, X[rows], ctx.data.y[rows], weight)
+
+    def predict(self, ctx: FoldContext, model: Any, idx: np.ndarray) -> np.ndarray:
+        return np.asarray(model.predict(self._features(ctx)[idx]))
+
+
+class TDLDA(FeatureMethod):
+    name = "td_lda"
+
+    def features(self, ctx: FoldContext) -> np.ndarray:
+        return td_features(ctx.data.raw)
+
+    def classifier(self, ctx: FoldContext, X: np.ndarray, y: np.ndarray, weight: np.ndarray | None) -> LDA:
+        return LDA().fit(X, y, sample_weight=weight)
+
+
+class AEMGProbe(FeatureMethod):
+    name = "aemg_probe"
+
+    def features(self, ctx: FoldContext) -> np.ndarray:
+        model = ctx.pretrained()
+        return apply_in_batches(lambda batch: model.encode(batch)[0], ctx.token_inputs, np.arange(len(ctx.data)))
+
+    def classifier(self, ctx: FoldContext, X: np.ndarray, y: np.ndarray, weight: np.ndarray | None) -> LinearProbe:
+        return LinearProbe(l2=ctx.train.probe_l2).fit(X, y, ctx.n_classes, sample_weight=weight)
+
+
+class NeuralMethod(Method):
+    """A network trained on the source windows, then adapted per (budget, seed) from a copy."""
+
+    def build(self, ctx: FoldContext) -> nn.Module:
+        raise NotImplementedError
+
+    def inputs(self, ctx: FoldContext):
+        return ctx.raw_inputs
+
+    def source_model(self, ctx: FoldContext) -> nn.Module:
+        torch.manual_seed(ctx.seed(self.name, "init"))
+        model = self.build(ctx)
+        train_classifier(model, self.inputs(ctx), ctx.data.y, ctx.source, np.zeros(0, dtype=np.int64),
+                         ctx.train.base_steps, ctx.train.lr, ctx.train, ctx.seed(self.name, "source"))
+        return model
+
+    def calibrated(self, ctx: FoldContext, base: nn.Module, calib: np.ndarray, seed: int) -> nn.Module:
+        model = adapted_copy(base)
+        if ctx.train.adapt_steps:
+            train_classifier(model, self.inputs(ctx), ctx.data.y, ctx.source, calib, ctx.train.adapt_steps,
+                             ctx.train.adapt_lr, ctx.train, ctx.seed(self.name, "calibrate", calib.size, seed))
+        return model
+
+    def predict(self, ctx: FoldContext, model: nn.Module, idx: np.ndarray) -> np.ndarray:
+        return predict(model, self.inputs(ctx), idx)
+
+
+class AEMGFinetune(NeuralMethod):
+    name = "aemg_finetune"
+
+    def build(self, ctx: FoldContext) -> nn.Module:
+        return AEMGClassifier(ctx.pretrained().train(), ctx.n_classes)
+
+    def inputs(self, ctx: FoldContext):
+        return ctx.token_inputs
+
+
+class AEMGScratch(AEMGFinetune):
+    name = "aemg_scratch"
+
+    def build(self, ctx: FoldContext) -> nn.Module:
+        return AEMGClassifier(AEMGModel(ctx.model_config), ctx.n_classes)
+
+
+def _raw_shape(ctx: FoldContext) -> int:
+    return int(ctx.data.raw.shape[2])
+
+
+class CNN(NeuralMethod):
+    name = "cnn"
+
+    def build(self, ctx: FoldContext) -> nn.Module:
+        from aemg_dist.evaluation.raw_models import RawCNN
+
+        return RawCNN(_raw_shape(ctx), ctx.n_classes)
+
+
+class SupervisedTransformer(NeuralMethod):
+    name = "transformer"
+
+    def build(self, ctx: FoldContext) -> nn.Module:
+        from aemg_dist.evaluation.raw_models import PatchTransformer
+
+        return PatchTransformer(_raw_shape(ctx), ctx.n_classes)
+
+
+def _self_supervised(model: nn.Module, objective: str, ctx: FoldContext, name: str) -> nn.Module:
+    """Pretrain `model` in place with raw_models.<objective> on the fold's unlabeled training windows."""
+    from aemg_dist.evaluation import raw_models
+
+    getattr(raw_models, objective)(model, ctx.data.raw[ctx.source], steps=ctx.train.pretrain_steps,
+                                   batch_size=max(ctx.train.batch_size, 64), seed=ctx.seed(name, "pretrain"))
+    return model
+
+
+class SimCLR(CNN):
+    name = "simclr"
+
+    def build(self, ctx: FoldContext) -> nn.Module:
+        return _self_supervised(super().build(ctx), "pretrain_simclr", ctx, self.name)
+
+
+class MAE(SupervisedTransformer):
+    name = "mae"
+
+    def build(self, ctx: FoldContext) -> nn.Module:
+        return _self_supervised(super().build(ctx), "pretrain_mae", ctx, self.name)
+
+
+METHODS: dict[str, type[Method]] = {m.name: m for m in (AEMGFinetune, AEMGProbe, AEMGScratch, TDLDA, CNN,
+                                                          SupervisedTransformer, SimCLR, MAE)}

@@ -1,0 +1,211 @@
+"""Results of an evaluation: summary.csv, report.md and plots.
+
+    summary.csv          one row per trial: method,dataset,subject,budget,seed,balanced_accuracy,
+                         macro_f1,n_train,n_test (DESIGN.md), then n_calib, pretraining
+    report.md            mean +- std over held-out subjects (each subject's seeds averaged first) per
+                         method x dataset x budget, for balanced accuracy and macro-F1; paired
+                         Wilcoxon signed-rank tests of AEMG against the best baseline per dataset
+                         and budget (pairs = held-out subjects)
+    low_label.png        balanced accuracy vs calibration budget, one line per method, one panel per dataset
+    confusion_<dataset>.png   summed confusion matrices (rows = truth, normalized) at the lowest and
+                         highest budget for every method
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from aemg_dist.evaluation.methods import AEMG_METHODS
+
+SUMMARY_COLUMNS = ("method", "dataset", "subject", "budget", "seed", "balanced_accuracy", "macro_f1", "n_train",
+                   "n_test", "n_calib", "pretraining")
+PRIMARY = "aemg_finetune"  # the AEMG method tested against the best baseline (aemg_probe if it is absent)
+
+
+def per_subject(rows: list[dict[str, Any]], metric: str) -> dict[tuple[str, str, float], dict[str, float]]:
+    """{(method, dataset, budget): {subject: metric averaged over seeds}}."""
+    sums: dict[tuple[str, str, float], dict[str, list[float]]] = {}
+    for r in rows:
+        sums.setdefault((r["method"], r["dataset"], float(r["budget"])), {}).setdefault(r["subject"], []).append(
+            float(r[metric]))
+    return {cell: {s: float(np.mean(v)) for s, v in subjects.items()} for cell, subjects in sums.items()}
+
+
+def aggregate(rows: list[dict[str, Any]], metric: str = "balanced_accuracy") -> list[dict[str, Any]]:
+    """Mean, std and count over held-out subjects per (method, dataset, budget)."""
+    out = []
+    for (method, dataset, budget), subjects in sorted(per_subject(rows, metric).items()):
+        values = np.array(list(subjects.values()))
+        out.append({"method": method, "dataset": dataset, "budget": budget, "mean": float(values.mean()),
+                    "std": float(values.std(ddof=1)) if values.size > 1 else 0.0, "n": int(values.size)})
+    return out
+
+
+def paired_tests(rows: list[dict[str, Any]], metric: str = "balanced_accuracy") -> list[dict[str, Any]]:
+    """Per (dataset, budget): AEMG vs the baseline with the best mean, Wilcoxon signed-rank over subjects."""
+    from scipy.stats import wilcoxon
+
+    cells = per_subject(rows, metric)
+    methods = {m for m, _, _ in cells}
+    primary = PRIMARY if PRIMARY in methods else next((m for m in AEMG_METHODS if m in methods), None)
+    if primary is None:
+        return []
+    tests = []
+    for (method, dataset, budget) in sorted(c for c in cells if c[0] == primary):
+        baselines = {m: cells[(m, dataset, budget)] for m in methods - set(AEMG_METHODS) if (m, dataset, budget) in cells}
+        if not baselines:
+            continue
+        best = max(baselines, key=lambda m: np.mean(list(baselines[m].values())))
+        ours = cells[(primary, dataset, budget)]
+        common = sorted(set(ours) & set(baselines[best]))
+        a = np.array([ours[s] for s in common])
+        b = np.array([baselines[best][s] for s in common])
+        p = float("nan")
+        if common and np.any(a != b):
+            p = float(wilcoxon(a, b).pvalue)
+        tests.append({"dataset": dataset, "budget": budget, "aemg": primary, "best_baseline": best,
+                      "aemg_mean": float(a.mean()), "baseline_mean": float(b.mean()),
+                      "difference": float((a - b).mean()), "wins": int((a > b).sum()), "n": len(common),
+                      "p_value": p})
+    return tests
+
+
+def write_summary(rows: list[dict[str, Any]], path: Path) -> Path:
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=SUMMARY_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        for r in sorted(rows, key=lambda r: (r["method"], r["dataset"], r["subject"], r["budget"], r["seed"])):
+            writer.writerow({k: f"{r[k]:.4f}" if isinstance(r[k], float) and k not in ("budget",) else r[k]
+                             for k in SUMMARY_COLUMNS})
+    return path
+
+
+def _budget(b: float) -> str:
+    return f"{b:g} %"
+
+
+def markdown_table(rows: list[dict[str, Any]], metric: str) -> str:
+    """Method x budget table per dataset: mean +- std (n subjects)."""
+    cells = {(a["method"], a["dataset"], a["budget"]): a for a in aggregate(rows, metric)}
+    budgets = sorted({b for _, _, b in cells})
+    lines = []
+    for dataset in sorted({d for _, d, _ in cells}):
+        methods = sorted({m for m, d, _ in cells if d == dataset}, key=lambda m: (m not in AEMG_METHODS, m))
+        best = {b: max((cells[(m, dataset, b)]["mean"] for m in methods if (m, dataset, b) in cells)) for b in budgets}
+        n = max(cells[(m, dataset, b)]["n"] for m in methods for b in budgets if (m, dataset, b) in cells)
+        lines += [f"\n**{dataset}** ({n} held-out subjects)\n", "| method | " + " | ".join(map(_budget, budgets)) + " |",
+                  "|---|" + "---|" * len(budgets)]
+        for m in methods:
+            row = []
+            for b in budgets:
+                c = cells.get((m, dataset, b))
+                text = f"{c['mean']:.3f} ± {c['std']:.3f}" if c else "–"
+                row.append(f"**{text}**" if c and c["mean"] == best[b] else text)
+            lines.append(f"| {m} | " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def write_report(rows: list[dict[str, Any]], out: Path, cfg: Any) -> Path:
+    """summary.csv, report.md and the plots; returns the report path."""
+    write_summary(rows, out / "summary.csv")
+    plots = [plot_low_label(rows, out / "low_label.png")] + plot_confusions(rows, out)
+    tests = paired_tests(rows)
+    pretraining = sorted({r["pretraining"] for r in rows if r["pretraining"]})
+    lines = [
+        "# Evaluation report", "",
+        f"Protocol: {cfg.protocol} (leave-one-subject-out within each dataset; leave-one-session-out for a "
+        f"single-subject dataset). Calibration budgets {', '.join(map(_budget, cfg.budgets))} of the held-out "
+        f"subject's labeled repetitions; every budget of a seed is scored on the same test repetitions "
+        f"({cfg.test_percent:g} % per label). Seeds: {list(cfg.seeds)}. Windows: {cfg.windows.length_s:g} s every "
+        f"{cfg.windows.stride_s:g} s, {cfg.windows.margin_s:g} s from segment edges; every method sees the same "
+        "windows and folds.",
+        "",
+        f"AEMG pretraining relative to the held-out subjects: {', '.join(pretraining) or 'no AEMG method'}.",
+        "", "## Balanced accuracy (mean ± std over held-out subjects)", markdown_table(rows, "balanced_accuracy"),
+        "", "## Macro-F1 (mean ± std over held-out subjects)", markdown_table(rows, "macro_f1"), "",
+    ]
+    if tests:
+        lines += ["## AEMG vs the best baseline (paired Wilcoxon signed-rank over held-out subjects)", "",
+                  "| dataset | budget | AEMG | best baseline | AEMG mean | baseline mean | difference | AEMG wins | p |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {t['dataset']} | {_budget(t['budget'])} | {t['aemg']} | {t['best_baseline']} | "
+                  f"{t['aemg_mean']:.3f} | {t['baseline_mean']:.3f} | {t['difference']:+.3f} | {t['wins']}/{t['n']} | "
+                  f"{t['p_value']:.3g} |" for t in tests]
+        lines.append("")
+    lines += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
+    path = out / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_low_label(rows: list[dict[str, Any]], path: Path) -> Path:
+    """Balanced accuracy vs budget (symlog x), mean ± std band over subjects, a panel per dataset."""
+    plt = _pyplot()
+    stats = aggregate(rows)
+    datasets = sorted({a["dataset"] for a in stats})
+    fig, axes = plt.subplots(1, len(datasets), figsize=(4.2 * len(datasets), 3.6), squeeze=False)
+    for ax, dataset in zip(axes[0], datasets):
+        for method in sorted({a["method"] for a in stats}, key=lambda m: (m not in AEMG_METHODS, m)):
+            cell = sorted((a for a in stats if a["dataset"] == dataset and a["method"] == method),
+                          key=lambda a: a["budget"])
+            if not cell:
+                continue
+            x = np.array([a["budget"] for a in cell])
+            y, s = np.array([a["mean"] for a in cell]), np.array([a["std"] for a in cell])
+            line, = ax.plot(x, y, marker="o", lw=2.2 if method in AEMG_METHODS else 1.2, label=method)
+            ax.fill_between(x, y - s, y + s, color=line.get_color(), alpha=0.12)
+        ax.set_xscale("symlog", linthresh=1.0)
+        ax.set_xlabel("calibration budget (% of the subject's labels)")
+        ax.set_title(f"{dataset} (n={max(a['n'] for a in stats if a['dataset'] == dataset)})")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("balanced accuracy (held-out subject)")
+    axes[0][-1].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_confusions(rows: list[dict[str, Any]], out: Path) -> list[Path]:
+    """confusion_<dataset>.png: row-normalized confusion summed over folds and seeds, per method, at the
+    lowest and the highest budget."""
+    plt = _pyplot()
+    paths = []
+    for dataset in sorted({r["dataset"] for r in rows}):
+        mine = [r for r in rows if r["dataset"] == dataset]
+        methods = sorted({r["method"] for r in mine}, key=lambda m: (m not in AEMG_METHODS, m))
+        budgets = sorted({float(r["budget"]) for r in mine})
+        budgets = [budgets[0], budgets[-1]] if len(budgets) > 1 else budgets
+        classes = mine[0]["classes"]
+        fig, axes = plt.subplots(len(budgets), len(methods), figsize=(2.4 * len(methods) + 0.6, 2.5 * len(budgets)),
+                                 squeeze=False)
+        for i, budget in enumerate(budgets):
+            for j, method in enumerate(methods):
+                ax = axes[i][j]
+                chosen = [np.array(r["confusion"]) for r in mine if r["method"] == method and float(r["budget"]) == budget]
+                total = np.sum(chosen, axis=0) if chosen else np.zeros((len(classes), len(classes)))
+                norm = total / np.maximum(total.sum(axis=1, keepdims=True), 1)
+                ax.imshow(norm, vmin=0, vmax=1, cmap="Blues")
+                ax.set_title(f"{method}\n{_budget(budget)}", fontsize=8)
+                ax.set_xticks(range(len(classes)), classes if i == len(budgets) - 1 else [], rotation=90, fontsize=6)
+                ax.set_yticks(range(len(classes)), classes if j == 0 else [], fontsize=6)
+        fig.suptitle(f"{dataset}: confusion (rows = true class, row-normalized)", fontsize=9)
+        fig.tight_layout()
+        path = out / f"confusion_{dataset}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        paths.append(path)
+    return paths

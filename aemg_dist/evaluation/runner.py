@@ -1,0 +1,318 @@
+"""`aemg evaluate` / `aemg baselines`: LOSO folds x methods x calibration budgets x seeds.
+
+1. Labeled windows: the corpus is tokenized once with `windows.kind=labeled` into OUT/windows,
+   with the event and token settings of the checkpoints' pretraining tokens (so the encoder reads
+   the features it was trained on). Every method then uses these rows: the AEMG models their
+   tokens, the raw-signal baselines the corpus samples of the same spans.
+2. Folds: leave-one-subject-out within each dataset (leave-one-session-out for a single-subject
+   dataset), optionally restricted to some held-out subjects or `max_folds` per dataset.
+3. Pretraining guard: with `require_unseen` (the default), a fold is only scored with a checkpoint
+   whose pretraining excluded the held-out subject (`data.exclude_subjects`) or its whole dataset
+   (`data.exclude_datasets`, leave-one-dataset-out); several checkpoints can be given, e.g. two
+   pretrainings that each exclude half of the subjects, and each fold takes one that never saw it.
+   Each row records which kind of exclusion held (`pretraining`: unseen_subject / unseen_dataset /
+   seen).
+4. Trials: one Ray task per fold (or in-process with workers=1) fits every method on the source
+   subjects and adapts it per (budget, seed); results are appended to OUT/trials.jsonl as folds
+   finish, so an interrupted evaluation re-run with the same config skips finished folds.
+5. Report: summary.csv, report.md and plots (report.py).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import OmegaConf
+
+from aemg_dist.config import ConfigError, config_from_dict, save_config
+from aemg_dist.evaluation.classifiers import FinetuneConfig
+from aemg_dist.evaluation.data import DatasetWindows, load_labeled_windows
+from aemg_dist.evaluation.folds import Fold, calibration_split, loso_folds
+from aemg_dist.evaluation.methods import AEMG_METHODS, BASELINE_METHODS, METHODS, FoldContext
+from aemg_dist.evaluation.td_lda import balanced_accuracy, macro_f1
+from aemg_dist.model import ModelConfig
+from aemg_dist.windows import WindowConfig
+
+PROTOCOLS = ("loso",)
+TRIALS_FILE = "trials.jsonl"
+CONFIG_FILE = "evaluate.yaml"
+
+
+@dataclass
+class EvaluateConfig:
+    corpus: str = ""
+    out: str = "runs/evaluate"
+    checkpoints: list[str] = field(default_factory=list)  # pretraining run folders (or their export/)
+    protocol: str = "loso"
+    budgets: list[float] = field(default_factory=lambda: [0.0, 1.0, 5.0, 10.0, 100.0])  # % of the subject's labels
+    seeds: list[int] = field(default_factory=lambda: [0])  # calibration draws (and adaptation seeds)
+    test_percent: float = 33.0  # of each held-out label's repetitions, scored at every budget
+    methods: list[str] = field(default_factory=lambda: [*AEMG_METHODS, *BASELINE_METHODS])
+    datasets: list[str] = field(default_factory=list)  # empty = every dataset of the corpus
+    subjects: list[str] = field(default_factory=list)  # held-out "dataset/subject" (or session) to score; empty = all
+    max_folds: int = 0  # per dataset, evenly spaced over its sorted held-out subjects; 0 = all
+    require_unseen: bool = True  # refuse folds whose held-out subject the checkpoint's pretraining saw
+    windows: WindowConfig = field(default_factory=lambda: WindowConfig(
+        kind="labeled", length_s=0.5, stride_s=0.25, margin_s=0.25))
+    windows_tokens: str = ""  # a labeled `aemg tokenize` output to use instead of OUT/windows
+    train: FinetuneConfig = field(default_factory=FinetuneConfig)
+    max_tokens: int = 256
+    scratch_preset: str = "tiny"  # aemg_scratch's architecture when no checkpoint is given
+    workers: int = 0  # 1 = in this process; 0 = Ray tasks on every local CPU; N = local Ray with N CPUs
+    address: str = ""
+
+    def __post_init__(self) -> None:
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
+        unknown = sorted(set(self.methods) - set(METHODS))
+        if unknown or not self.methods:
+            raise ValueError(f"unknown methods {unknown}; choose from {sorted(METHODS)}")
+        if not self.budgets or any(not 0 <= b <= 100 for b in self.budgets):
+            raise ValueError(f"budgets must be percentages in [0, 100], got {self.budgets}")
+        if not self.seeds or self.max_folds < 0 or not 0 < self.test_percent < 100:
+            raise ValueError("need at least one seed, max_folds >= 0 and test_percent in (0, 100)")
+        if self.windows.kind != "labeled":
+            raise ValueError("evaluation windows must be windows.kind=labeled")
+
+
+# ---------------------------------------------------------------- checkpoints and the pretraining guard
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A pretraining run as evaluation sees it: where its weights are and what it never saw."""
+
+    run: str
+    export: str
+    tokens: str
+    exclude_subjects: tuple[str, ...]
+    exclude_datasets: tuple[str, ...]
+
+    @classmethod
+    def from_run(cls, path: str | Path) -> "Checkpoint":
+        path = Path(path).resolve()
+        run = path.parent if path.name == "export" else path
+        config = run / "config.yaml"
+        if not (run / "export" / "model.safetensors").is_file() or not config.is_file():
+            raise FileNotFoundError(f"{path} is not a finished `aemg pretrain` run (needs config.yaml and "
+                                    "export/model.safetensors)")
+        data = OmegaConf.load(config).data
+        return cls(str(run), str(run / "export"), str(data.tokens), tuple(data.exclude_subjects),
+                   tuple(data.exclude_datasets))
+
+    def relation(self, dataset: str, subject: str) -> str:
+        """How pretraining relates to a held-out subject: unseen_dataset, unseen_subject or seen."""
+        if dataset in self.exclude_datasets:
+            return "unseen_dataset"
+        return "unseen_subject" if f"{dataset}/{subject}" in self.exclude_subjects else "seen"
+
+
+def assign_checkpoints(checkpoints: list[Checkpoint], folds: list[tuple[str, str]],
+                       require_unseen: bool) -> dict[tuple[str, str], Checkpoint]:
+    """For each (dataset, held-out subject) the first checkpoint that never saw it (else the first one,
+    when require_unseen is off). Raises ConfigError listing every fold no checkpoint can score."""
+    chosen, uncovered = {}, []
+    for fold in folds:
+        clean = [c for c in checkpoints if c.relation(*fold) != "seen"]
+        if clean or not require_unseen:
+            chosen[fold] = (clean or checkpoints)[0]
+        else:
+            uncovered.append("/".join(fold))
+    if uncovered:
+        raise ConfigError(f"no checkpoint's pretraining excluded the held-out subject of {len(uncovered)} fold(s): "
+                          f"{uncovered[:6]}{' ...' if len(uncovered) > 6 else ''}. Pretrain with "
+                          "data.exclude_subjects=[dataset/subject,...] (or data.exclude_datasets), give several "
+                          "--checkpoint runs that together exclude every held-out subject, or set require_unseen=false")
+    return chosen
+
+
+# ---------------------------------------------------------------- labeled windows
+
+def labeled_tokens(cfg: EvaluateConfig, checkpoints: list[Checkpoint], progress: bool = True) -> Path:
+    """OUT/windows (made here when missing) or cfg.windows_tokens: the labeled token rows of the corpus."""
+    from aemg_dist.data import TokenizeConfig, tokenize_corpus
+    from aemg_dist.config import load_config
+
+    if cfg.windows_tokens:
+        return Path(cfg.windows_tokens)
+    layers = sorted({str(Path(c.tokens) / "tokenize.yaml") for c in checkpoints})
+    if len(layers) > 1:
+        raise ConfigError(f"the checkpoints were pretrained on tokens from different folders {layers}; "
+                          "evaluate them separately or give windows_tokens")
+    tokenize = load_config(TokenizeConfig, layers, [])
+    tokenize = config_from_dict(TokenizeConfig, {**asdict(tokenize), "windows": asdict(cfg.windows)})
+    out = Path(cfg.out) / "windows"
+    manifest = out / "tokens.json"
+    if manifest.is_file():
+        made = json.loads(manifest.read_text())["config"]
+        wanted = {k: v for k, v in asdict(tokenize).items() if k in made}
+        if made != json.loads(json.dumps(wanted)):
+            raise ConfigError(f"{out} was tokenized with other settings; delete it or choose another --out")
+        return out
+    tokenize_corpus(cfg.corpus, out, tokenize, workers=cfg.workers, address=cfg.address or None, progress=progress)
+    return out
+
+
+def select_folds(data: DatasetWindows, cfg: EvaluateConfig) -> list[Fold]:
+    folds = loso_folds(data.table, data.dataset)
+    if cfg.subjects:
+        folds = [f for f in folds if f"{data.dataset}/{f.held_out}" in cfg.subjects]
+    if cfg.max_folds and len(folds) > cfg.max_folds:
+        folds = [folds[i] for i in np.linspace(0, len(folds) - 1, cfg.max_folds).round().astype(int)]
+    return folds
+
+
+# ---------------------------------------------------------------- one fold
+
+@dataclass(frozen=True)
+class FoldJob:
+    dataset: str
+    held_out: str
+    checkpoint: str  # export folder, "" without AEMG methods
+    pretraining: str  # unseen_subject / unseen_dataset / seen / "" (no checkpoint)
+
+
+_DATA_CACHE: dict[tuple[str, str, str], DatasetWindows] = {}  # per process: a dataset is loaded once
+
+
+def _dataset(tokens: str, corpus: str, dataset: str) -> DatasetWindows:
+    key = (tokens, corpus, dataset)
+    if key not in _DATA_CACHE:
+        _DATA_CACHE.clear()  # one dataset at a time per process bounds memory
+        _DATA_CACHE[key] = load_labeled_windows(tokens, corpus, [dataset])[dataset]
+    return _DATA_CACHE[key]
+
+
+def run_fold(job: FoldJob, cfg_dict: dict[str, Any], tokens: str) -> list[dict[str, Any]]:
+    """Every method x budget x seed of one fold; returns one result dict per trial (runs as a Ray task)."""
+    import torch
+
+    cfg = config_from_dict(EvaluateConfig, cfg_dict)
+    torch.set_num_threads(1 if cfg.workers != 1 else torch.get_num_threads())
+    data = _dataset(tokens, cfg.corpus, job.dataset)
+    fold = next(f for f in loso_folds(data.table, job.dataset) if f.held_out == job.held_out)
+    splits = {(b, s): calibration_split(fold, b, s, cfg.test_percent) for b in cfg.budgets for s in cfg.seeds}
+    ctx = FoldContext(data=data, fold=fold, train=cfg.train, max_tokens=cfg.max_tokens,
+                      model_config=_scratch_config(cfg, job.checkpoint, data), checkpoint=job.checkpoint)
+    results = []
+    for name in cfg.methods:
+        method, started = METHODS[name](), time.perf_counter()
+        base = method.source_model(ctx)
+        base_pred = dict(zip(fold.heldout_idx.tolist(), method.predict(ctx, base, fold.heldout_idx)))
+        for (budget, seed), (calib, test) in splits.items():
+            if calib.size:
+                pred = method.predict(ctx, method.calibrated(ctx, base, calib, seed), test)
+            else:
+                pred = np.array([base_pred[i] for i in test.tolist()])
+            truth = data.y[test]
+            confusion = np.zeros((ctx.n_classes, ctx.n_classes), dtype=np.int64)
+            np.add.at(confusion, (truth, pred), 1)
+            results.append({
+                "method": name, "dataset": job.dataset, "subject": job.held_out, "budget": budget, "seed": seed,
+                "balanced_accuracy": balanced_accuracy(truth, pred), "macro_f1": macro_f1(truth, pred),
+                "n_train": int(fold.train_idx.size + calib.size), "n_test": int(test.size),
+                "n_calib": int(calib.size), "pretraining": job.pretraining if name in AEMG_METHODS else "",
+                "classes": data.class_names, "confusion": confusion.tolist(),
+                "seconds": time.perf_counter() - started,
+            })
+    return results
+
+
+def _scratch_config(cfg: EvaluateConfig, checkpoint: str, data: DatasetWindows) -> ModelConfig:
+    """aemg_scratch's architecture: the checkpoint's, else the `scratch_preset` for these token features."""
+    if checkpoint:
+        return ModelConfig(**json.loads((Path(checkpoint) / "config.json").read_text())["model"])
+    from aemg_dist.train import MODEL_PRESETS
+
+    n_features = int(data.tokens[0].features.shape[1])  # (T, F) even for a window without tokens
+    preset = OmegaConf.to_container(OmegaConf.load(MODEL_PRESETS / f"{cfg.scratch_preset}.yaml"))
+    return ModelConfig(**{**preset, "n_features": n_features})
+
+
+# ---------------------------------------------------------------- the whole evaluation
+
+@dataclass
+class EvaluationResult:
+    out: Path
+    rows: list[dict[str, Any]]
+    report: Path
+    seconds: float
+
+
+def evaluate(cfg: EvaluateConfig, progress: bool = True) -> EvaluationResult:
+    """Run every fold (skipping those already in OUT/trials.jsonl) and write the report."""
+    from tqdm import tqdm
+
+    from aemg_dist.evaluation.report import write_report
+    from aemg_dist.parallel import map_unordered
+
+    started = time.perf_counter()
+    if not cfg.corpus:
+        raise ConfigError("give the corpus (--corpus CORPUS.zarr)")
+    out = Path(cfg.out).resolve()
+    cfg.corpus = str(Path(cfg.corpus).resolve())
+    checkpoints = [Checkpoint.from_run(c) for c in cfg.checkpoints]
+    needs_checkpoint = sorted(set(cfg.methods) & set(AEMG_METHODS))
+    if needs_checkpoint and not checkpoints:
+        raise ConfigError(f"methods {needs_checkpoint} need a pretrained checkpoint (--checkpoint RUN); "
+                          "`aemg baselines` runs the others")
+    _check_resumable(cfg, out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / CONFIG_FILE)
+    tokens = str(labeled_tokens(cfg, checkpoints, progress).resolve())
+    datasets = load_labeled_windows(tokens, cfg.corpus, cfg.datasets or None)
+    folds = [(name, f.held_out) for name, data in datasets.items() for f in select_folds(data, cfg)]
+    if not folds:
+        raise ConfigError(f"no fold to evaluate: subjects {cfg.subjects} match none of {sorted(datasets)}")
+    assigned = assign_checkpoints(checkpoints, folds, cfg.require_unseen) if checkpoints else {}
+    del datasets  # the fold tasks load their own dataset; do not hold every dataset here
+    done = {(r["dataset"], r["subject"]) for r in _read_trials(out, drop_partial=True)}
+    jobs = [FoldJob(d, s, assigned[(d, s)].export if assigned else "",
+                    assigned[(d, s)].relation(d, s) if assigned else "") for d, s in folds if (d, s) not in done]
+    if done:
+        print(f"resuming: {len(done)} fold(s) already in {out / TRIALS_FILE}, {len(jobs)} to run", flush=True)
+    with (out / TRIALS_FILE).open("a") as trials:
+        results = map_unordered(run_fold, jobs, asdict(cfg), tokens, workers=cfg.workers, address=cfg.address or None)
+        for fold_rows in tqdm(results, total=len(jobs), desc="folds", unit="fold", disable=not progress):
+            # one line per fold: a crash never leaves half a fold that looks finished
+            trials.write(json.dumps({"trials": fold_rows}) + "\n")
+            trials.flush()
+    rows = [r for r in _read_trials(out) if (r["dataset"], r["subject"]) in set(folds)]
+    report = write_report(rows, out, cfg)
+    return EvaluationResult(out=out, rows=rows, report=report, seconds=time.perf_counter() - started)
+
+
+def _read_trials(out: Path, drop_partial: bool = False) -> list[dict[str, Any]]:
+    """Trial rows of OUT/trials.jsonl: one line per finished fold. A line cut by a crash is ignored
+    (its fold runs again); with drop_partial it is also removed from the file, so appending is safe."""
+    path = out / TRIALS_FILE
+    rows: list[dict[str, Any]] = []
+    lines = []
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        try:
+            rows.extend(json.loads(line)["trials"])
+            lines.append(line)
+        except (ValueError, KeyError):
+            continue
+    if drop_partial and path.is_file():
+        staging = path.with_suffix(".tmp")
+        staging.write_text("".join(line + "\n" for line in lines))
+        staging.replace(path)
+    return rows
+
+
+def _check_resumable(cfg: EvaluateConfig, out: Path) -> None:
+    """An OUT with trials may only be continued with the same config (else results would mix)."""
+    saved = out / CONFIG_FILE
+    if not (out / TRIALS_FILE).is_file() or not saved.is_file():
+        return
+    before = OmegaConf.to_container(OmegaConf.load(saved))
+    now = json.loads(json.dumps(asdict(cfg)))
+    differs = sorted(k for k in now if k not in ("workers", "address") and before.get(k) != now[k])
+    if differs:
+        raise ConfigError(f"{out} holds trials of an evaluation with other settings ({', '.join(differs)}); "
+                          "choose another --out or delete it")

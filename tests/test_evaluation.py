@@ -1,0 +1,197 @@
+"""Evaluation end to end on a tiny synthetic corpus: fold bookkeeping, identical windows across
+methods, the pretraining guard, TD+LDA against a direct reimplementation, resume and the CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from aemg_dist import cli
+from aemg_dist.config import ConfigError, load_config
+from aemg_dist.data import read_token_table, tokenize_corpus
+from aemg_dist.evaluation import calibration_split, loso_folds
+from aemg_dist.evaluation.methods import METHODS
+from aemg_dist.evaluation.runner import TRIALS_FILE, EvaluateConfig, evaluate
+from aemg_dist.train import load_pretrain_config, pretrain, split_tables
+from preprocessing.corpus import Corpus
+from preprocessing.prepare import prepare
+from preprocessing.synthetic import SyntheticConfig, synthetic_jobs
+from test_evaluation_core import _td_loop
+
+TINY = Path(__file__).resolve().parents[1] / "configs" / "pretrain" / "tiny.yaml"
+HELD_OUT = ["synth_myo/s01", "synth_myo/s02", "synth_myo/s03"]
+BUDGETS = [0, 10, 100]
+FAST = ["windows.length_s=0.2", "windows.stride_s=0.1", "windows.margin_s=0.1", "train.base_steps=15",
+        "train.adapt_steps=5", "train.pretrain_steps=5", "train.batch_size=16", "budgets=[0,10,100]", "seeds=[0,1]"]
+DESIGN_COLUMNS = ["method", "dataset", "subject", "budget", "seed", "balanced_accuracy", "macro_f1", "n_train", "n_test"]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """Tiny corpus, pretraining tokens, and two tiny pretrainings: one without the synth_myo subjects, one with all."""
+    root = tmp_path_factory.mktemp("evaluation")
+    assert prepare(synthetic_jobs(SyntheticConfig(scale="tiny")), root / "corpus.zarr", workers=1, progress=False).ok
+    tokenize_corpus(root / "corpus.zarr", root / "tokens", workers=1, progress=False)
+    runs = {}
+    for name, excluded in (("unseen", HELD_OUT), ("all", [])):
+        cfg = load_pretrain_config(TINY, [f"data.tokens={root / 'tokens'}", f"run.out={root / name}", "dist.ray=false",
+                                          "optim.max_steps=20", "data.batch_size=16", "run.log_every=10",
+                                          f"data.exclude_subjects=[{','.join(excluded)}]"])
+        pretrain(cfg)
+        runs[name] = root / name
+    return root, runs
+
+
+def _config(root: Path, out: Path, *overrides: str) -> EvaluateConfig:
+    return load_config(EvaluateConfig, None, [f"corpus={root / 'corpus.zarr'}", f"out={out}", "datasets=[synth_myo]",
+                                              *FAST, *overrides])
+
+
+@pytest.fixture(scope="module")
+def full_run(setup, ray_local):
+    """Every method, LOSO on the three synth_myo subjects, as Ray tasks."""
+    root, runs = setup
+    cfg = _config(root, root / "results", f"checkpoints=[{runs['unseen']}]", "workers=2")
+    return root, evaluate(cfg, progress=False)
+
+
+def test_pretraining_never_sees_excluded_subjects(setup):
+    root, runs = setup
+    cfg = load_pretrain_config(runs["unseen"] / "config.yaml")
+    train, val = split_tables(cfg.data)
+    seen = {f"{d}/{s}" for d, s in zip(train.column("dataset").to_pylist() + val.column("dataset").to_pylist(),
+                                        train.column("subject").to_pylist() + val.column("subject").to_pylist())}
+    assert not seen & set(HELD_OUT) and "synth_myo/s01" not in seen and "synth_3dc/s01" in seen
+
+
+def test_end_to_end_fold_bookkeeping(full_run):
+    root, result = full_run
+    rows = result.rows
+    assert len(rows) == len(METHODS) * 3 * len(BUDGETS) * 2  # methods x folds x budgets x seeds
+    windows = read_token_table(result.out / "windows")
+    folds = {f.held_out: f for f in loso_folds(windows, "synth_myo")}
+    subjects = np.asarray(windows.column("subject").to_pylist())
+    for r in rows:
+        fold = folds[r["subject"]]
+        assert r["subject"] not in set(subjects[fold.train_idx])  # no subject in both train and test
+        calib, test = calibration_split(fold, r["budget"], r["seed"])
+        assert (r["n_calib"], r["n_test"], r["n_train"]) == (calib.size, test.size, fold.train_idx.size + calib.size)
+        assert r["pretraining"] == ("unseen_subject" if r["method"].startswith("aemg_") and r["method"] != "aemg_scratch"
+                                    else "")
+    # identical windows across methods: same counts and the same test labels (confusion row sums)
+    by_trial: dict[tuple, set] = {}
+    for r in rows:
+        signature = (r["n_train"], r["n_test"], r["n_calib"], tuple(np.sum(r["confusion"], axis=1)))
+        by_trial.setdefault((r["subject"], r["budget"], r["seed"]), set()).add(signature)
+    assert all(len(s) == 1 for s in by_trial.values())
+    for (subject, budget, seed), signatures in by_trial.items():  # budgets nested: calibration grows
+        if budget > 0:
+            assert next(iter(signatures))[2] >= next(iter(by_trial[(subject, 0, seed)]))[2]
+    with (result.out / "summary.csv").open() as f:
+        reader = csv.DictReader(f)
+        assert reader.fieldnames[:9] == DESIGN_COLUMNS and len(list(reader)) == len(rows)
+    report = (result.out / "report.md").read_text()
+    assert "aemg_finetune" in report and "Wilcoxon" in report
+    for name in ("low_label.png", "confusion_synth_myo.png", "evaluate.yaml"):
+        assert (result.out / name).stat().st_size > 0, name
+    for r in rows:
+        assert 0 <= r["balanced_accuracy"] <= 1 and 0 <= r["macro_f1"] <= 1
+
+
+def _weighted_lda_predict(X, y, w, Xt):
+    """Weighted LDA written out directly (class means, pooled covariance, discriminants)."""
+    classes = np.unique(y)
+    n, k = len(y), len(classes)
+    means = np.array([np.average(X[y == c], axis=0, weights=w[y == c]) for c in classes])
+    cov = np.zeros((X.shape[1], X.shape[1]))
+    for i in range(n):
+        d = X[i] - means[np.searchsorted(classes, y[i])]
+        cov += w[i] * np.outer(d, d)
+    cov /= w.sum() * (n - k) / n
+    inv = np.linalg.pinv(cov)
+    prior = np.array([w[y == c].sum() for c in classes]) / w.sum()
+    scores = [Xt @ inv @ m - 0.5 * m @ inv @ m + np.log(p) for m, p in zip(means, prior)]
+    return classes[np.argmax(np.stack(scores, axis=1), axis=1)]
+
+
+def _direct_balanced_accuracy(truth, pred):
+    return np.mean([np.mean(pred[truth == c] == c) for c in np.unique(truth)])
+
+
+def test_td_lda_matches_a_direct_reimplementation(full_run):
+    root, result = full_run
+    windows = read_token_table(result.out / "windows")
+    corpus = Corpus(root / "corpus.zarr")
+    keep = np.flatnonzero((np.asarray(windows.column("dataset").to_pylist()) == "synth_myo")
+                          & (windows.column("label").to_numpy() >= 0))
+    table = windows.take(keep)
+    raw = np.stack([corpus.read(k, s, e) for k, s, e in zip(table.column("key").to_pylist(),
+                                                            table.column("start").to_pylist(),
+                                                            table.column("stop").to_pylist())])
+    features, labels = _td_loop(raw, 0.01), table.column("label").to_numpy()
+    expected = {(r["subject"], r["budget"], r["seed"]): r["balanced_accuracy"] for r in result.rows if r["method"] == "td_lda"}
+    for fold in loso_folds(table, "synth_myo"):
+        for budget in BUDGETS:
+            calib, test = calibration_split(fold, budget, 1)
+            rows = np.concatenate([fold.train_idx, calib])
+            w = np.ones(rows.size)
+            if calib.size:
+                w[fold.train_idx.size:] = fold.train_idx.size / calib.size  # calib_share 0.5: equal total weight
+            pred = _weighted_lda_predict(features[rows], labels[rows], w, features[test])
+            assert _direct_balanced_accuracy(labels[test], pred) == pytest.approx(expected[(fold.held_out, budget, 1)],
+                                                                                    abs=1e-4)
+
+
+def test_guard_refuses_a_checkpoint_that_saw_the_subject(setup, tmp_path):
+    root, runs = setup
+    with pytest.raises(ConfigError, match="synth_myo/s01"):
+        evaluate(_config(root, tmp_path / "a", f"checkpoints=[{runs['all']}]", "methods=[aemg_probe]", "workers=1"),
+                 progress=False)
+    # two checkpoints: each fold takes the one that never saw it
+    rows = evaluate(_config(root, tmp_path / "b", f"checkpoints=[{runs['all']},{runs['unseen']}]",
+                            "methods=[aemg_probe]", "workers=1", "budgets=[0]"), progress=False).rows
+    assert {r["pretraining"] for r in rows} == {"unseen_subject"}
+    rows = evaluate(_config(root, tmp_path / "c", f"checkpoints=[{runs['all']}]", "methods=[aemg_probe]", "workers=1",
+                            "budgets=[0]", "require_unseen=false"), progress=False).rows
+    assert {r["pretraining"] for r in rows} == {"seen"}
+
+
+def test_resume_runs_only_missing_folds(setup, tmp_path):
+    root, _ = setup
+    cfg = _config(root, tmp_path, "methods=[td_lda]", "workers=1")
+    first = evaluate(cfg, progress=False).rows
+    trials = tmp_path / TRIALS_FILE
+    lines = trials.read_text().splitlines()
+    assert len(lines) == 3  # one line per fold
+    dropped = json.loads(lines[-1])["trials"][0]["subject"]
+    trials.write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:20])  # a crash cut the last fold's line
+    second = evaluate(_config(root, tmp_path, "methods=[td_lda]", "workers=1"), progress=False).rows
+    lines = trials.read_text().splitlines()
+    assert len(lines) == 3 and json.loads(lines[-1])["trials"][0]["subject"] == dropped  # only that fold ran again
+    key = lambda r: (r["subject"], r["budget"], r["seed"])
+    assert sorted((key(r), r["balanced_accuracy"]) for r in first) == sorted((key(r), r["balanced_accuracy"]) for r in second)
+    with pytest.raises(ConfigError, match="other settings"):
+        evaluate(_config(root, tmp_path, "methods=[td_lda]", "workers=1", "test_percent=50"), progress=False)
+
+
+def test_cli_baselines_and_errors(setup, tmp_path, capsys):
+    root, runs = setup
+    argv = ["baselines", "--corpus", str(root / "corpus.zarr"), "--out", str(tmp_path / "cli"), "--methods", "td_lda",
+            "--datasets", "synth_myo", "--budgets", "0,100", "--workers", "1", "--quiet", *FAST[:3]]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "td_lda" in out and "summary.csv" in out
+    rows = list(csv.DictReader((tmp_path / "cli" / "summary.csv").open()))
+    assert Counter(r["budget"] for r in rows) == {"0.0": 3, "100.0": 3}
+    bad = ["evaluate", "--checkpoint", str(tmp_path / "missing"), "--corpus", str(root / "corpus.zarr"),
+           "--out", str(tmp_path / "bad"), "--workers", "1"]
+    assert cli.main(bad) == 2
+    assert "not a finished `aemg pretrain` run" in capsys.readouterr().err
+    assert cli.main(["baselines", "--corpus", str(root / "corpus.zarr"), "--out", str(tmp_path / "x"),
+                     "--methods", "aemg_probe", "--workers", "1"]) == 2
+    assert "need a pretrained checkpoint" in capsys.readouterr().err
