@@ -149,7 +149,7 @@ def _run_evaluation(args: argparse.Namespace, methods: Sequence[str]) -> int:
     from aemg_dist.evaluation.runner import evaluate
 
     result = evaluate(_evaluate_config(args, methods), progress=not args.quiet)
-    table = [{"method": a["method"], "dataset": a["dataset"], "budget %": a["budget"],
+    table = [{"method": a["method"], "dataset": a["dataset"], "budget %": f"{a['budget']:g}",
               "balanced_acc": f"{a['mean']:.3f} ± {a['std']:.3f}", "subjects": a["n"]} for a in aggregate(result.rows)]
     print(format_table(table))
     print(f"evaluated {len(result.rows)} trials in {result.seconds:.0f} s")
@@ -167,6 +167,28 @@ def cmd_baselines(args: argparse.Namespace) -> int:
     from aemg_dist.evaluation.methods import BASELINE_METHODS
 
     return _run_evaluation(args, BASELINE_METHODS)
+
+
+def cmd_folds(args: argparse.Namespace) -> int:
+    from aemg_dist.evaluation.runner import exclusion_groups
+    from preprocessing.corpus import Corpus
+
+    chosen = args.datasets.split(",") if args.datasets else None
+    subjects: dict[str, list[str]] = {}
+    for entry in Corpus(args.corpus).entries:
+        if not chosen or entry.dataset in chosen:
+            subjects.setdefault(entry.dataset, []).append(entry.subject)
+    if not subjects:
+        raise CommandError(f"{args.corpus} has no recordings of {chosen}")
+    groups = exclusion_groups(subjects, args.groups)
+    if args.group is not None:
+        if not 0 <= args.group < len(groups):
+            raise CommandError(f"--group must be in 0..{len(groups) - 1}")
+        print(f"data.exclude_subjects=[{','.join(groups[args.group])}]")
+        return 0
+    for i, group in enumerate(groups):
+        print(f"group {i} ({len(group)} subjects): data.exclude_subjects=[{','.join(group)}]")
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -354,6 +376,20 @@ def build_parser() -> argparse.ArgumentParser:
          "aemg baselines --corpus corpus.zarr --methods td_lda,cnn --budgets 0,10,100 --max-folds 5 --out results/"])
     _add_evaluation_options(p, "every baseline")
     p.set_defaults(func=cmd_baselines)
+
+    p = _subcommand(
+        sub, "folds", "held-out subject groups for LOSO-clean pretraining",
+        "Split every dataset's subjects into N disjoint groups and print, per group, the pretraining override "
+        "that leaves it out. Pretraining once per group and giving all runs to `aemg evaluate` scores every "
+        "LOSO fold with a model that never saw its held-out subject, at N pretrainings instead of one per fold.",
+        ["aemg folds --corpus corpus.zarr --groups 2",
+         'aemg pretrain --config configs/pretrain/tiny.yaml run.out=runs/pt-g0 '
+         '"$(aemg folds --corpus corpus.zarr --groups 2 --group 0)"'])
+    p.add_argument("--corpus", required=True, help="CORPUS.zarr")
+    p.add_argument("--groups", type=int, default=2, help="number of groups (default 2)")
+    p.add_argument("--group", type=int, default=None, help="print only this group's override (0-based)")
+    p.add_argument("--datasets", help="comma-separated datasets (default: all)")
+    p.set_defaults(func=cmd_folds)
 
     p = sub.add_parser("plot", help="draw a recording's signal, envelope, thresholds, events and token groups",
                        description="events: one panel per channel with the harmonized signal, its envelope, the noise "

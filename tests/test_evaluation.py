@@ -16,7 +16,7 @@ from aemg_dist.config import ConfigError, load_config
 from aemg_dist.data import read_token_table, tokenize_corpus
 from aemg_dist.evaluation import calibration_split, loso_folds
 from aemg_dist.evaluation.methods import METHODS
-from aemg_dist.evaluation.runner import TRIALS_FILE, EvaluateConfig, evaluate
+from aemg_dist.evaluation.runner import TRIALS_FILE, EvaluateConfig, evaluate, exclusion_groups
 from aemg_dist.train import load_pretrain_config, pretrain, split_tables
 from preprocessing.corpus import Corpus
 from preprocessing.prepare import prepare
@@ -195,3 +195,13 @@ def test_cli_baselines_and_errors(setup, tmp_path, capsys):
     assert cli.main(["baselines", "--corpus", str(root / "corpus.zarr"), "--out", str(tmp_path / "x"),
                      "--methods", "aemg_probe", "--workers", "1"]) == 2
     assert "need a pretrained checkpoint" in capsys.readouterr().err
+
+
+def test_exclusion_groups_cover_every_subject_once():
+    subjects = {"a": ["s10", "s2", "s1", "s3"], "b": ["x"], "c": ["y"], "d": ["p", "q", "r"]}
+    groups = exclusion_groups(subjects, 2)
+    assert groups[0] == ["a/s1", "a/s3", "b/x", "d/p", "d/r"] and groups[1] == ["a/s2", "a/s10", "c/y", "d/q"]
+    flat = [s for g in groups for s in g]
+    assert sorted(flat) == sorted(f"{d}/{s}" for d, ss in subjects.items() for s in ss)  # each exactly once
+    with pytest.raises(ValueError):
+        exclusion_groups(subjects, 0)

@@ -109,6 +109,18 @@ def markdown_table(rows: list[dict[str, Any]], metric: str) -> str:
     return "\n".join(lines)
 
 
+def calibration_table(rows: list[dict[str, Any]]) -> str:
+    counts: dict[tuple[str, float], list[int]] = {}
+    for r in rows:
+        counts.setdefault((r["dataset"], float(r["budget"])), []).append(int(r["n_calib"]))
+    budgets = sorted({b for _, b in counts})
+    lines = ["| dataset | " + " | ".join(map(_budget, budgets)) + " |", "|---|" + "---|" * len(budgets)]
+    for dataset in sorted({d for d, _ in counts}):
+        cells = [f"{np.mean(counts[(dataset, b)]):.0f}" if (dataset, b) in counts else "–" for b in budgets]
+        lines.append(f"| {dataset} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def write_report(rows: list[dict[str, Any]], out: Path, cfg: Any) -> Path:
     """summary.csv, report.md and the plots; returns the report path."""
     write_summary(rows, out / "summary.csv")
@@ -128,6 +140,10 @@ def write_report(rows: list[dict[str, Any]], out: Path, cfg: Any) -> Path:
         "", "## Balanced accuracy (mean ± std over held-out subjects)", markdown_table(rows, "balanced_accuracy"),
         "", "## Macro-F1 (mean ± std over held-out subjects)", markdown_table(rows, "macro_f1"), "",
     ]
+    lines += ["## Calibration windows per budget (mean over held-out subjects and seeds)", "",
+              "Budgets are whole repetitions per label (at least one when the budget is above 0), so neighbouring "
+              "budgets can select the same windows when a subject has few repetitions.", "",
+              calibration_table(rows), ""]
     if tests:
         lines += ["## AEMG vs the best baseline (paired Wilcoxon signed-rank over held-out subjects)", "",
                   "| dataset | budget | AEMG | best baseline | AEMG mean | baseline mean | difference | AEMG wins | p |",
@@ -156,7 +172,7 @@ def plot_low_label(rows: list[dict[str, Any]], path: Path) -> Path:
     plt = _pyplot()
     stats = aggregate(rows)
     datasets = sorted({a["dataset"] for a in stats})
-    fig, axes = plt.subplots(1, len(datasets), figsize=(4.2 * len(datasets), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(datasets), figsize=(4.2 * len(datasets) + 1.4, 3.6), squeeze=False)
     for ax, dataset in zip(axes[0], datasets):
         for method in sorted({a["method"] for a in stats}, key=lambda m: (m not in AEMG_METHODS, m)):
             cell = sorted((a for a in stats if a["dataset"] == dataset and a["method"] == method),
@@ -165,14 +181,18 @@ def plot_low_label(rows: list[dict[str, Any]], path: Path) -> Path:
                 continue
             x = np.array([a["budget"] for a in cell])
             y, s = np.array([a["mean"] for a in cell]), np.array([a["std"] for a in cell])
-            line, = ax.plot(x, y, marker="o", lw=2.2 if method in AEMG_METHODS else 1.2, label=method)
-            ax.fill_between(x, y - s, y + s, color=line.get_color(), alpha=0.12)
+            ours = method in AEMG_METHODS
+            line, = ax.plot(x, y, marker="o", lw=2.4 if ours else 1.1, alpha=1.0 if ours else 0.8, label=method)
+            if ours:  # bands for AEMG only: eight overlapping bands would hide the lines
+                ax.fill_between(x, y - s, y + s, color=line.get_color(), alpha=0.12)
+        budgets = sorted({a["budget"] for a in stats})
         ax.set_xscale("symlog", linthresh=1.0)
+        ax.set_xticks(budgets, [f"{b:g}" for b in budgets])
         ax.set_xlabel("calibration budget (% of the subject's labels)")
         ax.set_title(f"{dataset} (n={max(a['n'] for a in stats if a['dataset'] == dataset)})")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("balanced accuracy (held-out subject)")
-    axes[0][-1].legend(fontsize=7, loc="lower right")
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

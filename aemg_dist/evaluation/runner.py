@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -128,6 +129,28 @@ def assign_checkpoints(checkpoints: list[Checkpoint], folds: list[tuple[str, str
                           "data.exclude_subjects=[dataset/subject,...] (or data.exclude_datasets), give several "
                           "--checkpoint runs that together exclude every held-out subject, or set require_unseen=false")
     return chosen
+
+
+def exclusion_groups(subjects: dict[str, list[str]], n_groups: int) -> list[list[str]]:
+    """Split every dataset's subjects ({dataset: subjects}) into n_groups disjoint "dataset/subject"
+    lists (round robin, in natural order). Pretraining once without each group gives, for every LOSO
+    fold, a checkpoint that never saw its held-out subject, at n_groups pretrainings instead of one
+    per fold. A single-subject dataset (leave-one-session-out) goes whole into one group, rotating
+    across such datasets."""
+    if n_groups < 1:
+        raise ValueError(f"n_groups must be >= 1, got {n_groups}")
+    natural = lambda s: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]
+    groups: list[list[str]] = [[] for _ in range(n_groups)]
+    single = 0
+    for dataset in sorted(subjects):
+        members = sorted(set(subjects[dataset]), key=natural)
+        if len(members) == 1:
+            groups[single % n_groups].append(f"{dataset}/{members[0]}")
+            single += 1
+            continue
+        for i, subject in enumerate(members):
+            groups[i % n_groups].append(f"{dataset}/{subject}")
+    return groups
 
 
 # ---------------------------------------------------------------- labeled windows
