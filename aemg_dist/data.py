@@ -12,8 +12,13 @@ Three steps:
    Data's `read_zarr` refuses zarr-python 3 and cannot ship array attributes, hence this
    small datasource.
 3. **Tokenize** (`map_batches`, fused with the read, in parallel workers) and **write**
-   Parquet, one row per window (schema in `TOKEN_SCHEMA`), then `tokens.json` (files, counts,
-   feature names, config) and `tokenize.yaml` (the resolved config).
+   Parquet, one row per window (schema in `TOKEN_SCHEMA`): one file per read task, written whole
+   (never half visible) and named after its first window; then `tokens.json` (files, counts,
+   feature names, config), which marks the output complete.
+
+Resuming: `tokenize.yaml` (the resolved config) is written first. A run that was killed is finished
+by running it again with the same config: the windows already in a part file are skipped and only
+the missing ones are tokenized. The output folder may be a URI (`s3://...`, see `storage.py`).
 
 Windows are tokenized independently (an event that crosses a window border is cut there),
 so the Ray Data output equals the in-process output row for row, and memory stays bounded
@@ -22,21 +27,25 @@ by the number of shards in flight whatever the corpus size.
 
 from __future__ import annotations
 
+import io
 import json
+import re
 import time
+import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from functools import partial
-from typing import Any, Iterator
+from typing import Any, Collection, Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from ray.data.block import BlockAccessor, BlockMetadata
-from ray.data.datasource import Datasource, ReadTask
+from omegaconf import OmegaConf
+from ray.data.block import Block, BlockAccessor, BlockMetadata
+from ray.data.datasource import Datasink, Datasource, ReadTask
 from tqdm import tqdm
 
-from aemg_dist.config import save_config
+from aemg_dist import storage
 from aemg_dist.events import EventConfig, recording_floor
 from aemg_dist.parallel import ensure_ray, map_unordered
 from aemg_dist.tokens import TokenConfig, WindowTokens, feature_names, tokenize_window
@@ -109,18 +118,37 @@ def plan_recording(key: str, corpus_path: str, cfg: TokenizeConfig) -> Recording
     )
 
 
-def make_shards(plan: RecordingPlan, shard_s: float) -> list[Shard]:
-    """Group consecutive windows so one shard reads at most ~shard_s seconds."""
+def make_shards(plan: RecordingPlan, shard_s: float, done: Collection[int] = ()) -> list[Shard]:
+    """Group consecutive windows so one shard reads at most ~shard_s seconds; windows whose start is
+    in `done` (already written by an earlier run) are left out and split the runs around them."""
     w = plan.windows
     limit = max(1, int(shard_s * plan.fs))
+    todo = ~np.isin(w.start, np.fromiter(done, dtype=np.int64, count=len(done)))
     shards, first = [], 0
     while first < len(w):
+        if not todo[first]:
+            first += 1
+            continue
         # windows are sorted by start; take those starting within `limit` of the first one
         last = int(np.searchsorted(w.start, w.start[first] + limit, side="left"))
         last = max(last, first + 1)
+        written = np.flatnonzero(~todo[first:last])
+        last = first + int(written[0]) if written.size else last
         shards.append(Shard(plan.key, first, last, int(w.start[first]), int(w.stop[first:last].max())))
         first = last
     return shards
+
+
+def group_shards(shards: list[Shard], plans: dict[str, RecordingPlan], task_s: float) -> list[list[Shard]]:
+    """Runs of consecutive shards covering about `task_s` seconds of EMG: one read task, one part file."""
+    groups, run, seconds = [], [], 0.0
+    for shard in shards:
+        run.append(shard)
+        seconds += (shard.stop - shard.start) / plans[shard.key].fs
+        if seconds >= task_s:
+            groups.append(run)
+            run, seconds = [], 0.0
+    return groups + ([run] if run else [])
 
 
 def read_shard(corpus: Corpus, plan: RecordingPlan, shard: Shard) -> dict[str, np.ndarray]:
@@ -187,11 +215,53 @@ def table_to_windows(table: pa.Table) -> list[WindowTokens]:
 
 
 def read_token_table(folder: str | Path, columns: list[str] | None = None) -> pa.Table:
-    """All token rows of a `tokenize` output folder as one table (in file order)."""
-    files = sorted(Path(folder).glob("*.parquet"))
+    """All token rows of a `tokenize` output folder (a path or URI) as one table (in file order)."""
+    files = storage.listdir(folder, ".parquet")
     if not files:
         raise FileNotFoundError(f"{folder} holds no token shards (*.parquet); run `aemg tokenize` first")
-    return pa.concat_tables([pq.read_table(f, columns=columns) for f in files])
+    return pa.concat_tables([_read_parquet(f, columns) for f in files])
+
+
+def _read_parquet(path: str, columns: list[str] | None = None) -> pa.Table:
+    fs, inner = storage.filesystem(path)
+    return pq.read_table(inner, columns=columns, filesystem=fs)
+
+
+def write_part(out: str, table: pa.Table) -> str:
+    """Write token rows as one part file named after its first window; returns its path.
+
+    The name is deterministic (the same rows always get the same name) and unique (a window is
+    in exactly one file), and the file appears only once complete, so a re-run can trust every
+    part file it finds."""
+    key, start = table.column("key")[0].as_py(), table.column("start")[0].as_py()
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", key)
+    path = storage.join(out, f"part-{slug}-{zlib.crc32(key.encode()):08x}-{start:012d}.parquet")
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    storage.write_bytes(path, buffer.getvalue())
+    return path
+
+
+def written_windows(out: str) -> dict[str, set[int]]:
+    """Window starts per recording key found in the part files of `out` (what a re-run skips)."""
+    done: dict[str, set[int]] = {}
+    for path in storage.listdir(out, ".parquet"):
+        table = _read_parquet(path, ["key", "start"])
+        for key, start in zip(table.column("key").to_pylist(), table.column("start").to_pylist()):
+            done.setdefault(key, set()).add(start)
+    return done
+
+
+class TokenPartSink(Datasink):
+    """Ray Data sink: each write task's token rows become one part file (`write_part`)."""
+
+    def __init__(self, out: str):
+        self.out = out
+
+    def write(self, blocks: Iterable[Block], ctx: Any) -> None:
+        tables = [t for t in (BlockAccessor.for_block(b).to_arrow() for b in blocks) if t.num_rows]
+        if tables:
+            write_part(self.out, pa.concat_tables(tables))
 
 
 class CorpusWindowsDatasource(Datasource):
@@ -210,18 +280,14 @@ class CorpusWindowsDatasource(Datasource):
 
     def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
                        data_context: Any = None) -> list[ReadTask]:
-        tasks, run, seconds = [], [], 0.0
-        for i, shard in enumerate(self.shards):
-            run.append(shard)
-            seconds += (shard.stop - shard.start) / self.plans[shard.key].fs
-            if seconds >= self.task_s or i == len(self.shards) - 1:
-                meta = BlockMetadata(num_rows=sum(s.last - s.first for s in run), size_bytes=sum(map(self._bytes, run)),
-                                     input_files=None, exec_stats=None)
-                # a task carries only its own shards and their plans, not the whole corpus plan
-                plans = {s.key: self.plans[s.key] for s in run}
-                tasks.append(ReadTask(partial(_read_blocks, self.corpus_path, run, plans), meta,
-                                      per_task_row_limit=per_task_row_limit))
-                run, seconds = [], 0.0
+        tasks = []
+        for run in group_shards(self.shards, self.plans, self.task_s):
+            meta = BlockMetadata(num_rows=sum(s.last - s.first for s in run), size_bytes=sum(map(self._bytes, run)),
+                                 input_files=None, exec_stats=None)
+            # a task carries only its own shards and their plans, not the whole corpus plan
+            plans = {s.key: self.plans[s.key] for s in run}
+            tasks.append(ReadTask(partial(_read_blocks, self.corpus_path, run, plans), meta,
+                                  per_task_row_limit=per_task_row_limit))
         return tasks
 
 
@@ -233,7 +299,7 @@ def _read_blocks(corpus_path: str, shards: list[Shard], plans: dict[str, Recordi
 
 @dataclass
 class TokenizeReport:
-    out: Path
+    out: str
     recordings: int = 0
     windows: int = 0
     tokens: int = 0
@@ -241,13 +307,15 @@ class TokenizeReport:
     skipped_spans: int = 0
     channel_samples: int = 0
     wall_seconds: float = 0.0
+    resumed_windows: int = 0  # found already written in `out` and not tokenized again
     files: list[dict[str, Any]] = field(default_factory=list)
 
     def summary(self) -> str:
         rate = self.channel_samples / max(self.wall_seconds, 1e-9) / 1e6
         return (f"tokens: {self.out}  ({self.recordings} recordings, {self.windows} windows, {self.tokens} tokens, "
                 f"{self.empty_windows} windows without activity, {self.skipped_spans} spans too short) "
-                f"in {self.wall_seconds:.1f} s ({rate:.1f} M channel-samples/s)")
+                f"in {self.wall_seconds:.1f} s ({rate:.1f} M channel-samples/s)"
+                + (f"; {self.resumed_windows} windows were already written by an earlier run" if self.resumed_windows else ""))
 
 
 def plan_corpus(corpus_path: str | Path, cfg: TokenizeConfig, *, keys: list[str] | None = None, workers: int = 0,
@@ -265,39 +333,62 @@ def tokenize_corpus(corpus_path: str | Path, out: str | Path, cfg: TokenizeConfi
     """Tokenize a corpus (or the recordings `keys`) into Parquet token shards at `out`.
 
     workers == 1 runs everything in this process; otherwise planning runs as Ray tasks and
-    tokenization as a Ray Data pipeline (local Ray, or the cluster at `address`).
+    tokenization as a Ray Data pipeline (local Ray, or the cluster at `address`). `corpus_path` and
+    `out` may be URIs. A re-run on the `out` of a killed run (same config) does only what is missing.
     """
     cfg = cfg or TokenizeConfig()
     start_time = time.perf_counter()
-    out = Path(out)
-    if out.exists() and any(out.glob("*.parquet")):
-        raise FileExistsError(f"{out} already holds token shards; choose a new --out or delete it")
-    out.mkdir(parents=True, exist_ok=True)
+    corpus_path, out = storage.absolute(corpus_path), storage.absolute(out)
+    _claim_output(out, cfg)
+    if workers != 1:
+        ensure_ray(address, num_cpus=workers or None)
+        storage.require_shared(corpus_path, "--corpus")  # read by the workers
+        storage.require_shared(out, "--out")  # written by the workers
     plans = plan_corpus(corpus_path, cfg, keys=keys, workers=workers, address=address, progress=progress)
-    shards = [s for plan in plans.values() for s in make_shards(plan, cfg.shard_s)]
-    if workers == 1:
-        _tokenize_local(str(corpus_path), plans, shards, cfg, out, progress)
-    else:
-        _tokenize_ray_data(str(corpus_path), plans, shards, cfg, out, address)
+    done = written_windows(out)
+    shards = [s for plan in plans.values() for s in make_shards(plan, cfg.shard_s, done.get(plan.key, ()))]
+    if shards and workers == 1:
+        _tokenize_local(corpus_path, plans, shards, cfg, out, progress)
+    elif shards:
+        _tokenize_ray_data(corpus_path, plans, shards, cfg, out)
     report = _write_manifest(out, plans, cfg)
+    report.resumed_windows = sum(len(starts) for starts in done.values())
     report.wall_seconds = time.perf_counter() - start_time
     return report
 
 
+def _claim_output(out: str, cfg: TokenizeConfig) -> None:
+    """Refuse a finished output or one made with another config; record this run's config first."""
+    if storage.exists(storage.join(out, TOKENS_MANIFEST)):
+        raise FileExistsError(f"{out} already holds a complete tokenization ({TOKENS_MANIFEST}); "
+                              "choose a new --out or delete it")
+    config_path = storage.join(out, "tokenize.yaml")
+    resolved = OmegaConf.to_yaml(OmegaConf.structured(cfg))
+    if storage.listdir(out, ".parquet"):
+        previous = storage.read_text(config_path) if storage.exists(config_path) else None
+        if previous != resolved:
+            raise FileExistsError(f"{out} holds token shards of another tokenization (its tokenize.yaml differs or "
+                                  "is missing); re-run with the same config to finish it, or choose a new --out")
+    storage.makedirs(out)
+    storage.write_text(config_path, resolved)
+
+
 def _tokenize_local(corpus_path: str, plans: dict[str, RecordingPlan], shards: list[Shard], cfg: TokenizeConfig,
-                    out: Path, progress: bool) -> None:
+                    out: str, progress: bool) -> None:
     corpus = Corpus(corpus_path)
-    tables = [tokenize_rows(read_shard(corpus, plans[s.key], s), plans, cfg)
-              for s in tqdm(shards, desc="tokenize", unit="shard", disable=not progress)]
-    if tables:
-        pq.write_table(pa.concat_tables(tables), out / "part-00000.parquet")
+    with tqdm(total=len(shards), desc="tokenize", unit="shard", disable=not progress) as bar:
+        for group in group_shards(shards, plans, cfg.task_s):  # the part files the Ray Data path writes
+            tables = []
+            for shard in group:
+                tables.append(tokenize_rows(read_shard(corpus, plans[shard.key], shard), plans, cfg))
+                bar.update()
+            write_part(out, pa.concat_tables(tables))
 
 
 def _tokenize_ray_data(corpus_path: str, plans: dict[str, RecordingPlan], shards: list[Shard],
-                       cfg: TokenizeConfig, out: Path, address: str | None) -> None:
+                       cfg: TokenizeConfig, out: str) -> None:
     import ray
 
-    ensure_ray(address)
     # On small clusters Ray Data's per-operator reservations serialize a read+map pipeline;
     # without them a 2-CPU machine runs it ~1.7x faster (STACK_NOTES.md).
     ray.data.DataContext.get_current().op_resource_reservation_enabled = False
@@ -308,7 +399,7 @@ def _tokenize_ray_data(corpus_path: str, plans: dict[str, RecordingPlan], shards
     dataset = ray.data.read_datasource(source, override_num_blocks=len(source.get_read_tasks(1)))
     dataset = dataset.map_batches(_tokenize_batch, fn_kwargs={"plans": plans_ref, "cfg": cfg},
                                   batch_format="numpy", batch_size=None, zero_copy_batch=True)
-    dataset.write_parquet(str(out), min_rows_per_file=4096)
+    dataset.write_datasink(TokenPartSink(out))
 
 
 _PLANS_CACHE: dict[str, dict[str, RecordingPlan]] = {}  # per worker process: fetch the plans once
@@ -326,11 +417,11 @@ def _tokenize_batch(batch: dict[str, np.ndarray], plans: Any, cfg: TokenizeConfi
     return tokenize_rows(batch, plans, cfg)
 
 
-def _write_manifest(out: Path, plans: dict[str, RecordingPlan], cfg: TokenizeConfig) -> TokenizeReport:
+def _write_manifest(out: str, plans: dict[str, RecordingPlan], cfg: TokenizeConfig) -> TokenizeReport:
     report = TokenizeReport(out=out, recordings=len(plans))
-    for path in sorted(out.glob("*.parquet")):
-        n_tokens = pq.read_table(path, columns=["n_tokens"]).column("n_tokens").to_numpy()  # one row per window
-        report.files.append({"path": path.name, "rows": len(n_tokens), "tokens": int(n_tokens.sum())})
+    for path in storage.listdir(out, ".parquet"):
+        n_tokens = _read_parquet(path, ["n_tokens"]).column("n_tokens").to_numpy()  # one row per window
+        report.files.append({"path": path.rsplit("/", 1)[-1], "rows": len(n_tokens), "tokens": int(n_tokens.sum())})
         report.windows += len(n_tokens)
         report.tokens += int(n_tokens.sum())
         report.empty_windows += int((n_tokens == 0).sum())
@@ -346,6 +437,5 @@ def _write_manifest(out: Path, plans: dict[str, RecordingPlan], cfg: TokenizeCon
         "windows": report.windows,
         "tokens": report.tokens,
     }
-    (out / TOKENS_MANIFEST).write_text(json.dumps(manifest, indent=1))
-    save_config(cfg, out / "tokenize.yaml")
+    storage.write_text(storage.join(out, TOKENS_MANIFEST), json.dumps(manifest, indent=1))  # last: marks it complete
     return report

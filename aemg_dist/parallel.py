@@ -7,15 +7,26 @@ from typing import Any, Callable, Iterable, Iterator
 
 import ray
 
+from aemg_dist import storage
+
 
 def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """Start local Ray (or connect to `address`) unless this process is already connected."""
     if ray.is_initialized():
         return
+    if not address and os.environ.get("RAY_ADDRESS"):
+        # inside a Ray job (`aemg submit`) RAY_ADDRESS names the cluster: join it, never start a local Ray;
+        # the job already has its runtime environment
+        ray.init(log_to_driver=False)
+        return
+    # the workers get this process's storage settings (endpoint, credentials file), not just the cluster's
+    env = storage.forwarded_env()
+    runtime_env = {"env_vars": env} if env else None
     if address:
-        ray.init(address=address, log_to_driver=False)
+        ray.init(address=address, log_to_driver=False, runtime_env=runtime_env)
     else:
-        ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False)
+        ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False,
+                 runtime_env=runtime_env)
 
 
 def map_unordered(fn: Callable[..., Any], items: Iterable[Any], *args: Any, workers: int = 0,

@@ -10,16 +10,18 @@ One training loop (`train_loop`) serves both paths:
   of the distributed overhead benchmark).
 
 The run folder (`run.out`) holds the resolved `config.yaml`, `metrics.csv`, TensorBoard events,
-`loss.png` / `codebook.png`, Ray Train's checkpoints (`ray/`) and the exported inference
-checkpoint (`export/`: safetensors + config.json).
+`loss.png` / `codebook.png`, Ray Train's checkpoints (`ray/`), `workers/rank-R.json` (node, process
+and start step of each rank) and the exported inference checkpoint (`export/`: safetensors + config.json).
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 import shutil
+import socket
 import tempfile
 import time
 import zlib
@@ -32,6 +34,7 @@ import pyarrow as pa
 import torch
 from omegaconf import OmegaConf
 
+from aemg_dist import storage
 from aemg_dist.config import ConfigError, config_from_dict, load_config, save_config
 from aemg_dist.data import read_token_table, table_to_windows
 from aemg_dist.model import AEMGModel, ModelConfig, batch_to_torch
@@ -291,15 +294,19 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         model.load_state_dict(load_inference(cfg.run.init_from).state_dict())
     stepper = DeepSpeedStepper(model, cfg, world) if distributed else PlainStepper(model, cfg)
     start_step = _resume(stepper) if distributed else _resume_local(stepper, cfg)
+    _record_worker(cfg.run.out, rank, start_step, distributed)
     micro_batch = cfg.data.batch_size // world
     train, val = loop_config.get("train"), loop_config["val"]  # split once, by the driver
     batches = ray_batches(micro_batch, cfg.run.seed + rank) if distributed else \
         local_batches(train, micro_batch, cfg.run.seed, skip=start_step)
-    log = MetricsLog(Path(cfg.run.out), enabled=rank == 0)
+    files = RunFiles(cfg.run.out)
+    if rank == 0:
+        files.fetch("metrics.csv")  # a resumed run appends to the rows of the earlier attempts
+    log = MetricsLog(files.local, enabled=rank == 0)
     started, last = time.perf_counter(), {}
     for step in range(start_step, cfg.optim.max_steps):
         if step == cfg.run.fail_at_step and rank == min(1, world - 1):
-            _fail_once(Path(cfg.run.out))
+            _fail_once(cfg.run.out)
         # every random draw of a step (masks, code restarts) depends on (seed, rank, step) only, so a
         # resumed run repeats exactly what the uninterrupted one would have done
         torch.manual_seed(zlib.crc32(f"{cfg.run.seed}/{rank}/{step}".encode()))
@@ -313,9 +320,15 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         if (step + 1) % cfg.run.log_every == 0 or "val_loss" in last:
             log.write(last)
         if (step + 1) % cfg.run.checkpoint_every == 0 or step + 1 == cfg.optim.max_steps:
+            log.flush()
+            if rank == 0:
+                files.sync("metrics.csv", "tensorboard")  # before the checkpoint: never behind it
             _checkpoint(stepper, step + 1, last, cfg.run.out, distributed)
     log.close()
-    stepper.export(Path(cfg.run.out) / "export", cfg.model, rank)
+    stepper.export(files.local / "export", cfg.model, rank)
+    if rank == 0:
+        files.sync("metrics.csv", "tensorboard", "export")
+    files.close()
 
 
 def _validate(model: AEMGModel, val: pa.Table | None, cfg: PretrainConfig, prepare: Any) -> float:
@@ -333,12 +346,48 @@ def _validate(model: AEMGModel, val: pa.Table | None, cfg: PretrainConfig, prepa
     return float(np.mean(losses))
 
 
-def _fail_once(out: Path) -> None:
-    marker = out / ".fault_injected"
-    if not marker.exists():
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.touch()
+def _record_worker(out: str, rank: int, start_step: int, distributed: bool) -> None:
+    """workers/rank-R.json: the node, host and process of this rank and the step it started from
+    (rewritten by each restart), to find a rank's logs, or a process to kill in fault-tolerance tests."""
+    node_id = ""
+    if distributed:
+        import ray
+
+        node_id = ray.get_runtime_context().get_node_id()
+    record = {"rank": rank, "pid": os.getpid(), "node_id": node_id, "host": socket.gethostname(),
+              "start_step": start_step}
+    storage.write_text(storage.join(out, "workers", f"rank-{rank}.json"), json.dumps(record))
+
+
+def _fail_once(out: str) -> None:
+    marker = storage.join(out, ".fault_injected")
+    if not storage.exists(marker):
+        storage.write_text(marker, "")
         raise RuntimeError("injected fault (run.fail_at_step) to test recovery")
+
+
+class RunFiles:
+    """Where a process writes run files: run.out itself when it is a local path; for a URI, a local
+    folder whose files `sync` uploads (metrics are appended to, TensorBoard and plots need files)."""
+
+    def __init__(self, out: str):
+        self.out = out
+        self.remote = storage.is_uri(out)
+        self.local = Path(tempfile.mkdtemp(prefix="aemg-run-")) if self.remote else Path(out)
+
+    def fetch(self, name: str) -> None:
+        if self.remote:
+            storage.download(storage.join(self.out, name), self.local / name)
+
+    def sync(self, *names: str) -> None:
+        for name in names if self.remote else ():
+            if (self.local / name).exists():
+                storage.upload(self.local / name, storage.join(self.out, name))
+
+    def close(self) -> None:
+        """Drop the local copy of a URI run folder (everything is uploaded by then)."""
+        if self.remote:
+            shutil.rmtree(self.local, ignore_errors=True)
 
 
 def _checkpoint(stepper: PlainStepper, step: int, metrics: dict[str, float], out: str, distributed: bool) -> None:
@@ -402,6 +451,10 @@ class MetricsLog:
             if name != "step" and math.isfinite(value):  # no validation set: val_loss is nan
                 self.tensorboard.add_scalar(name, value, int(row["step"]))
 
+    def flush(self) -> None:
+        if self.enabled:
+            self.tensorboard.flush()
+
     def close(self) -> None:
         if self.enabled:
             self.tensorboard.close()
@@ -411,36 +464,45 @@ class MetricsLog:
 
 @dataclass
 class PretrainResult:
-    out: Path
+    out: Path | str  # a local folder, or the URI given as run.out
     steps: int
     final: dict[str, float]
     checkpoint: str  # Ray Train's latest checkpoint folder, or the local one
-    export: Path
+    export: Path | str
 
 
 def pretrain(cfg: PretrainConfig) -> PretrainResult:
     """Run pretraining as configured; returns where everything was written."""
-    out = Path(cfg.run.out).resolve()
-    # workers do not share the driver's working directory: hand them absolute paths
-    cfg.run.out, cfg.data.tokens = str(out), str(Path(cfg.data.tokens).resolve())
-    cfg.run.init_from = str(Path(cfg.run.init_from).resolve()) if cfg.run.init_from else ""
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
+    # workers do not share the driver's working directory: hand them absolute paths (or URIs)
+    cfg.run.out, cfg.data.tokens = storage.absolute(cfg.run.out), storage.absolute(cfg.data.tokens)
+    cfg.run.init_from = storage.absolute(cfg.run.init_from) if cfg.run.init_from else ""
+    if storage.is_uri(cfg.run.out) and not cfg.dist.ray:
+        raise ConfigError(f"run.out={cfg.run.out}: --no-ray keeps its checkpoints on a local disk; give a local "
+                          "run.out or run on Ray")
+    files = RunFiles(cfg.run.out)
+    save_config(cfg, files.local / "config.yaml")
+    files.sync("config.yaml")
     train, val = split_tables(cfg.data)  # fails here, before any worker starts, on bad data paths
     if not cfg.dist.ray:
         train_loop({"config": asdict(cfg), "train": train, "val": val})
-        checkpoint = str(out / "local_checkpoint")
+        checkpoint = str(files.local / "local_checkpoint")
     else:
-        checkpoint = _fit_on_ray(cfg, train, val, out)
-    if not (out / "metrics.csv").exists():
-        raise RuntimeError(f"pretraining finished without writing {out / 'metrics.csv'}; see the Ray logs above")
-    plot_metrics(out / "metrics.csv", out)
-    final = _last_row(out / "metrics.csv")
+        checkpoint = _fit_on_ray(cfg, train, val)
+    files.fetch("metrics.csv")  # written by rank 0, wherever it ran
+    metrics = files.local / "metrics.csv"
+    if not metrics.exists():
+        raise RuntimeError(f"pretraining finished without writing {storage.join(cfg.run.out, 'metrics.csv')}; "
+                           "see the Ray logs above")
+    plot_metrics(metrics, files.local)
+    files.sync("loss.png", "codebook.png")
+    final = _last_row(metrics)
+    files.close()
+    out: Path | str = cfg.run.out if files.remote else files.local
     return PretrainResult(out=out, steps=int(final.get("step", 0)), final=final, checkpoint=checkpoint,
-                          export=out / "export")
+                          export=storage.join(out, "export") if files.remote else files.local / "export")
 
 
-def _fit_on_ray(cfg: PretrainConfig, train: pa.Table, val: pa.Table, out: Path) -> str:
+def _fit_on_ray(cfg: PretrainConfig, train: pa.Table, val: pa.Table) -> str:
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig as RayRunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -448,14 +510,19 @@ def _fit_on_ray(cfg: PretrainConfig, train: pa.Table, val: pa.Table, out: Path) 
     from aemg_dist.parallel import ensure_ray
 
     ensure_ray(cfg.dist.address or None)
-    use_gpu = torch.cuda.is_available()
+    storage.require_shared(cfg.run.out, "run.out")  # every rank writes checkpoints there
+    if cfg.run.init_from:
+        storage.require_shared(cfg.run.init_from, "run.init_from")
+    # the cluster's GPUs, not this driver's: on a cluster the driver runs on a CPU head node
+    use_gpu = ray.cluster_resources().get("GPU", 0) >= 1
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if use_gpu else "cpu")
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={"config": asdict(cfg), "val": val},
         scaling_config=ScalingConfig(num_workers=cfg.dist.num_workers, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": cfg.dist.cpus_per_worker}),
-        run_config=RayRunConfig(name="ray", storage_path=str(out),  # same name + path = resume from its checkpoints
+        # same name + path = resume from its checkpoints; a URI path is written through pyarrow by Ray itself
+        run_config=RayRunConfig(name="ray", storage_path=cfg.run.out,
                                 failure_config=FailureConfig(max_failures=cfg.dist.max_failures),
                                 checkpoint_config=CheckpointConfig(num_to_keep=2),
                                 worker_runtime_env={"env_vars": {"DS_ACCELERATOR": os.environ["DS_ACCELERATOR"]}}),

@@ -28,6 +28,8 @@ import numpy as np
 import zarr
 import zarr.codecs
 
+from aemg_dist import storage
+
 from .harmonize import HarmonizeConfig, HarmonizedRecording
 from .errors import DataError
 from .recording import Segment, validate_segments
@@ -115,18 +117,19 @@ class Corpus:
     """Read access used by every later stage: list, metadata, time ranges, segments."""
 
     def __init__(self, path: str | Path):
-        self.path = Path(path)
-        manifest = self.path / MANIFEST_FILE
-        if not (self.path / "zarr.json").exists():
+        # a local folder or a URI (s3://bucket/corpus.zarr): read through aemg_dist.storage
+        self.path = path if storage.is_uri(path) else Path(path)
+        manifest = storage.join(path, MANIFEST_FILE)
+        if not storage.exists(storage.join(path, "zarr.json")):
             raise CorpusError(f"{self.path} is not a corpus (no zarr.json); run `aemg prepare` first")
-        if not manifest.exists():
+        if not storage.exists(manifest):
             raise CorpusError(f"{self.path} has no {MANIFEST_FILE}; re-run `aemg prepare` to finish it")
-        payload = json.loads(manifest.read_text())
+        payload = json.loads(storage.read_text(manifest))
         if payload.get("format") != CORPUS_FORMAT:
             raise CorpusError(f"{manifest}: unknown corpus format {payload.get('format')!r}")
         self.entries = [RecordingEntry(**row) for row in payload["recordings"]]
         self._by_key = {e.key: e for e in self.entries}
-        self.root = zarr.open_group(str(self.path), mode="r")
+        self.root = zarr.open_group(store=storage.zarr_store(path, read_only=True), mode="r")
 
     def __len__(self) -> int:
         return len(self.entries)

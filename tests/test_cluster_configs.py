@@ -55,7 +55,7 @@ def test_launcher_config_passes_rays_schema_with_a_cpu_head_and_gpu_workers():
     # the checkout reaches every node and is installed there, without the virtualenv or runs
     assert raw["file_mounts"]["~/aemg-dist"] == "."
     assert ".gitignore" in raw["rsync_filter"]
-    assert any("pip install" in c and "-e ~/aemg-dist" in c for c in raw["setup_commands"])
+    assert any("pip install" in c and "-e" in c and "aemg-dist[cloud]" in c for c in raw["setup_commands"])
     # token authentication on every node
     for key in ("head_start_ray_commands", "worker_start_ray_commands"):
         start = [c for c in raw[key] if "ray start" in c]

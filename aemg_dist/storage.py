@@ -1,0 +1,168 @@
+"""Paths that may be URIs: corpus, token shards, checkpoints and results live on a local disk, a shared
+mount, or an object store (`s3://`, `gs://`, anything fsspec knows).
+
+Everything goes through fsspec: a local path stays a local path; `s3://` needs s3fs (the `cloud`
+extra), `gs://` needs gcsfs (untested here). Endpoints and credentials come from the usual environment
+(AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...), so an S3-compatible store (MinIO, a local emulator) needs
+no code. Ray Train resolves checkpoint URIs with its own pyarrow filesystems from the same variables.
+
+On a multi-node Ray cluster every node must see the same files: `require_shared` refuses a local
+path that some node cannot see, with a one-line reason.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+import fsspec
+
+
+# Where storage endpoints, regions and credential files are configured. Ray workers run in the
+# cluster's environment, not the driver's, so a driver that starts or joins Ray hands these to its
+# job (`parallel.ensure_ray`). Secrets are not handed on (Ray shows runtime environments in its
+# dashboard): point AWS_SHARED_CREDENTIALS_FILE at a file, or give the nodes an instance profile /
+# service account. Jobs sent with `aemg submit` take their environment from `--env`.
+FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE",
+                 "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE", "GOOGLE_APPLICATION_CREDENTIALS")
+
+
+class StorageError(RuntimeError):
+    """A path cannot serve as asked (e.g. a local path on a multi-node cluster)."""
+
+
+def is_uri(path: str | Path) -> bool:
+    return "://" in str(path) and not str(path).startswith("file://")
+
+
+def absolute(path: str | Path) -> str:
+    """URIs as given, local paths made absolute (workers do not share the driver's working directory)."""
+    return str(path).rstrip("/") if is_uri(path) else str(Path(path).resolve())
+
+
+def join(base: str | Path, *names: str) -> str:
+    if is_uri(base):
+        return posixpath.join(str(base).rstrip("/"), *names)
+    return str(Path(base, *names))
+
+
+def filesystem(path: str | Path) -> tuple[Any, str]:
+    """(fsspec filesystem, path inside it) for a local path or URI."""
+    # no listing cache: other processes (Ray workers) write the folders this process lists
+    options = {"use_listings_cache": False} if is_uri(path) else {}
+    try:
+        return fsspec.core.url_to_fs(str(path), **options)
+    except ImportError as err:  # e.g. s3:// without s3fs
+        raise StorageError(f"{path}: {err} (install the project's `cloud` extra for s3://)") from None
+
+
+def exists(path: str | Path) -> bool:
+    fs, inner = filesystem(path)
+    return fs.exists(inner)
+
+
+def makedirs(path: str | Path) -> None:
+    fs, inner = filesystem(path)
+    fs.makedirs(inner, exist_ok=True)  # a no-op on object stores, where folders are key prefixes
+
+
+def read_text(path: str | Path) -> str:
+    fs, inner = filesystem(path)
+    with fs.open(inner, "r") as f:
+        return f.read()
+
+
+def write_bytes(path: str | Path, data: bytes) -> None:
+    """Whole-file write that readers never see half done: a local temporary file renamed into place;
+    an object store's single upload is atomic by itself."""
+    if not is_uri(path):
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, target)
+        return
+    fs, inner = filesystem(path)
+    fs.pipe_file(inner, data)
+
+
+def write_text(path: str | Path, text: str) -> None:
+    write_bytes(path, text.encode())
+
+
+def listdir(folder: str | Path, suffix: str = "") -> list[str]:
+    """Sorted full paths (URIs keep their scheme) of the files directly in `folder` ending in `suffix`;
+    names starting with "." (temporary files) are left out."""
+    fs, inner = filesystem(folder)
+    if not fs.isdir(inner):
+        return []
+    names = [posixpath.basename(p.rstrip("/")) for p in fs.ls(inner, detail=False)]
+    return sorted(join(folder, n) for n in names if n.endswith(suffix) and not n.startswith("."))
+
+
+def upload(local: str | Path, remote: str | Path) -> None:
+    """Copy a local file or folder to `remote` (same layout), replacing what is there."""
+    fs, inner = filesystem(remote)
+    if Path(local).is_dir():
+        fs.put(str(local).rstrip("/") + "/", inner, recursive=True)
+    else:
+        fs.put_file(str(local), inner)
+
+
+def download(remote: str | Path, local: str | Path) -> bool:
+    """Copy a remote file to `local`; False when it does not exist."""
+    fs, inner = filesystem(remote)
+    if not fs.exists(inner):
+        return False
+    Path(local).parent.mkdir(parents=True, exist_ok=True)
+    fs.get_file(inner, str(local))
+    return True
+
+
+def zarr_store(path: str | Path, read_only: bool) -> Any:
+    """A zarr v3 store for a local folder or a URI."""
+    from zarr.storage import FsspecStore, LocalStore
+
+    if not is_uri(path):
+        return LocalStore(str(path), read_only=read_only)
+    return FsspecStore.from_url(str(path), read_only=read_only)
+
+
+def forwarded_env() -> dict[str, str]:
+    """The storage settings of this process's environment (FORWARDED_ENV) that are set."""
+    return {name: os.environ[name] for name in FORWARDED_ENV if os.environ.get(name)}
+
+
+def require_shared(path: str | Path, what: str) -> None:
+    """Refuse a local `path` that some node of the connected Ray cluster cannot see.
+
+    URIs pass. A local path passes on one node, or when every node finds a marker file the driver
+    writes there (an NFS mount, or several nodes on one machine).
+    """
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    if is_uri(path):
+        return
+    nodes = [n["NodeID"] for n in ray.nodes() if n["Alive"]]
+    if len(nodes) < 2:
+        return
+    folder = Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    marker = folder / f".aemg-shared-{uuid.uuid4().hex}"
+    marker.touch()
+    try:
+        probe = ray.remote(num_cpus=0)(os.path.exists)
+        seen = ray.get([probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))
+                        .remote(str(marker)) for node in nodes])
+    finally:
+        marker.unlink()
+    if not all(seen):
+        raise StorageError(f"{what}={path} is a local path that {seen.count(False)} of the {len(nodes)} nodes of "
+                           "this cluster cannot see; multi-node runs need shared storage: an s3:// or gs:// URI, "
+                           "or a folder every node mounts (NFS)")

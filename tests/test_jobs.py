@@ -1,0 +1,186 @@
+"""`aemg submit` / `aemg jobs`: entrypoints, runtime environments, refused paths, and (slow) the guide's
+local two-node recipe run as written against a real two-node Ray cluster."""
+
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from aemg_dist.cli import CommandError, main
+from aemg_dist.jobs import PROJECT_ROOT, entrypoint, runtime_env
+
+GUIDE = PROJECT_ROOT / "cluster" / "README.md"
+VENV_BIN = Path(sys.executable).parent
+
+
+def test_uploaded_checkout_runs_through_python_m_and_installed_through_aemg():
+    command = ["aemg", "pretrain", "--config", "configs/pretrain/tiny.yaml", "run.out=s3://b/run", "data.tokens=/shared/t"]
+    assert entrypoint(command, installed=False) == \
+        "python -m aemg_dist.cli pretrain --config configs/pretrain/tiny.yaml run.out=s3://b/run data.tokens=/shared/t"
+    with pytest.raises(CommandError, match="--config configs/pretrain/tiny.yaml is a relative path"):
+        entrypoint(command, installed=True)  # nothing uploaded: the cluster's cwd is not this checkout
+    assert entrypoint(["aemg", "tokenize", "--corpus", "gs://b/c.zarr", "--out", "/nfs/t"], installed=True) == \
+        "aemg tokenize --corpus gs://b/c.zarr --out /nfs/t"
+    assert shlex.split(entrypoint(["aemg", "pretrain", "run.out=/a b/c"], installed=True))[-1] == "run.out=/a b/c"
+
+
+@pytest.mark.parametrize("command,match", [
+    (["aemg", "pretrain", "run.out=runs/x"], "run.out=runs/x is a relative path"),
+    (["aemg", "tokenize", "--corpus", "/c.zarr", "--out", "tokens"], "--out tokens is a relative path"),
+    (["aemg", "pretrain", "--config", "no/such.yaml"], "--config no/such.yaml is a relative path"),
+    (["python", "train.py"], "must be an aemg command"),
+    ([], "must be an aemg command"),
+])
+def test_commands_that_cannot_work_on_a_cluster_are_refused(command, match):
+    with pytest.raises(CommandError, match=match):
+        entrypoint(command, installed=False)
+
+
+def test_runtime_env_uploads_the_checkout_with_the_given_variables():
+    env = runtime_env(False, ["AWS_REGION=us-west-2", "A=b=c"])
+    assert env["working_dir"] == str(PROJECT_ROOT) and ".git" in env["excludes"]
+    assert env["env_vars"] == {"AWS_REGION": "us-west-2", "A": "b=c"}
+    assert runtime_env(True, []) == {}
+    with pytest.raises(CommandError, match="KEY=VALUE"):
+        runtime_env(True, ["AWS_REGION"])
+
+
+def test_cli_errors_are_one_line_with_exit_status_2(capsys, monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.delenv("RAY_API_SERVER_ADDRESS", raising=False)
+    assert main(["submit", "--", "aemg", "pretrain", "run.out=runs/x"]) == 2
+    assert main(["jobs", "list"]) == 2
+    assert main(["jobs", "list", "--address", f"http://127.0.0.1:{_free_port()}"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert [line.split(": error: ")[0] for line in lines] == ["aemg submit", "aemg jobs", "aemg jobs"]
+    assert "relative path" in lines[0] and "give --address" in lines[1] and "cannot reach" in lines[2]
+
+
+# ---------------------------------------------------------------- the guide's two-node recipe
+
+def _recipe() -> list[str]:
+    text = GUIDE.read_text()
+    block = re.search(r"## Try it on one machine.*?```bash\n(.*?)```", text, re.S).group(1)
+    return [line.split("   #")[0].rstrip() for line in block.splitlines() if line.strip()]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _port_in_use(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _processes_with(marker: str) -> list[int]:
+    """Pids whose environment holds our marker: the nodes and everything they started."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                if marker.encode() in (entry / "environ").read_bytes():
+                    pids.append(int(entry.name))
+            except OSError:  # gone, or not ours
+                continue
+    return pids
+
+
+def _stop(nodes: list[subprocess.Popen], marker: str) -> None:
+    """SIGTERM each `ray start --block` (it stops its node), then SIGKILL whatever carries our marker."""
+    for node in reversed(nodes):
+        if node.poll() is None:
+            os.killpg(node.pid, signal.SIGTERM)
+    deadline = time.time() + 30
+    while time.time() < deadline and (any(n.poll() is None for n in nodes) or _processes_with(marker)):
+        time.sleep(0.5)
+    for pid in _processes_with(marker):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    for node in nodes:
+        node.wait(timeout=30)
+
+
+def _active_nodes(env: dict, address: str) -> int:
+    out = subprocess.run(["ray", "status", f"--address={address}"], env=env, capture_output=True, text=True,
+                         timeout=60).stdout
+    active = out.split("Active:")[1].split("Pending:")[0] if "Active:" in out else ""
+    return len(re.findall(r"node_[0-9a-f]+", active))
+
+
+@pytest.mark.slow
+def test_the_guides_two_node_recipe_trains_on_both_nodes(tmp_path):
+    lines = _recipe()
+    for port in (6390, 8275, 52366, 52367, 52368, 52369):
+        if _port_in_use(port):
+            pytest.skip(f"port {port} of the recipe is in use on this machine")
+    marker = f"AEMG_TEST_CLUSTER_{uuid.uuid4().hex}"
+    ray_tmp = tempfile.mkdtemp(prefix="aemg-ray-", dir="/tmp")  # short: Ray's socket paths live under it
+    # the test's own run folder and Ray temp dir; everything else as the guide says
+    pinned = {"RUN": str(tmp_path / "run"), "RAY_TMP": ray_tmp}
+    env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", marker: "1"}
+    nodes: list[subprocess.Popen] = []
+    outputs: dict[str, str] = {}
+    try:
+        for line in lines:
+            if line.startswith("source "):
+                continue  # PATH above already puts the virtualenv first
+            if line.startswith("export "):
+                shown = subprocess.run(["bash", "-c", f"{line} && env -0"], env=env, cwd=PROJECT_ROOT,
+                                       capture_output=True, check=True).stdout.decode()
+                env = dict(item.split("=", 1) for item in shown.split("\0") if "=" in item)
+                env.update(pinned)
+                continue
+            if line.startswith("kill %"):
+                _stop(nodes, marker)
+                continue
+            if line.endswith("&"):
+                log = (tmp_path / f"node{len(nodes)}.log").open("w")
+                nodes.append(subprocess.Popen(["bash", "-c", f"exec {line[:-1]}"], env=env, cwd=PROJECT_ROOT,
+                                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+                if len(nodes) == 1:  # the second node needs the head's GCS to join
+                    _wait(lambda: _port_in_use(6390) and _port_in_use(8275), 90, "the head node to start")
+                continue
+            _wait(lambda: _active_nodes(env, "127.0.0.1:6390") == 2, 90, "two active nodes")
+            done = subprocess.run(["bash", "-c", line], env=env, cwd=PROJECT_ROOT, capture_output=True, text=True,
+                                  timeout=600)
+            outputs[line] = done.stdout + done.stderr
+            assert done.returncode == 0, f"{line}\n{outputs[line][-3000:]}"
+    finally:
+        _stop(nodes, marker)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert not _processes_with(marker)
+    run = Path(pinned["RUN"])
+    submits = [out for line, out in outputs.items() if line.startswith("aemg submit")]
+    assert len(submits) == 2 and all(re.search(r"job raysubmit_\w+ SUCCEEDED", out) for out in submits)
+    listed = next(out for line, out in outputs.items() if line.startswith("aemg jobs list"))
+    assert listed.count("SUCCEEDED") == 2
+    ranks = [json.loads((run / "pretrain" / "workers" / f"rank-{r}.json").read_text()) for r in (0, 1)]
+    assert len({r["node_id"] for r in ranks}) == 2  # one training worker on each node
+    assert sorted((run / "pretrain" / "ray").glob("checkpoint_*"))
+    assert (run / "pretrain" / "export" / "model.safetensors").exists()
+    rows = (run / "pretrain" / "metrics.csv").read_text().splitlines()
+    assert rows[-1].split(",")[0] == "20"
+
+
+def _wait(condition, seconds: float, what: str) -> None:
+    deadline = time.time() + seconds
+    while not condition():
+        if time.time() > deadline:
+            raise TimeoutError(f"timed out after {seconds} s waiting for {what}")
+        time.sleep(1)
