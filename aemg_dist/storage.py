@@ -21,6 +21,8 @@ from typing import Any
 
 import fsspec
 
+from aemg_dist.config import ConfigError
+
 
 # Where storage endpoints, regions and credential files are configured. Ray workers run in the
 # cluster's environment, not the driver's, so a driver that starts or joins Ray hands these to its
@@ -31,8 +33,9 @@ FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_D
                  "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE", "GOOGLE_APPLICATION_CREDENTIALS")
 
 
-class StorageError(RuntimeError):
-    """A path cannot serve as asked (e.g. a local path on a multi-node cluster)."""
+class StorageError(ConfigError):
+    """A path cannot serve as asked (e.g. a local path on a multi-node cluster); a config error, so
+    the command line reports it in one line."""
 
 
 def is_uri(path: str | Path) -> bool:

@@ -1,5 +1,6 @@
 """cluster/ stays valid: every YAML parses, the launcher config passes Ray's own schema, the KubeRay
-manifests carry the fields the operator needs, and every aemg command in the guide parses."""
+manifests carry the fields the operator needs and their pod templates pass the Kubernetes schema
+(offline), and every aemg command in the guide parses."""
 
 import re
 import shlex
@@ -114,6 +115,18 @@ def test_dockerfile_copies_what_exists_onto_the_matching_ray_image():
     assert next(words[1] for words in lines if words[0] == "WORKDIR") == IMAGE_WORKDIR
     copied = [src for words in lines if words[0] == "COPY" for src in words[1:-1] if not src.startswith("--")]
     assert copied and all((ROOT / src).exists() for src in copied), copied
+
+
+def test_every_pod_template_passes_the_kubernetes_schema():
+    validator = pytest.importorskip("kubernetes_validate", reason="kubernetes-validate not installed (the dev extra)")
+    cluster, job = _load("kuberay/raycluster.yaml"), _load("kuberay/rayjob.yaml")
+    templates = {"head": cluster["spec"]["headGroupSpec"]["template"],
+                 **{g["groupName"]: g["template"] for g in cluster["spec"]["workerGroupSpecs"]},
+                 "submitter": job["spec"]["submitterPodTemplate"]}
+    for name, template in templates.items():
+        # the CRDs embed core PodTemplateSpecs: validate each as a v1 PodTemplate, unknown fields refused
+        validator.validate({"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": name}, "template": template},
+                           "1.33.0", strict=True)
 
 
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed")

@@ -1,5 +1,6 @@
-"""`aemg submit` / `aemg jobs`: entrypoints, runtime environments, refused paths, and (slow) the guide's
-local two-node recipe run as written against a real two-node Ray cluster."""
+"""`aemg submit` / `aemg jobs`: entrypoints, runtime environments, refused paths, and (slow) real two-node
+Ray clusters on this machine: the guide's local recipe run as written, and a local path that one node
+cannot see refused in one line."""
 
 import json
 import os
@@ -176,6 +177,56 @@ def test_the_guides_two_node_recipe_trains_on_both_nodes(tmp_path):
     assert (run / "pretrain" / "export" / "model.safetensors").exists()
     rows = (run / "pretrain" / "metrics.csv").read_text().splitlines()
     assert rows[-1].split(",")[0] == "20"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("unshare") is None or os.geteuid() != 0, reason="needs root and unshare")
+def test_a_local_path_that_one_node_cannot_see_is_refused_in_one_line(tmp_path):
+    if subprocess.run(["unshare", "-m", "--propagation", "private", "true"]).returncode:
+        pytest.skip("private mount namespaces are not allowed here")
+    from preprocessing.prepare import prepare
+    from preprocessing.synthetic import SyntheticConfig, synthetic_jobs
+
+    corpus, hidden = tmp_path / "corpus.zarr", tmp_path / "hidden"
+    hidden.mkdir()
+    assert prepare([j for j in synthetic_jobs(SyntheticConfig(scale="tiny")) if j.subject_index == 0], corpus,
+                   workers=1, progress=False).ok
+    marker = f"AEMG_TEST_CLUSTER_{uuid.uuid4().hex}"
+    ray_tmp = tempfile.mkdtemp(prefix="aemg-ray-", dir="/tmp")
+    env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", marker: "1",
+           "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": uuid.uuid4().hex}
+    gcs = _free_port()
+
+    def node(*options: str) -> list[str]:  # each node with its own agent ports: both run on this machine
+        ports = [f"--{name}={_free_port()}" for name in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+                                                          "runtime-env-agent-port", "metrics-export-port")]
+        return ["ray", "start", "--block", "--node-ip-address=127.0.0.1", "--num-cpus=1", "--disable-usage-stats",
+                *ports, *options]
+
+    head = node("--head", f"--port={gcs}", "--include-dashboard=false", f"--temp-dir={ray_tmp}")
+    # the second node sees an empty tmpfs where the driver's folder is: a local disk it does not share
+    second = ["unshare", "-m", "--propagation", "private", "sh", "-c", f'mount -t tmpfs tmpfs "{hidden}" && exec "$@"',
+              "sh", *node(f"--address=127.0.0.1:{gcs}")]
+    nodes: list[subprocess.Popen] = []
+    try:
+        for i, command in enumerate((head, second)):
+            log = (tmp_path / f"node{i}.log").open("w")
+            nodes.append(subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+            if i == 0:  # the second node needs the head's GCS to join
+                _wait(lambda: _port_in_use(gcs), 90, "the head node to start")
+        _wait(lambda: _active_nodes(env, f"127.0.0.1:{gcs}") == 2, 90, "two active nodes")
+        done = subprocess.run([sys.executable, "-m", "aemg_dist.cli", "tokenize", "--corpus", str(corpus), "--out",
+                               str(hidden / "tokens"), "--address", f"127.0.0.1:{gcs}", "--quiet"],
+                              env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    finally:
+        _stop(nodes, marker)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert not _processes_with(marker)
+    assert done.returncode == 2, done.stderr[-3000:]
+    # the corpus is seen by both nodes and passes; the output folder is named, with what to do instead
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"aemg tokenize: error: --out={hidden / 'tokens'} is a local path that 1 of the 2 nodes of this cluster "
+        "cannot see; multi-node runs need shared storage: an s3:// or gs:// URI, or a folder every node mounts (NFS)")
 
 
 def _wait(condition, seconds: float, what: str) -> None:
