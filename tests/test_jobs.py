@@ -148,6 +148,11 @@ def test_the_guides_two_node_recipe_trains_on_both_nodes(tmp_path):
                 env.update(pinned)
                 continue
             if line.startswith("kill %"):
+                # before the nodes go, every job has ended (a stop request takes a moment to land)
+                listing = next(command for command in lines if command.startswith("aemg jobs list"))
+                _wait(lambda: not re.search(r"\b(PENDING|RUNNING)\b", _run(listing, env).stdout), 120,
+                      "every job to end")
+                outputs["final jobs list"] = _run(listing, env).stdout
                 _stop(nodes, marker)
                 continue
             if line.endswith("&"):
@@ -158,8 +163,7 @@ def test_the_guides_two_node_recipe_trains_on_both_nodes(tmp_path):
                     _wait(lambda: _port_in_use(6390) and _port_in_use(8275), 90, "the head node to start")
                 continue
             _wait(lambda: _active_nodes(env, "127.0.0.1:6390") == 2, 90, "two active nodes")
-            done = subprocess.run(["bash", "-c", line], env=env, cwd=PROJECT_ROOT, capture_output=True, text=True,
-                                  timeout=600)
+            done = _run(line, env)
             outputs[line] = done.stdout + done.stderr
             assert done.returncode == 0, f"{line}\n{outputs[line][-3000:]}"
     finally:
@@ -167,10 +171,14 @@ def test_the_guides_two_node_recipe_trains_on_both_nodes(tmp_path):
         shutil.rmtree(ray_tmp, ignore_errors=True)
     assert not _processes_with(marker)
     run = Path(pinned["RUN"])
-    submits = [out for line, out in outputs.items() if line.startswith("aemg submit")]
-    assert len(submits) == 2 and all(re.search(r"job raysubmit_\w+ SUCCEEDED", out) for out in submits)
-    listed = next(out for line, out in outputs.items() if line.startswith("aemg jobs list"))
-    assert listed.count("SUCCEEDED") == 2
+    followed = [out for line, out in outputs.items() if line.startswith("aemg submit") and "--no-wait" not in line]
+    assert len(followed) == 2 and all(re.search(r"job \S+ SUCCEEDED", out) for out in followed)
+    logs = next(out for line, out in outputs.items() if line.startswith("aemg jobs logs"))
+    assert "pretrained 20 steps" in logs
+    assert "long-pretrain: stop requested" in next(out for line, out in outputs.items() if "jobs stop" in line)
+    statuses = dict(re.findall(r"^(\S+)\s+(PENDING|RUNNING|STOPPED|SUCCEEDED|FAILED)\b", outputs["final jobs list"], re.M))
+    assert statuses["tiny-pretrain"] == "SUCCEEDED" and statuses["long-pretrain"] == "STOPPED"
+    assert sorted(statuses.values()) == ["STOPPED", "SUCCEEDED", "SUCCEEDED"]
     ranks = [json.loads((run / "pretrain" / "workers" / f"rank-{r}.json").read_text()) for r in (0, 1)]
     assert len({r["node_id"] for r in ranks}) == 2  # one training worker on each node
     assert sorted((run / "pretrain" / "ray").glob("checkpoint_*"))
@@ -227,6 +235,10 @@ def test_a_local_path_that_one_node_cannot_see_is_refused_in_one_line(tmp_path):
     assert done.stderr.strip().splitlines()[-1] == (
         f"aemg tokenize: error: --out={hidden / 'tokens'} is a local path that 1 of the 2 nodes of this cluster "
         "cannot see; multi-node runs need shared storage: an s3:// or gs:// URI, or a folder every node mounts (NFS)")
+
+
+def _run(line: str, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", "-c", line], env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600)
 
 
 def _wait(condition, seconds: float, what: str) -> None:
