@@ -92,10 +92,12 @@ def test_tokenize_then_pretrain_with_every_path_on_s3(s3, local_corpus, tmp_path
     storage.upload(local_corpus, f"{base}/corpus.zarr")
     env = {**os.environ, **s3["env"], "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     aemg = [sys.executable, "-m", "aemg_dist.cli"]
+    pretrain = [*aemg, "pretrain", "--config", str(TINY), f"data.tokens={base}/tokens", f"run.out={base}/run",
+                "run.checkpoint_every=5", "run.val_every=5", "run.log_every=5", "data.batch_size=16"]
     commands = [
         [*aemg, "tokenize", "--corpus", f"{base}/corpus.zarr", "--out", f"{base}/tokens", "--workers", "2", "--quiet"],
-        [*aemg, "pretrain", "--config", str(TINY), f"data.tokens={base}/tokens", f"run.out={base}/run",
-         "optim.max_steps=10", "run.checkpoint_every=5", "run.val_every=5", "data.batch_size=16"],
+        [*pretrain, "optim.max_steps=10"],
+        [*pretrain, "optim.max_steps=15"],  # the same run again, longer: resumes from its checkpoint on S3
     ]
     for command in commands:  # each starts its own local Ray, which gets the S3 settings from ensure_ray
         done = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
@@ -107,5 +109,7 @@ def test_tokenize_then_pretrain_with_every_path_on_s3(s3, local_corpus, tmp_path
         assert storage.exists(f"{base}/run/{name}"), name
     fs, inner = storage.filesystem(f"{base}/run/ray")
     assert any("checkpoint_" in p for p in fs.find(inner))  # Ray Train's checkpoints went to S3 too
-    assert storage.read_text(f"{base}/run/metrics.csv").strip().splitlines()[-1].startswith("10,")
+    rows = storage.read_text(f"{base}/run/metrics.csv").strip().splitlines()[1:]
+    assert [row.split(",")[0] for row in rows] == ["5", "10", "15"]  # the second run went on from step 10
+    assert json.loads(storage.read_text(f"{base}/run/workers/rank-0.json"))["start_step"] == 10
     assert not list(tmp_path.iterdir())  # nothing landed in the working directory
