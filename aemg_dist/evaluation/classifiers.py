@@ -37,6 +37,7 @@ class FinetuneConfig:
     warmup_fraction: float = 0.1
     calib_share: float = 0.5  # share of calibration windows in adaptation batches / LDA and probe weights
     probe_l2: float = 1e-3  # ridge of the linear probe (logistic regression on standardized features)
+    probe_init: bool = True  # aemg_finetune: start the head from the linear probe (LP-FT) instead of random
     pretrain_steps: int = 300  # SimCLR / MAE pretraining on the fold's unlabeled training windows
 
     def __post_init__(self) -> None:

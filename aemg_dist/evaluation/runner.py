@@ -215,7 +215,8 @@ def run_fold(job: FoldJob, cfg_dict: dict[str, Any], tokens: str) -> list[dict[s
     import torch
 
     cfg = config_from_dict(EvaluateConfig, cfg_dict)
-    torch.set_num_threads(1 if cfg.workers != 1 else torch.get_num_threads())
+    # one thread: folds run side by side, and on a busy machine torch's extra threads make a step 10-20x slower
+    torch.set_num_threads(1)
     data = _dataset(tokens, cfg.corpus, job.dataset)
     fold = next(f for f in loso_folds(data.table, job.dataset) if f.held_out == job.held_out)
     splits = {(b, s): calibration_split(fold, b, s, cfg.test_percent) for b in cfg.budgets for s in cfg.seeds}
@@ -288,14 +289,20 @@ def evaluate(cfg: EvaluateConfig, progress: bool = True) -> EvaluationResult:
     save_config(cfg, out / CONFIG_FILE)
     tokens = str(labeled_tokens(cfg, checkpoints, progress).resolve())
     datasets = load_labeled_windows(tokens, cfg.corpus, cfg.datasets or None)
-    folds = [(name, f.held_out) for name, data in datasets.items() for f in select_folds(data, cfg)]
+    selected = [(name, data, f) for name, data in datasets.items() for f in select_folds(data, cfg)]
+    folds = [(name, f.held_out) for name, _, f in selected]
+    # the subject a fold holds out: itself, or the single subject of a leave-one-session-out dataset
+    subject_of = {(name, f.held_out): _heldout_subject(data, f) for name, data, f in selected}
     if not folds:
         raise ConfigError(f"no fold to evaluate: subjects {cfg.subjects} match none of {sorted(datasets)}")
-    assigned = assign_checkpoints(checkpoints, folds, cfg.require_unseen) if checkpoints else {}
-    del datasets  # the fold tasks load their own dataset; do not hold every dataset here
+    by_subject = assign_checkpoints(checkpoints, sorted(set(subject_of.values())), cfg.require_unseen) \
+        if checkpoints else {}
+    assigned = {fold: by_subject[subject_of[fold]] for fold in folds} if checkpoints else {}
+    del datasets, selected  # the fold tasks load their own dataset; do not hold every dataset here
     done = {(r["dataset"], r["subject"]) for r in _read_trials(out, drop_partial=True)}
     jobs = [FoldJob(d, s, assigned[(d, s)].export if assigned else "",
-                    assigned[(d, s)].relation(d, s) if assigned else "") for d, s in folds if (d, s) not in done]
+                    assigned[(d, s)].relation(*subject_of[(d, s)]) if assigned else "")
+            for d, s in folds if (d, s) not in done]
     if done:
         print(f"resuming: {len(done)} fold(s) already in {out / TRIALS_FILE}, {len(jobs)} to run", flush=True)
     with (out / TRIALS_FILE).open("a") as trials:
@@ -307,6 +314,13 @@ def evaluate(cfg: EvaluateConfig, progress: bool = True) -> EvaluationResult:
     rows = [r for r in _read_trials(out) if (r["dataset"], r["subject"]) in set(folds)]
     report = write_report(rows, out, cfg)
     return EvaluationResult(out=out, rows=rows, report=report, seconds=time.perf_counter() - started)
+
+
+def _heldout_subject(data: DatasetWindows, fold: Fold) -> tuple[str, str]:
+    subjects = sorted(set(data.table.column("subject").take(fold.heldout_idx).to_pylist()))
+    if len(subjects) != 1:
+        raise ValueError(f"fold {data.dataset}/{fold.held_out} holds out several subjects {subjects}")
+    return data.dataset, subjects[0]
 
 
 def _read_trials(out: Path, drop_partial: bool = False) -> list[dict[str, Any]]:
