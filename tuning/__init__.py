@@ -1,0 +1,1 @@
+"""Hyperparameter sweeps and scaling-law studies around the AEMG pretraining core."""
