@@ -333,7 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
          "windows.stride_s=0.25 windows.margin_s=0.25",
          "aemg tokenize --corpus corpus.zarr --out tokens/ events.envelope=tkeo tokens.include_quiet=false"])
     p.add_argument("--corpus", required=True, help="CORPUS.zarr made by `aemg prepare`")
-    p.add_argument("--out", required=True, help="output folder for the token shards (must not hold shards yet)")
+    p.add_argument("--out", required=True, help="output folder for the token shards; the same --out again finishes an interrupted run")
     p.add_argument("--config", help="YAML with a TokenizeConfig (events, tokens, windows, shard_s)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. events.high=2.5 windows.kind=labeled")
     _add_runtime_options(p)

@@ -21,6 +21,7 @@ so, like AEMG under the default protocol, they never see the held-out subject be
 from __future__ import annotations
 
 import zlib
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,15 +78,18 @@ class FoldContext:
         return load_inference(self.checkpoint)
 
 
-class Method:
+class Method(ABC):
     name: str = ""
 
+    @abstractmethod
     def source_model(self, ctx: FoldContext) -> Any:
         raise NotImplementedError
 
+    @abstractmethod
     def calibrated(self, ctx: FoldContext, base: Any, calib: np.ndarray, seed: int) -> Any:
         raise NotImplementedError
 
+    @abstractmethod
     def predict(self, ctx: FoldContext, model: Any, idx: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
@@ -93,9 +97,11 @@ class Method:
 class FeatureMethod(Method):
     """Fixed features of every window + a linear classifier refit with weighted calibration windows."""
 
+    @abstractmethod
     def features(self, ctx: FoldContext) -> np.ndarray:
         raise NotImplementedError
 
+    @abstractmethod
     def classifier(self, ctx: FoldContext, X: np.ndarray, y: np.ndarray, weight: np.ndarray | None) -> Any:
         raise NotImplementedError
 
@@ -151,6 +157,7 @@ class AEMGProbe(FeatureMethod):
 class NeuralMethod(Method):
     """A network trained on the source windows, then adapted per (budget, seed) from a copy."""
 
+    @abstractmethod
     def build(self, ctx: FoldContext) -> nn.Module:
         raise NotImplementedError
 
