@@ -24,6 +24,18 @@ def data_root() -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory) -> Path:
+    """Two subjects of every tiny synthetic dataset, prepared once per session; tests only read it."""
+    from preprocessing.prepare import prepare
+    from preprocessing.synthetic import SyntheticConfig, synthetic_jobs
+
+    path = tmp_path_factory.mktemp("tiny") / "corpus.zarr"
+    jobs = [j for j in synthetic_jobs(SyntheticConfig(scale="tiny")) if j.subject_index < 2]
+    assert prepare(jobs, path, workers=1, progress=False).ok
+    return path
+
+
+@pytest.fixture(scope="session")
 def ray_local():
     """A 2-CPU local Ray, started once and always shut down."""
     import ray

@@ -13,19 +13,9 @@ import pytest
 
 from aemg_dist.data import TokenizeConfig, read_token_table, tokenize_corpus
 from aemg_dist.train import load_pretrain_config, pretrain
-from preprocessing.prepare import prepare
-from preprocessing.synthetic import SyntheticConfig, synthetic_jobs
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "pretrain" / "tiny.yaml"
 CHECKPOINT_EVERY = 10
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    path = tmp_path_factory.mktemp("fault") / "corpus.zarr"
-    jobs = [j for j in synthetic_jobs(SyntheticConfig(scale="tiny")) if j.subject_index < 2]
-    assert prepare(jobs, path, workers=1, progress=False).ok
-    return path
 
 
 def _steps(out: Path) -> list[int]:
@@ -44,12 +34,12 @@ def _registered_step(out: Path) -> int:
 
 
 @pytest.mark.slow
-def test_a_killed_training_worker_is_replaced_and_resumes_from_the_last_checkpoint(corpus, tmp_path, ray_local,
+def test_a_killed_training_worker_is_replaced_and_resumes_from_the_last_checkpoint(tiny_corpus, tmp_path, ray_local,
                                                                                    monkeypatch):
     # the controller collects reported checkpoints every health check (2 s by default); a checkpoint it
     # has not collected yet is not "the last checkpoint" of the run, so collect quickly
     monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
-    tokenize_corpus(corpus, tmp_path / "tokens", workers=1, progress=False)
+    tokenize_corpus(tiny_corpus, tmp_path / "tokens", workers=1, progress=False)
     out = tmp_path / "run"
     max_steps = 80
     cfg = load_pretrain_config(TINY, [
@@ -86,11 +76,11 @@ def test_a_killed_training_worker_is_replaced_and_resumes_from_the_last_checkpoi
     assert steps[restart:] == list(range(resumed + 1, max_steps + 1))
 
 
-def test_a_killed_tokenization_is_finished_by_running_it_again(corpus, tmp_path, monkeypatch):
+def test_a_killed_tokenization_is_finished_by_running_it_again(tiny_corpus, tmp_path, monkeypatch):
     import aemg_dist.data as data
 
     cfg = TokenizeConfig(shard_s=5.0, task_s=10.0)  # several part files even on the tiny corpus
-    whole = tokenize_corpus(corpus, tmp_path / "whole", cfg, workers=1, progress=False)
+    whole = tokenize_corpus(tiny_corpus, tmp_path / "whole", cfg, workers=1, progress=False)
     assert len(whole.files) >= 4
     written, real_write_part = [], data.write_part
 
@@ -105,10 +95,10 @@ def test_a_killed_tokenization_is_finished_by_running_it_again(corpus, tmp_path,
 
     monkeypatch.setattr(data, "write_part", dies_after_two_parts)
     with pytest.raises(Killed):
-        tokenize_corpus(corpus, tmp_path / "resumed", cfg, workers=1, progress=False)
+        tokenize_corpus(tiny_corpus, tmp_path / "resumed", cfg, workers=1, progress=False)
     assert not (tmp_path / "resumed" / "tokens.json").exists()  # not marked complete
     monkeypatch.setattr(data, "write_part", lambda out, table: written.append(real_write_part(out, table)) or written[-1])
-    resumed = tokenize_corpus(corpus, tmp_path / "resumed", cfg, workers=1, progress=False)
+    resumed = tokenize_corpus(tiny_corpus, tmp_path / "resumed", cfg, workers=1, progress=False)
     done_before = sum(f["rows"] for f in whole.files if any(w.endswith(f["path"]) for w in written[:2]))
     assert resumed.resumed_windows == done_before > 0  # the first run's parts were kept, not redone
     assert len(written) == 2 + len(whole.files) - 2  # only the missing parts were written
@@ -116,7 +106,7 @@ def test_a_killed_tokenization_is_finished_by_running_it_again(corpus, tmp_path,
     assert read_token_table(tmp_path / "resumed").sort_by(key).equals(read_token_table(tmp_path / "whole").sort_by(key))
     assert (resumed.windows, resumed.tokens) == (whole.windows, whole.tokens)
     with pytest.raises(FileExistsError, match="complete tokenization"):
-        tokenize_corpus(corpus, tmp_path / "resumed", cfg, workers=1, progress=False)
+        tokenize_corpus(tiny_corpus, tmp_path / "resumed", cfg, workers=1, progress=False)
     (tmp_path / "resumed" / "tokens.json").unlink()
     with pytest.raises(FileExistsError, match="another tokenization"):
-        tokenize_corpus(corpus, tmp_path / "resumed", TokenizeConfig(shard_s=7.0), workers=1, progress=False)
+        tokenize_corpus(tiny_corpus, tmp_path / "resumed", TokenizeConfig(shard_s=7.0), workers=1, progress=False)

@@ -13,8 +13,6 @@ import pytest
 
 from aemg_dist import storage
 from preprocessing.corpus import Corpus
-from preprocessing.prepare import prepare
-from preprocessing.synthetic import SyntheticConfig, synthetic_jobs
 
 moto_server = pytest.importorskip("moto.server", reason="moto[server] not installed (the dev extra)")
 boto3 = pytest.importorskip("boto3")
@@ -50,14 +48,6 @@ def s3(tmp_path_factory):
         server.stop()
 
 
-@pytest.fixture(scope="module")
-def local_corpus(tmp_path_factory):
-    path = tmp_path_factory.mktemp("s3corpus") / "corpus.zarr"
-    jobs = [j for j in synthetic_jobs(SyntheticConfig(scale="tiny")) if j.subject_index < 2]
-    assert prepare(jobs, path, workers=1, progress=False).ok
-    return path
-
-
 def test_helpers_treat_uris_and_local_paths_alike(s3, tmp_path):
     for base in (f"{s3['uri']}/helpers", str(tmp_path / "helpers")):
         storage.write_text(storage.join(base, "a.json"), "{}")
@@ -70,10 +60,10 @@ def test_helpers_treat_uris_and_local_paths_alike(s3, tmp_path):
     assert storage.is_uri("gs://b/x") and not storage.is_uri("/x") and not storage.is_uri("file:///x")
 
 
-def test_a_corpus_on_s3_reads_like_the_local_one(s3, local_corpus):
+def test_a_corpus_on_s3_reads_like_the_local_one(s3, tiny_corpus):
     remote = f"{s3['uri']}/read/corpus.zarr"
-    storage.upload(local_corpus, remote)
-    local, there = Corpus(local_corpus), Corpus(remote)
+    storage.upload(tiny_corpus, remote)
+    local, there = Corpus(tiny_corpus), Corpus(remote)
     assert there.keys() == local.keys() and str(there.path) == remote
     key = local.keys()[0]
     assert np.array_equal(there.read(key, 100, 2100), local.read(key, 100, 2100))
@@ -87,9 +77,9 @@ def test_shared_storage_is_required_only_of_local_paths_on_many_nodes(ray_local,
 
 
 @pytest.mark.slow
-def test_tokenize_then_pretrain_with_every_path_on_s3(s3, local_corpus, tmp_path):
+def test_tokenize_then_pretrain_with_every_path_on_s3(s3, tiny_corpus, tmp_path):
     base = f"{s3['uri']}/pipeline"
-    storage.upload(local_corpus, f"{base}/corpus.zarr")
+    storage.upload(tiny_corpus, f"{base}/corpus.zarr")
     env = {**os.environ, **s3["env"], "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     aemg = [sys.executable, "-m", "aemg_dist.cli"]
     pretrain = [*aemg, "pretrain", "--config", str(TINY), f"data.tokens={base}/tokens", f"run.out={base}/run",

@@ -8,17 +8,7 @@ from aemg_dist.events import EventConfig
 from aemg_dist.tokens import tokenize_window
 from aemg_dist.windows import WindowConfig, cut_windows, recording_spans
 from preprocessing.corpus import Corpus
-from preprocessing.prepare import prepare
 from preprocessing.recording import Segment
-from preprocessing.synthetic import SyntheticConfig, synthetic_jobs
-
-
-@pytest.fixture(scope="module")
-def tiny_corpus(tmp_path_factory):
-    out = tmp_path_factory.mktemp("tiny") / "corpus.zarr"
-    jobs = [j for j in synthetic_jobs(SyntheticConfig(scale="tiny")) if j.subject_index < 2]
-    assert prepare(jobs, out, workers=1, progress=False).ok
-    return out
 
 
 def test_chunks_tile_each_piece_between_joins():
