@@ -91,13 +91,15 @@ def _budget(b: float) -> str:
 def markdown_table(rows: list[dict[str, Any]], metric: str) -> str:
     """Method x budget table per dataset: mean +- std (n subjects)."""
     cells = {(a["method"], a["dataset"], a["budget"]): a for a in aggregate(rows, metric)}
+    sessions = {r["dataset"] for r in rows if r.get("held_out_kind") == "session"}
     budgets = sorted({b for _, _, b in cells})
     lines = []
     for dataset in sorted({d for _, d, _ in cells}):
         methods = sorted({m for m, d, _ in cells if d == dataset}, key=lambda m: (m not in AEMG_METHODS, m))
         best = {b: max((cells[(m, dataset, b)]["mean"] for m in methods if (m, dataset, b) in cells)) for b in budgets}
         n = max(cells[(m, dataset, b)]["n"] for m in methods for b in budgets if (m, dataset, b) in cells)
-        lines += [f"\n**{dataset}** ({n} held-out subjects)\n", "| method | " + " | ".join(map(_budget, budgets)) + " |",
+        unit = "sessions of its one subject" if dataset in sessions else "subjects"
+        lines += [f"\n**{dataset}** ({n} held-out {unit})\n", "| method | " + " | ".join(map(_budget, budgets)) + " |",
                   "|---|" + "---|" * len(budgets)]
         for m in methods:
             row = []
@@ -172,8 +174,12 @@ def plot_low_label(rows: list[dict[str, Any]], path: Path) -> Path:
     plt = _pyplot()
     stats = aggregate(rows)
     datasets = sorted({a["dataset"] for a in stats})
-    fig, axes = plt.subplots(1, len(datasets), figsize=(4.2 * len(datasets) + 1.4, 3.6), squeeze=False)
-    for ax, dataset in zip(axes[0], datasets):
+    ncols = min(3, len(datasets))
+    nrows = -(-len(datasets) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols + 1.4, 3.6 * nrows), squeeze=False)
+    for ax in axes.flat[len(datasets):]:
+        ax.set_visible(False)
+    for ax, dataset in zip(axes.flat, datasets):
         for method in sorted({a["method"] for a in stats}, key=lambda m: (m not in AEMG_METHODS, m)):
             cell = sorted((a for a in stats if a["dataset"] == dataset and a["method"] == method),
                           key=lambda a: a["budget"])
@@ -191,7 +197,8 @@ def plot_low_label(rows: list[dict[str, Any]], path: Path) -> Path:
         ax.set_xlabel("calibration budget (% of the subject's labels)")
         ax.set_title(f"{dataset} (n={max(a['n'] for a in stats if a['dataset'] == dataset)})")
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("balanced accuracy (held-out subject)")
+    for row in axes:
+        row[0].set_ylabel("balanced accuracy (held-out subject)")
     axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=110)

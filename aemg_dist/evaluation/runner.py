@@ -222,6 +222,7 @@ def run_fold(job: FoldJob, cfg_dict: dict[str, Any], tokens: str) -> list[dict[s
     splits = {(b, s): calibration_split(fold, b, s, cfg.test_percent) for b in cfg.budgets for s in cfg.seeds}
     ctx = FoldContext(data=data, fold=fold, train=cfg.train, max_tokens=cfg.max_tokens,
                       model_config=_scratch_config(cfg, job.checkpoint, data), checkpoint=job.checkpoint)
+    held_out_kind = "session" if len(set(data.table.column("subject").to_pylist())) == 1 else "subject"
     results = []
     for name in cfg.methods:
         method, started = METHODS[name](), time.perf_counter()
@@ -240,7 +241,7 @@ def run_fold(job: FoldJob, cfg_dict: dict[str, Any], tokens: str) -> list[dict[s
                 "balanced_accuracy": balanced_accuracy(truth, pred), "macro_f1": macro_f1(truth, pred),
                 "n_train": int(fold.train_idx.size + calib.size), "n_test": int(test.size),
                 "n_calib": int(calib.size), "pretraining": job.pretraining if name in AEMG_METHODS else "",
-                "classes": data.class_names, "confusion": confusion.tolist(),
+                "held_out_kind": held_out_kind, "classes": data.class_names, "confusion": confusion.tolist(),
                 "seconds": time.perf_counter() - started,
             })
     return results
