@@ -266,6 +266,7 @@ class EvaluationResult:
     rows: list[dict[str, Any]]
     report: Path
     seconds: float
+    folds_run: int  # folds computed by this call (the others were already in trials.jsonl)
 
 
 def evaluate(cfg: EvaluateConfig, progress: bool = True) -> EvaluationResult:
@@ -314,7 +315,8 @@ def evaluate(cfg: EvaluateConfig, progress: bool = True) -> EvaluationResult:
             trials.flush()
     rows = [r for r in _read_trials(out) if (r["dataset"], r["subject"]) in set(folds)]
     report = write_report(rows, out, cfg)
-    return EvaluationResult(out=out, rows=rows, report=report, seconds=time.perf_counter() - started)
+    return EvaluationResult(out=out, rows=rows, report=report, seconds=time.perf_counter() - started,
+                            folds_run=len(jobs))
 
 
 def _heldout_subject(data: DatasetWindows, fold: Fold) -> tuple[str, str]:
