@@ -57,8 +57,8 @@ def calibration_weights(n_source: int, n_calib: int, share: float) -> np.ndarray
     weights = np.ones(n_source + n_calib)
     if n_calib and n_source:
         weights[n_source:] = share / (1 - share) * n_source / n_calib if share < 1 else 1.0
-        if share == 1:
-            weights[:n_source] = 1e-6 * n_calib / n_source  # calibration only (LDA needs positive weights)
+        if share == 1:  # calibration only; the source rows keep a vanishing weight so every class stays
+            weights[:n_source] = 1e-6 * n_calib / n_source  # defined for LDA (positive weights, all classes)
     return weights
 
 

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from omegaconf import OmegaConf
 
-from aemg_dist.config import ConfigError, config_from_dict, save_config
+from aemg_dist.config import ConfigError, config_from_dict, load_config, save_config
 from aemg_dist.evaluation.classifiers import FinetuneConfig
 from aemg_dist.evaluation.data import DatasetWindows, load_labeled_windows
 from aemg_dist.evaluation.folds import Fold, calibration_split, loso_folds
@@ -158,7 +158,6 @@ def exclusion_groups(subjects: dict[str, list[str]], n_groups: int) -> list[list
 def labeled_tokens(cfg: EvaluateConfig, checkpoints: list[Checkpoint], progress: bool = True) -> Path:
     """OUT/windows (made here when missing) or cfg.windows_tokens: the labeled token rows of the corpus."""
     from aemg_dist.data import TokenizeConfig, tokenize_corpus
-    from aemg_dist.config import load_config
 
     if cfg.windows_tokens:
         return Path(cfg.windows_tokens)
