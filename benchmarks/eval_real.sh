@@ -6,6 +6,8 @@
 # Usage: bash benchmarks/eval_real.sh [DATA] [OUT]   (defaults ../shared/data, benchmarks/out/eval_real)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# one intra-op thread per process: pretraining and the fold tasks share 2 cores (10-20x slower otherwise)
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 DATA=${1:-../shared/data}
 OUT=${2:-benchmarks/out/eval_real}
 AEMG=.venv/bin/aemg

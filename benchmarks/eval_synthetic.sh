@@ -5,6 +5,8 @@
 # Usage: bash benchmarks/eval_synthetic.sh [OUT]   (default benchmarks/out/eval_synthetic; ~30 min on 2 cores)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# one intra-op thread per process: pretraining and the fold tasks share 2 cores (10-20x slower otherwise)
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 OUT=${1:-benchmarks/out/eval_synthetic}
 AEMG=.venv/bin/aemg
 STEPS=${STEPS:-1500}
