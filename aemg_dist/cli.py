@@ -155,7 +155,7 @@ def _run_evaluation(args: argparse.Namespace, methods: Sequence[str]) -> int:
     table = [{"method": a["method"], "dataset": a["dataset"], "budget %": f"{a['budget']:g}",
               "balanced_acc": f"{a['mean']:.3f} ± {a['std']:.3f}", "subjects": a["n"]} for a in aggregate(result.rows)]
     print(format_table(table))
-    print(f"evaluated {len(result.rows)} trials in {result.seconds:.0f} s")
+    print(f"{len(result.rows)} trials; {result.folds_run} fold(s) evaluated now in {result.seconds:.0f} s")
     print(f"wrote {result.out} (summary.csv, report.md, low_label.png, confusion_*.png, trials.jsonl, evaluate.yaml)")
     return 0
 
@@ -170,6 +170,29 @@ def cmd_baselines(args: argparse.Namespace) -> int:
     from aemg_dist.evaluation.methods import BASELINE_METHODS
 
     return _run_evaluation(args, BASELINE_METHODS)
+
+
+def cmd_scaling(args: argparse.Namespace) -> int:
+    from tuning.scaling import fit_runs, plot_fit
+
+    if args.action == "plot":
+        if not args.fit:
+            raise CommandError("scaling plot needs --fit OUT/fit.json (written by `aemg scaling fit`)")
+        paths = plot_fit(args.fit, args.runs, args.out)
+        print(f"wrote {', '.join(str(p) for p in paths)}")
+        return 0
+    try:
+        budgets = [float(b) for b in args.flops.split(",")] if args.flops else None
+        result = fit_runs(args.runs, args.out, group_column=args.group, n_boot=args.n_boot, seed=args.seed,
+                          flop_budgets=budgets)
+    except ValueError as err:  # a bad runs table or option: one line, not a traceback
+        raise CommandError(str(err)) from None
+    law = result["point"]
+    print(format_table([{"parameter": p, "fit": f"{getattr(law, p):.4g}",
+                         "95% interval": f"[{result['ci'][p][0]:.4g}, {result['ci'][p][1]:.4g}]"}
+                        for p in ("E", "A", "alpha", "B", "beta")]))
+    print(f"wrote {args.out} (fit.json, fit.md, loss_vs_N.png, loss_vs_D.png, isoflop.png)")
+    return 0
 
 
 def cmd_folds(args: argparse.Namespace) -> int:
@@ -394,6 +417,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--group", type=int, default=None, help="print only this group's override (0-based)")
     p.add_argument("--datasets", help="comma-separated datasets (default: all)")
     p.set_defaults(func=cmd_folds)
+
+    p = _subcommand(
+        sub, "scaling", "fit a scaling law L(N, D) to pretraining runs, with bootstrap intervals and plots",
+        "fit: L(N, D) = E + A/N^alpha + B/D^beta (Chinchilla approach 3: Huber loss on log-loss, L-BFGS-B from a "
+        "screened grid of starts) to a CSV of runs with columns N (parameters), D (tokens) and loss, with "
+        "bootstrap 95 % intervals (whole --group values resampled) and the compute-optimal N and D for FLOP "
+        "budgets; writes fit.json, fit.md and loss_vs_N.png, loss_vs_D.png, isoflop.png. plot: redraw a saved fit.",
+        ["aemg scaling fit --runs runs.csv --out scaling/ --group seed --flops 1e15,1e16,1e17",
+         "aemg scaling plot --fit scaling/fit.json --runs runs.csv --out scaling/"])
+    p.add_argument("action", choices=["fit", "plot"])
+    p.add_argument("--runs", required=True, help="CSV with one row per run: N, D, loss (and the --group column)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--fit", help="plot: the fit.json written by `aemg scaling fit`")
+    p.add_argument("--group", help="fit: column whose values are resampled whole by the bootstrap (default: runs)")
+    p.add_argument("--n-boot", type=int, default=200, help="fit: bootstrap resamples (default 200)")
+    p.add_argument("--seed", type=int, default=0, help="fit: bootstrap and start-grid seed (default 0)")
+    p.add_argument("--flops", help="fit: comma-separated FLOP budgets for the compute-optimal table (default: "
+                                   "three spanning the runs)")
+    p.set_defaults(func=cmd_scaling)
 
     p = sub.add_parser("plot", help="draw a recording's signal, envelope, thresholds, events and token groups",
                        description="events: one panel per channel with the harmonized signal, its envelope, the noise "
