@@ -217,6 +217,30 @@ def cmd_folds(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from tuning.sweep import SweepError, SweepInterrupted, load_sweep_config, sweep
+
+    try:
+        result = sweep(load_sweep_config(args.config, args.overrides), resume=args.resume, progress=not args.quiet)
+    except SweepInterrupted as err:
+        print(f"aemg sweep: {err}", file=sys.stderr)
+        return 130
+    except SweepError as err:
+        raise CommandError(str(err)) from None
+    shown = [{"configuration": c["configuration"], "method": c["method"], "dataset": c["dataset"],
+              "budget %": f"{c['budget']:g}", "balanced_acc": f"{c['mean']:.3f} ± {c['std']:.3f}",
+              "95% CI": f"[{c['ci_low']:.3f}, {c['ci_high']:.3f}]", "subjects": c["n"]}
+             for c in result.cells if c["metric"] == "balanced_accuracy"]
+    print(format_table(shown))
+    if result.stopped_early:
+        print(f"stopped early by ASHA (not evaluated): {', '.join(result.stopped_early)}")
+    print(f"swept {len({c['configuration'] for c in result.cells})} configurations, {len(result.rows)} trial rows "
+          f"in {result.seconds:.0f} s")
+    print(f"wrote {result.out} (summary.csv, aggregate.csv, report.md, heatmap_*.png, budget_*.png, codebook.png, "
+          "pretrain/, trials/, tune/, executions.jsonl, sweep.yaml)")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     import shutil
 
@@ -417,6 +441,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--group", type=int, default=None, help="print only this group's override (0-based)")
     p.add_argument("--datasets", help="comma-separated datasets (default: all)")
     p.set_defaults(func=cmd_folds)
+
+    p = _subcommand(
+        sub, "sweep", "grid of pretraining configurations x LOSO folds x budgets, on Ray Tune",
+        "Pretrain one model per grid configuration (e.g. codebook size x mask ratio; each a Ray Train job run "
+        "as a Tune trial, optionally stopped early by ASHA), then score each with one Tune trial per (LOSO fold, "
+        "calibration budget), the folds in parallel across the cluster. Every pretraining leaves out the evaluated "
+        "subjects (pretrain_groups=N: N runs per configuration, each without one group). Writes summary.csv, "
+        "aggregate.csv (mean, std, 95 % CI per configuration), report.md, heatmap_*.png, budget_*.png and "
+        "codebook.png. An interrupted sweep continues with --resume; finished trials are not run again.",
+        ["aemg sweep --config configs/sweep/tiny.yaml",
+         "aemg sweep --config configs/sweep/tiny.yaml --resume",
+         "aemg sweep --config configs/sweep/real.yaml out=runs/sweep-g3 pretrain_groups=3 "
+         "max_concurrent.evaluate=8",
+         "aemg sweep --config configs/sweep/real.yaml out=runs/sweep-k256 grid.model.codebook_size=[256] "
+         "asha.enabled=true asha.grace_period=200"])
+    p.add_argument("--config", required=True, help="YAML with a SweepConfig (see configs/sweep/ and tuning/sweep.py)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the sweep in its out folder (Tune restore): only unfinished trials run")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. out=runs/sweep2 evaluation.budgets=[0,10]")
+    p.set_defaults(func=cmd_sweep)
 
     p = _subcommand(
         sub, "scaling", "fit a scaling law L(N, D) to pretraining runs, with bootstrap intervals and plots",

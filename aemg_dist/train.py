@@ -471,8 +471,9 @@ class PretrainResult:
     export: Path | str
 
 
-def pretrain(cfg: PretrainConfig) -> PretrainResult:
-    """Run pretraining as configured; returns where everything was written."""
+def pretrain(cfg: PretrainConfig, callbacks: Sequence[Any] = ()) -> PretrainResult:
+    """Run pretraining as configured; returns where everything was written. `callbacks` are Ray Train
+    run callbacks (`ray.train.UserCallback`, e.g. Tune's report callback when a sweep trial drives the run)."""
     # workers do not share the driver's working directory: hand them absolute paths (or URIs)
     cfg.run.out, cfg.data.tokens = storage.absolute(cfg.run.out), storage.absolute(cfg.data.tokens)
     cfg.run.init_from = storage.absolute(cfg.run.init_from) if cfg.run.init_from else ""
@@ -487,7 +488,7 @@ def pretrain(cfg: PretrainConfig) -> PretrainResult:
         train_loop({"config": asdict(cfg), "train": train, "val": val})
         checkpoint = str(files.local / "local_checkpoint")
     else:
-        checkpoint = _fit_on_ray(cfg, train, val)
+        checkpoint = _fit_on_ray(cfg, train, val, callbacks)
     files.fetch("metrics.csv")  # written by rank 0, wherever it ran
     metrics = files.local / "metrics.csv"
     if not metrics.exists():
@@ -502,7 +503,7 @@ def pretrain(cfg: PretrainConfig) -> PretrainResult:
                           export=storage.join(out, "export") if files.remote else files.local / "export")
 
 
-def _fit_on_ray(cfg: PretrainConfig, train: pa.Table, val: pa.Table) -> str:
+def _fit_on_ray(cfg: PretrainConfig, train: pa.Table, val: pa.Table, callbacks: Sequence[Any] = ()) -> str:
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig as RayRunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -524,7 +525,7 @@ def _fit_on_ray(cfg: PretrainConfig, train: pa.Table, val: pa.Table) -> str:
         # same name + path = resume from its checkpoints; a URI path is written through pyarrow by Ray itself
         run_config=RayRunConfig(name="ray", storage_path=cfg.run.out,
                                 failure_config=FailureConfig(max_failures=cfg.dist.max_failures),
-                                checkpoint_config=CheckpointConfig(num_to_keep=2),
+                                checkpoint_config=CheckpointConfig(num_to_keep=2), callbacks=list(callbacks),
                                 worker_runtime_env={"env_vars": {"DS_ACCELERATOR": os.environ["DS_ACCELERATOR"]}}),
         # rows arrive grouped by recording; shuffle them once here so every micro-batch mixes recordings
         # (the workers' local shuffle buffers only reorder nearby rows)
