@@ -79,7 +79,10 @@ class ConcurrencyConfig:
 
 @dataclass
 class AshaConfig:
-    """Early stopping of pretraining configurations (ASHA over the checkpoints' reported metrics)."""
+    """Early stopping of pretraining configurations (ASHA over the checkpoints' reported metrics).
+
+    Not yet proven: a Tune stop at max_t while the Train job was still running hung the sweep (so max_t is now
+    one step past the end); a stop at an ASHA rung goes through the same path and has not been tested."""
 
     enabled: bool = False
     # reported at every checkpoint; val_loss needs run.val_every to divide run.checkpoint_every. The masked
@@ -360,7 +363,9 @@ def _pretrain_phase(cfg: SweepConfig, runs: list[PretrainRun], out: Path, resume
         from ray.tune.schedulers import ASHAScheduler
 
         scheduler = ASHAScheduler(time_attr="step", metric=cfg.asha.metric, mode=cfg.asha.mode,
-                                  max_t=max(r.config.optim.max_steps for r in runs),
+                                  # one past the last step: ASHA stops a trial that reaches max_t, and a stop must
+                                  # not race the run's final checkpoint and export
+                                  max_t=max(r.config.optim.max_steps for r in runs) + 1,
                                   grace_period=cfg.asha.grace_period, reduction_factor=cfg.asha.reduction_factor)
     results = _run_phase("pretrain", tune.with_resources(trainable, resources), [r.key for r in runs], out, resume,
                          progress, max_concurrent_trials=cfg.max_concurrent.pretrain or None, scheduler=scheduler)
