@@ -496,7 +496,7 @@ def pretrain(cfg: PretrainConfig, callbacks: Sequence[Any] = ()) -> PretrainResu
                            "see the Ray logs above")
     plot_metrics(metrics, files.local)
     files.sync("loss.png", "codebook.png")
-    final = _last_row(metrics)
+    final = last_metrics(metrics)
     files.close()
     out: Path | str = cfg.run.out if files.remote else files.local
     return PretrainResult(out=out, steps=int(final.get("step", 0)), final=final, checkpoint=checkpoint,
@@ -535,7 +535,8 @@ def _fit_on_ray(cfg: PretrainConfig, train: pa.Table, val: pa.Table, callbacks: 
     return result.checkpoint.path if result.checkpoint else ""
 
 
-def _last_row(path: Path) -> dict[str, float]:
+def last_metrics(path: Path) -> dict[str, float]:
+    """The last row of a run's metrics.csv ({} before the first one)."""
     if not path.exists():
         return {}
     with path.open() as f:

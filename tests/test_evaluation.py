@@ -212,14 +212,14 @@ def test_guard_for_a_leave_one_session_out_dataset():
     import pyarrow as pa
 
     from aemg_dist.evaluation.data import DatasetWindows
-    from aemg_dist.evaluation.runner import Checkpoint, _heldout_subject, assign_checkpoints
+    from aemg_dist.evaluation.runner import Checkpoint, heldout_subject, assign_checkpoints
 
     table = pa.table({"dataset": ["md"] * 4, "subject": ["1"] * 4, "session": ["d1", "d1", "d2", "d2"],
                       "label": [0, 1, 0, 1], "label_name": ["a", "b", "a", "b"], "rep": [-1] * 4,
                       "key": ["md/1/d1"] * 2 + ["md/1/d2"] * 2, "start": [0, 100, 0, 100]})
     data = DatasetWindows("md", table, "")
     fold = loso_folds(table, "md")[0]
-    assert fold.held_out == "d1" and _heldout_subject(data, fold) == ("md", "1")
+    assert fold.held_out == "d1" and heldout_subject(data, fold) == ("md", "1")
     unseen = Checkpoint("a", "a/export", "t", ("md/1",), ())
     seen = Checkpoint("b", "b/export", "t", ("md/2",), ())
     assert assign_checkpoints([seen, unseen], [("md", "1")], True)[("md", "1")] is unseen

@@ -145,6 +145,8 @@ def test_the_guides_two_node_recipe_trains_on_both_nodes(tmp_path):
                 shown = subprocess.run(["bash", "-c", f"{line} && env -0"], env=env, cwd=PROJECT_ROOT,
                                        capture_output=True, check=True).stdout.decode()
                 env = dict(item.split("=", 1) for item in shown.split("\0") if "=" in item)
+                if env.get("RAY_TMP", ray_tmp) != ray_tmp:  # the guide's own temp dir, replaced by the test's
+                    shutil.rmtree(env["RAY_TMP"], ignore_errors=True)
                 env.update(pinned)
                 continue
             if line.startswith("kill %"):

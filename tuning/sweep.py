@@ -40,9 +40,9 @@ from ray import tune
 from aemg_dist import storage
 from aemg_dist.config import ConfigError, config_from_dict, load_config, save_config
 from aemg_dist.evaluation.methods import AEMG_METHODS
-from aemg_dist.evaluation.runner import (Checkpoint, EvaluateConfig, FoldJob, _heldout_subject, assign_checkpoints,
+from aemg_dist.evaluation.runner import (Checkpoint, EvaluateConfig, FoldJob, heldout_subject, assign_checkpoints,
                                          exclusion_groups, labeled_tokens, run_fold, select_folds)
-from aemg_dist.train import PretrainConfig, _last_row, load_pretrain_config, pretrain
+from aemg_dist.train import PretrainConfig, last_metrics, load_pretrain_config, pretrain
 
 CONFIG_FILE = "sweep.yaml"
 EXECUTIONS_FILE = "executions.jsonl"
@@ -227,7 +227,7 @@ def pretrain_trial(config: dict[str, Any], runs: dict[str, dict[str, Any]], out:
     # a run that exported is finished: when its trial was cut off after that (an interruption) it is not redone
     if not (folder / "export" / "model.safetensors").is_file():
         pretrain(run, callbacks=[TuneReportCallback()])
-    tune.report({**_last_row(folder / "metrics.csv"), "exported": 1})
+    tune.report({**last_metrics(folder / "metrics.csv"), "exported": 1})
 
 
 def evaluate_trial(config: dict[str, Any], trials: dict[str, dict[str, Any]], evaluation: dict[str, Any],
@@ -348,7 +348,7 @@ def _folds(evaluation: EvaluateConfig, windows: str) -> list[tuple[str, str, tup
     from aemg_dist.evaluation.data import load_labeled_windows
 
     datasets = load_labeled_windows(windows, evaluation.corpus, evaluation.datasets or None)
-    folds = [(name, f.held_out, _heldout_subject(data, f)) for name, data in datasets.items()
+    folds = [(name, f.held_out, heldout_subject(data, f)) for name, data in datasets.items()
              for f in select_folds(data, evaluation)]
     if not folds:
         raise ConfigError(f"no fold to evaluate: evaluation.subjects {evaluation.subjects} match no held-out subject")

@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from aemg_dist.evaluation.methods import AEMG_METHODS
-from aemg_dist.evaluation.report import SUMMARY_COLUMNS, _budget, _pyplot, aggregate
-from aemg_dist.train import _last_row
+from aemg_dist.evaluation.report import SUMMARY_COLUMNS, budget_label, pyplot, aggregate
+from aemg_dist.train import last_metrics
 
 if TYPE_CHECKING:
     from aemg_dist.evaluation.runner import EvaluateConfig
@@ -76,7 +76,7 @@ def write_sweep_report(rows: list[dict[str, Any]], runs: list["PretrainRun"], co
                [*SUMMARY_COLUMNS, "configuration", *columns], {"budget", *columns}, out / "summary.csv")
     _write_csv(cells, ["configuration", *columns, "metric", "method", "dataset", "budget", "mean", "std", "ci_low",
                        "ci_high", "n"], {"budget", *columns}, out / "aggregate.csv")
-    finals = {r.key: _last_row(Path(r.config.run.out) / "metrics.csv") for r in runs}
+    finals = {r.key: last_metrics(Path(r.config.run.out) / "metrics.csv") for r in runs}
     plots = [plot_codebook(runs, finals, configurations, out / "codebook.png")]
     for dataset in sorted({c["dataset"] for c in cells}):
         plots += [plot_heatmap(cells, configurations, dataset, out / f"heatmap_{dataset}.png"),
@@ -88,7 +88,7 @@ def write_sweep_report(rows: list[dict[str, Any]], runs: list["PretrainRun"], co
         f" ({len(configurations)} configurations). Each configuration is pretrained "
         f"{len({r.group for r in runs})} time(s), each run without one group of the evaluated subjects, and every "
         "fold is scored with the run that never saw its held-out subject.",
-        f"Protocol: {evaluation.protocol}, calibration budgets {', '.join(map(_budget, evaluation.budgets))} of the "
+        f"Protocol: {evaluation.protocol}, calibration budgets {', '.join(map(budget_label, evaluation.budgets))} of the "
         f"held-out subject's labeled repetitions, seeds {list(evaluation.seeds)}, methods {list(evaluation.methods)}. "
         "Cells: mean ± std over held-out subjects (seeds averaged first) [95 % t-interval], best configuration per "
         "budget in bold.", "",
@@ -122,7 +122,7 @@ def configuration_tables(cells: list[dict[str, Any]], configurations: list["Conf
             best = {b: max(v["mean"] for (_, bb), v in here.items() if bb == b) for b in budgets}
             n = max(v["n"] for v in here.values())
             lines += [f"\n**{dataset}, {method}** ({n} held-out subjects)\n",
-                      "| " + " | ".join(columns) + " | " + " | ".join(map(_budget, budgets)) + " |",
+                      "| " + " | ".join(columns) + " | " + " | ".join(map(budget_label, budgets)) + " |",
                       "|" + "---|" * (len(columns) + len(budgets))]
             for configuration in configurations:
                 row = []
@@ -138,7 +138,7 @@ def configuration_tables(cells: list[dict[str, Any]], configurations: list["Conf
 def plot_heatmap(cells: list[dict[str, Any]], configurations: list["Configuration"], dataset: str, path: Path) -> Path:
     """Balanced accuracy over the first grid key (rows) x the second (columns), a panel per method x budget;
     further grid keys are averaged over."""
-    plt = _pyplot()
+    plt = pyplot()
     columns = list(configurations[0].values)
     ys = list(dict.fromkeys(c.values[columns[0]] for c in configurations))
     xs = list(dict.fromkeys(c.values[columns[1]] for c in configurations)) if len(columns) > 1 else [""]
@@ -172,7 +172,7 @@ def plot_heatmap(cells: list[dict[str, Any]], configurations: list["Configuratio
                 ax.set_xlabel(columns[1])
             if j == 0:
                 ax.set_ylabel(columns[0])
-            ax.set_title(f"{method}, budget {_budget(budget)}", fontsize=9)
+            ax.set_title(f"{method}, budget {budget_label(budget)}", fontsize=9)
     fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label="balanced accuracy (mean over subjects)")
     fig.suptitle(f"{dataset}: balanced accuracy" + (f" (averaged over {', '.join(columns[2:])})"
                                                     if len(columns) > 2 else ""), fontsize=10)
@@ -184,7 +184,7 @@ def plot_heatmap(cells: list[dict[str, Any]], configurations: list["Configuratio
 def _styles(configurations: list["Configuration"]) -> dict[str, dict[str, Any]]:
     """Matplotlib style per configuration: colour by the first grid key's value, line style and marker by
     the others', so e.g. codebook size and mask ratio read apart."""
-    plt = _pyplot()
+    plt = pyplot()
     first = list(dict.fromkeys(list(c.values.values())[0] for c in configurations))
     rest = list(dict.fromkeys(tuple(list(c.values.values())[1:]) for c in configurations))
     lines, markers = ("-", "--", ":", "-."), ("o", "s", "^", "D", "v")
@@ -197,7 +197,7 @@ def _styles(configurations: list["Configuration"]) -> dict[str, dict[str, Any]]:
 def plot_budgets(cells: list[dict[str, Any]], configurations: list["Configuration"], dataset: str, path: Path) -> Path:
     """Balanced accuracy vs budget (symlog x), one line per configuration with its 95 % CI (shifted a little
     sideways so the intervals stay apart), a panel per method."""
-    plt = _pyplot()
+    plt = pyplot()
     mine = [c for c in cells if c["dataset"] == dataset and c["metric"] == "balanced_accuracy"]
     methods = sorted({c["method"] for c in mine}, key=lambda m: (m not in AEMG_METHODS, m))
     fig, axes = plt.subplots(1, len(methods), figsize=(4.4 * len(methods) + 2.6, 3.6), squeeze=False, sharey=True)
@@ -234,7 +234,7 @@ def plot_codebook(runs: list["PretrainRun"], finals: dict[str, dict[str, float]]
                   configurations: list["Configuration"], path: Path) -> Path:
     """Final codebook usage (share of codes used in a batch) and perplexity of every pretraining vs its
     codebook size, styled per configuration as in the budget plot."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10.5, 3.8))
     styles = _styles(configurations)
     sizes = sorted({r.config.model.codebook_size for r in runs})

@@ -84,7 +84,8 @@ def write_summary(rows: list[dict[str, Any]], path: Path) -> Path:
     return path
 
 
-def _budget(b: float) -> str:
+def budget_label(b: float) -> str:
+    """A calibration budget as the tables and plots show it."""
     return f"{b:g} %"
 
 
@@ -99,7 +100,7 @@ def markdown_table(rows: list[dict[str, Any]], metric: str) -> str:
         best = {b: max((cells[(m, dataset, b)]["mean"] for m in methods if (m, dataset, b) in cells)) for b in budgets}
         n = max(cells[(m, dataset, b)]["n"] for m in methods for b in budgets if (m, dataset, b) in cells)
         unit = "sessions of its one subject" if dataset in sessions else "subjects"
-        lines += [f"\n**{dataset}** ({n} held-out {unit})\n", "| method | " + " | ".join(map(_budget, budgets)) + " |",
+        lines += [f"\n**{dataset}** ({n} held-out {unit})\n", "| method | " + " | ".join(map(budget_label, budgets)) + " |",
                   "|---|" + "---|" * len(budgets)]
         for m in methods:
             row = []
@@ -116,7 +117,7 @@ def calibration_table(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         counts.setdefault((r["dataset"], float(r["budget"])), []).append(int(r["n_calib"]))
     budgets = sorted({b for _, b in counts})
-    lines = ["| dataset | " + " | ".join(map(_budget, budgets)) + " |", "|---|" + "---|" * len(budgets)]
+    lines = ["| dataset | " + " | ".join(map(budget_label, budgets)) + " |", "|---|" + "---|" * len(budgets)]
     for dataset in sorted({d for d, _ in counts}):
         cells = [f"{np.mean(counts[(dataset, b)]):.0f}" if (dataset, b) in counts else "–" for b in budgets]
         lines.append(f"| {dataset} | " + " | ".join(cells) + " |")
@@ -132,7 +133,7 @@ def write_report(rows: list[dict[str, Any]], out: Path, cfg: Any) -> Path:
     lines = [
         "# Evaluation report", "",
         f"Protocol: {cfg.protocol} (leave-one-subject-out within each dataset; leave-one-session-out for a "
-        f"single-subject dataset). Calibration budgets {', '.join(map(_budget, cfg.budgets))} of the held-out "
+        f"single-subject dataset). Calibration budgets {', '.join(map(budget_label, cfg.budgets))} of the held-out "
         f"subject's labeled repetitions; every budget of a seed is scored on the same test repetitions "
         f"({cfg.test_percent:g} % per label). Seeds: {list(cfg.seeds)}. Windows: {cfg.windows.length_s:g} s every "
         f"{cfg.windows.stride_s:g} s, {cfg.windows.margin_s:g} s from segment edges; every method sees the same "
@@ -150,7 +151,7 @@ def write_report(rows: list[dict[str, Any]], out: Path, cfg: Any) -> Path:
         lines += ["## AEMG vs the best baseline (paired Wilcoxon signed-rank over held-out subjects)", "",
                   "| dataset | budget | AEMG | best baseline | AEMG mean | baseline mean | difference | AEMG wins | p |",
                   "|---|---|---|---|---|---|---|---|---|"]
-        lines += [f"| {t['dataset']} | {_budget(t['budget'])} | {t['aemg']} | {t['best_baseline']} | "
+        lines += [f"| {t['dataset']} | {budget_label(t['budget'])} | {t['aemg']} | {t['best_baseline']} | "
                   f"{t['aemg_mean']:.3f} | {t['baseline_mean']:.3f} | {t['difference']:+.3f} | {t['wins']}/{t['n']} | "
                   f"{t['p_value']:.3g} |" for t in tests]
         lines.append("")
@@ -160,7 +161,8 @@ def write_report(rows: list[dict[str, Any]], out: Path, cfg: Any) -> Path:
     return path
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend, imported on first use (Ray workers never plot)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -171,7 +173,7 @@ def _pyplot():
 
 def plot_low_label(rows: list[dict[str, Any]], path: Path) -> Path:
     """Balanced accuracy vs budget (symlog x), mean ± std band over subjects, a panel per dataset."""
-    plt = _pyplot()
+    plt = pyplot()
     stats = aggregate(rows)
     datasets = sorted({a["dataset"] for a in stats})
     ncols = min(3, len(datasets))
@@ -209,7 +211,7 @@ def plot_low_label(rows: list[dict[str, Any]], path: Path) -> Path:
 def plot_confusions(rows: list[dict[str, Any]], out: Path) -> list[Path]:
     """confusion_<dataset>.png: row-normalized confusion summed over folds and seeds, per method, at the
     lowest and the highest budget."""
-    plt = _pyplot()
+    plt = pyplot()
     paths = []
     for dataset in sorted({r["dataset"] for r in rows}):
         mine = [r for r in rows if r["dataset"] == dataset]
@@ -226,7 +228,7 @@ def plot_confusions(rows: list[dict[str, Any]], out: Path) -> list[Path]:
                 total = np.sum(chosen, axis=0) if chosen else np.zeros((len(classes), len(classes)))
                 norm = total / np.maximum(total.sum(axis=1, keepdims=True), 1)
                 ax.imshow(norm, vmin=0, vmax=1, cmap="Blues")
-                ax.set_title(f"{method}\n{_budget(budget)}", fontsize=8)
+                ax.set_title(f"{method}\n{budget_label(budget)}", fontsize=8)
                 ax.set_xticks(range(len(classes)), classes if i == len(budgets) - 1 else [], rotation=90, fontsize=6)
                 ax.set_yticks(range(len(classes)), classes if j == 0 else [], fontsize=6)
         fig.suptitle(f"{dataset}: confusion (rows = true class, row-normalized)", fontsize=9)

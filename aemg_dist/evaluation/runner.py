@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -279,7 +279,7 @@ def evaluate(cfg: EvaluateConfig, progress: bool = True) -> EvaluationResult:
     if not cfg.corpus:
         raise ConfigError("give the corpus (--corpus CORPUS.zarr)")
     out = Path(cfg.out).resolve()
-    cfg.corpus = str(Path(cfg.corpus).resolve())
+    cfg = replace(cfg, corpus=str(Path(cfg.corpus).resolve()))  # the caller's config stays as given
     checkpoints = [Checkpoint.from_run(c) for c in cfg.checkpoints]
     needs_checkpoint = sorted(set(cfg.methods) & set(AEMG_METHODS))
     if needs_checkpoint and not checkpoints:
@@ -293,7 +293,7 @@ def evaluate(cfg: EvaluateConfig, progress: bool = True) -> EvaluationResult:
     selected = [(name, data, f) for name, data in datasets.items() for f in select_folds(data, cfg)]
     folds = [(name, f.held_out) for name, _, f in selected]
     # the subject a fold holds out: itself, or the single subject of a leave-one-session-out dataset
-    subject_of = {(name, f.held_out): _heldout_subject(data, f) for name, data, f in selected}
+    subject_of = {(name, f.held_out): heldout_subject(data, f) for name, data, f in selected}
     if not folds:
         raise ConfigError(f"no fold to evaluate: subjects {cfg.subjects} match none of {sorted(datasets)}")
     by_subject = assign_checkpoints(checkpoints, sorted(set(subject_of.values())), cfg.require_unseen) \
@@ -318,7 +318,8 @@ def evaluate(cfg: EvaluateConfig, progress: bool = True) -> EvaluationResult:
                             folds_run=len(jobs))
 
 
-def _heldout_subject(data: DatasetWindows, fold: Fold) -> tuple[str, str]:
+def heldout_subject(data: DatasetWindows, fold: Fold) -> tuple[str, str]:
+    """(dataset, subject) a fold holds out: its subject, or the one subject of a leave-one-session-out fold."""
     subjects = sorted(set(data.table.column("subject").take(fold.heldout_idx).to_pylist()))
     if len(subjects) != 1:
         raise ValueError(f"fold {data.dataset}/{fold.held_out} holds out several subjects {subjects}")
