@@ -175,6 +175,10 @@ def cmd_baselines(args: argparse.Namespace) -> int:
 def cmd_scaling(args: argparse.Namespace) -> int:
     from tuning.scaling import fit_runs, plot_fit
 
+    if args.action == "run":
+        return _scaling_run(args)
+    if not args.runs or not args.out:
+        raise CommandError(f"scaling {args.action} needs --runs RUNS.csv and --out FOLDER")
     if args.action == "plot":
         if not args.fit:
             raise CommandError("scaling plot needs --fit OUT/fit.json (written by `aemg scaling fit`)")
@@ -187,11 +191,39 @@ def cmd_scaling(args: argparse.Namespace) -> int:
                           flop_budgets=budgets)
     except ValueError as err:  # a bad runs table or option: one line, not a traceback
         raise CommandError(str(err)) from None
+    _print_law(result)
+    print(f"wrote {args.out} (fit.json, fit.md, loss_vs_N.png, loss_vs_D.png, isoflop.png)")
+    return 0
+
+
+def _print_law(result: dict) -> None:
     law = result["point"]
     print(format_table([{"parameter": p, "fit": f"{getattr(law, p):.4g}",
                          "95% interval": f"[{result['ci'][p][0]:.4g}, {result['ci'][p][1]:.4g}]"}
                         for p in ("E", "A", "alpha", "B", "beta")]))
-    print(f"wrote {args.out} (fit.json, fit.md, loss_vs_N.png, loss_vs_D.png, isoflop.png)")
+
+
+def _scaling_run(args: argparse.Namespace) -> int:
+    from tuning.scaling import load_scaling_config, scaling_run
+    from tuning.sweep import SweepError, SweepInterrupted
+
+    if not args.config:
+        raise CommandError("scaling run needs --config (a ScalingRunConfig YAML, e.g. configs/scaling/tiny.yaml)")
+    try:
+        result = scaling_run(load_scaling_config(args.config, args.overrides), resume=args.resume,
+                             progress=not args.quiet)
+    except SweepInterrupted as err:
+        print(f"aemg scaling run: {err}", file=sys.stderr)
+        return 130
+    except SweepError as err:
+        raise CommandError(str(err)) from None
+    print(format_table([{"run": r["run"], "N": f"{r['N']:.3g}", "D": f"{r['D']:.3g}", "FLOPs": f"{r['flops']:.3g}",
+                         "loss": f"{r['loss']:.4f}"} for r in result.runs]))
+    if result.fit:
+        _print_law(result.fit)
+    print(f"{len(result.runs)} runs in {result.seconds:.0f} s; wrote {result.out} (runs.csv, report.md"
+          f"{', fit/' if result.fit else ''}{', downstream.csv, downstream.png' if result.downstream else ''}, "
+          "pretrain/, tune/)")
     return 0
 
 
@@ -464,22 +496,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sweep)
 
     p = _subcommand(
-        sub, "scaling", "fit a scaling law L(N, D) to pretraining runs, with bootstrap intervals and plots",
+        sub, "scaling", "pretraining runs over model sizes x token budgets, and the scaling law L(N, D) fitted to them",
+        "run: pretrain every model size x token budget (x seed) of a ScalingRunConfig YAML as Ray Tune trials (each a "
+        "Ray Train job), write runs.csv (N non-embedding parameters, D tokens seen, the preset's real FLOPs, the final "
+        "held-out loss) and fit it; with evaluate=true also score every run LOSO and relate accuracy to scale "
+        "(downstream.csv, downstream.png, report.md). --resume continues an interrupted run. "
         "fit: L(N, D) = E + A/N^alpha + B/D^beta (Chinchilla approach 3: Huber loss on log-loss, L-BFGS-B from a "
         "screened grid of starts) to a CSV of runs with columns N (parameters), D (tokens) and loss, with "
         "bootstrap 95 % intervals (whole --group values resampled) and the compute-optimal N and D for FLOP "
         "budgets; writes fit.json, fit.md and loss_vs_N.png, loss_vs_D.png, isoflop.png. plot: redraw a saved fit.",
-        ["aemg scaling fit --runs runs.csv --out scaling/ --group seed --flops 1e15,1e16,1e17",
+        ["aemg scaling run --config configs/scaling/tiny.yaml",
+         "aemg scaling run --config configs/scaling/real.yaml --resume",
+         "aemg scaling run --config configs/scaling/real.yaml out=runs/scaling-3seeds seeds=[0,1,2]",
+         "aemg scaling fit --runs runs.csv --out scaling/ --group seed --flops 1e15,1e16,1e17",
          "aemg scaling plot --fit scaling/fit.json --runs runs.csv --out scaling/"])
-    p.add_argument("action", choices=["fit", "plot"])
-    p.add_argument("--runs", required=True, help="CSV with one row per run: N, D, loss (and the --group column)")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("action", choices=["run", "fit", "plot"])
+    p.add_argument("--config", help="run: YAML with a ScalingRunConfig (see configs/scaling/ and tuning/scaling.py)")
+    p.add_argument("--resume", action="store_true", help="run: continue in its out folder; finished runs are kept")
+    p.add_argument("--quiet", action="store_true", help="run: no progress output")
+    p.add_argument("--runs", help="fit, plot: CSV with one row per run: N, D, loss (and the --group column)")
+    p.add_argument("--out", help="fit, plot: output folder")
     p.add_argument("--fit", help="plot: the fit.json written by `aemg scaling fit`")
     p.add_argument("--group", help="fit: column whose values are resampled whole by the bootstrap (default: runs)")
     p.add_argument("--n-boot", type=int, default=200, help="fit: bootstrap resamples (default 200)")
     p.add_argument("--seed", type=int, default=0, help="fit: bootstrap and start-grid seed (default 0)")
     p.add_argument("--flops", help="fit: comma-separated FLOP budgets for the compute-optimal table (default: "
                                    "three spanning the runs)")
+    p.add_argument("overrides", nargs="*", help="run: key=value overrides, e.g. out=runs/scaling2 steps=[100,200]")
     p.set_defaults(func=cmd_scaling)
 
     p = sub.add_parser("plot", help="draw a recording's signal, envelope, thresholds, events and token groups",

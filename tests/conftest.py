@@ -40,10 +40,10 @@ def ray_local():
     """A 2-CPU local Ray, started once and always shut down."""
     import ray
 
-    # workers import test helpers (tests/recordings.py) like the driver does
-    tests_dir = str(Path(__file__).resolve().parent)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": tests_dir}})
+    # workers import test helpers (tests/recordings.py) like the driver does, and the caller's PYTHONPATH
+    # (e.g. a checkout other than the installed one) before the installed package
+    path = os.pathsep.join([str(Path(__file__).resolve().parent), *filter(None, [os.environ.get("PYTHONPATH")])])
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
     try:
         yield ray
     finally:

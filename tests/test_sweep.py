@@ -23,7 +23,7 @@ from aemg_dist import cli
 from aemg_dist.config import ConfigError, save_config
 from aemg_dist.data import tokenize_corpus
 from tuning.sweep import CONFIG_FILE, EXECUTIONS_FILE, configurations, load_sweep_config, sweep
-from tuning.sweep_report import t_interval
+from tuning.sweep_report import ALL_DATASETS, dataset_means, t_interval
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_SWEEP = REPO / "configs" / "sweep" / "tiny.yaml"
@@ -173,3 +173,15 @@ def test_configuration_names_and_confidence_intervals():
     low, high = t_interval(0.5, 0.1, 2)
     assert high - 0.5 == pytest.approx(0.5 - low) == pytest.approx(12.7062 * 0.1 / math.sqrt(2), rel=1e-4)
     assert all(math.isnan(v) for v in t_interval(0.5, 0.0, 1))
+
+
+def test_dataset_means_weigh_every_dataset_the_same():
+    cell = {"configuration": "c", "method": "aemg_finetune", "budget": 10.0, "metric": "balanced_accuracy"}
+    cells = [{**cell, "dataset": "a", "mean": 0.5, "std": 0.1, "n": 20},
+             {**cell, "dataset": "b", "mean": 0.9, "std": 0.0, "n": 2},  # two subjects weigh as much as twenty
+             {**cell, "budget": 1.0, "dataset": "a", "mean": 0.3, "std": 0.0, "n": 20}]
+    overall = {c["budget"]: c for c in dataset_means(cells)}
+    assert overall[10.0]["dataset"] == ALL_DATASETS and overall[10.0]["n"] == 2
+    assert overall[10.0]["mean"] == pytest.approx(0.7) and overall[10.0]["std"] == pytest.approx(0.4 / math.sqrt(2))
+    assert overall[10.0]["ci_low"] < 0.7 < overall[10.0]["ci_high"]
+    assert overall[1.0]["mean"] == 0.3 and overall[1.0]["n"] == 1 and math.isnan(overall[1.0]["ci_low"])

@@ -151,6 +151,9 @@ def load_sweep_config(path: str | Path | None, overrides: Sequence[str] = ()) ->
 
 # ---------------------------------------------------------------- the plan
 
+FoldKey = tuple[str, str, tuple[str, str]]  # (dataset, held-out subject or session, its (dataset, subject))
+
+
 @dataclass
 class Configuration:
     name: str  # codebook_size-64_mask_ratio-0.3: a folder and trial name
@@ -300,41 +303,23 @@ def sweep(cfg: SweepConfig, resume: bool = False, progress: bool = True) -> Swee
                   evaluation=replace(cfg.evaluation, corpus=str(Path(cfg.evaluation.corpus).resolve())))
     grid = configurations(cfg.grid)
     configs = pretrain_configs(cfg, grid)
-    _check_resumable(cfg, out, resume)
+    check_resumable(cfg, out / CONFIG_FILE, resume)
     save_config(cfg, out / CONFIG_FILE)
     log_execution(out, "resume" if resume else "begin", "sweep", "")
     tokens = storage.absolute(next(iter(configs.values())).data.tokens)  # one folder: data.tokens is not a grid key
     ensure_ray(cfg.address or None)
     storage.require_shared(out, "out")  # trials on every node write run folders and rows there
     evaluation = replace(cfg.evaluation, out=str(out))  # OUT/windows: the labeled windows
-    # the runs do not exist yet; labeled_tokens only needs the folder of the tokens they pretrain on
-    windows = str(labeled_tokens(evaluation, [Checkpoint("", "", tokens, (), ())], progress).resolve())
-    folds = _folds(evaluation, windows)
-    held_out: dict[str, list[str]] = {}
-    for _, _, (dataset, subject) in folds:
-        held_out.setdefault(dataset, []).append(subject)
-    groups = exclusion_groups(held_out, cfg.pretrain_groups)
-    if not all(groups):
-        raise ConfigError(f"pretrain_groups={cfg.pretrain_groups} is more than the "
-                          f"{sum(len(set(s)) for s in held_out.values())} evaluated subjects")
+    windows, folds, groups = evaluated_folds(evaluation, tokens, cfg.pretrain_groups, progress)
     runs = pretrain_runs(configs, out, groups)
-    _pretrain_phase(cfg, runs, out, resume, progress)
+    pretrain_phase(runs, out, resume, progress, cfg.resources.pretrain, cfg.max_concurrent.pretrain, cfg.asha)
     exported = {r.key for r in runs if (Path(r.config.run.out) / "export" / "model.safetensors").is_file()}
     stopped = [c.name for c in grid if any(r.key not in exported for r in runs if r.configuration == c.name)]
-    specs = evaluation_trials(evaluation, [c for c in grid if c.name not in stopped], runs, folds, out)
-    errors: dict[str, str] = {}
-    if specs:
-        scoring = tune.with_parameters(evaluate_trial, trials=specs, evaluation=asdict(evaluation),
-                                       tokens=windows, out=str(out))
-        resources = _tune_resources(cfg.resources.evaluate)
-        # reused actors keep run_fold's per-process dataset cache: a dataset is loaded once per actor
-        results = _run_phase("evaluate", tune.with_resources(scoring, resources), list(specs), out, resume, progress,
-                             reuse_actors=True, max_concurrent_trials=cfg.max_concurrent.evaluate or None)
-        errors = {k: e for k, e in results.items() if e}
+    scored = [c for c in grid if c.name not in stopped]
+    rows, errors = evaluate_phase(evaluation, scored, runs, folds, windows, out, resume, progress,
+                                  cfg.resources.evaluate, cfg.max_concurrent.evaluate)
     values = {c.name: c.values for c in grid}
-    rows = [{**r, "configuration": spec["configuration"], **values[spec["configuration"]]}
-            for spec in specs.values() if Path(spec["rows"]).is_file()
-            for r in json.loads(Path(spec["rows"]).read_text())]
+    rows = [{**r, **values[r["configuration"]]} for r in rows]
     cells, report = write_sweep_report(rows, runs, grid, stopped, evaluation, out)
     if errors:
         raise SweepError(f"{len(errors)} evaluation trial(s) failed ({', '.join(list(errors)[:4])}): "
@@ -343,32 +328,44 @@ def sweep(cfg: SweepConfig, resume: bool = False, progress: bool = True) -> Swee
                        seconds=time.perf_counter() - started)
 
 
-def _folds(evaluation: EvaluateConfig, windows: str) -> list[tuple[str, str, tuple[str, str]]]:
-    """(dataset, held-out subject or session, its (dataset, subject)) of every fold evaluated."""
+def evaluated_folds(evaluation: EvaluateConfig, tokens: str, pretrain_groups: int,
+                    progress: bool) -> tuple[str, list[FoldKey], list[list[str]]]:
+    """(labeled windows folder, every fold evaluated, the pretrain_groups groups of their subjects that the
+    pretrainings leave out). The windows are tokenized into evaluation.out/windows with the settings of the
+    tokens the runs pretrain on (the runs need not exist yet)."""
     from aemg_dist.evaluation.data import load_labeled_windows
 
+    windows = str(labeled_tokens(evaluation, [Checkpoint("", "", tokens, (), ())], progress).resolve())
     datasets = load_labeled_windows(windows, evaluation.corpus, evaluation.datasets or None)
     folds = [(name, f.held_out, heldout_subject(data, f)) for name, data in datasets.items()
              for f in select_folds(data, evaluation)]
     if not folds:
         raise ConfigError(f"no fold to evaluate: evaluation.subjects {evaluation.subjects} match no held-out subject")
-    return folds
+    held_out: dict[str, list[str]] = {}
+    for _, _, (dataset, subject) in folds:
+        held_out.setdefault(dataset, []).append(subject)
+    groups = exclusion_groups(held_out, pretrain_groups)
+    if not all(groups):
+        raise ConfigError(f"pretrain_groups={pretrain_groups} is more than the "
+                          f"{sum(len(set(s)) for s in held_out.values())} evaluated subjects")
+    return windows, folds, groups
 
 
-def _pretrain_phase(cfg: SweepConfig, runs: list[PretrainRun], out: Path, resume: bool, progress: bool) -> None:
+def pretrain_phase(runs: list[PretrainRun], out: Path, resume: bool, progress: bool, resources: TrialResources,
+                   max_concurrent: int, asha: AshaConfig | None = None) -> None:
+    """Phase 1: one Tune trial per run (a Ray Train job), at most max_concurrent at once (0: as many as fit)."""
     trainable = tune.with_parameters(pretrain_trial, runs={r.key: asdict(r.config) for r in runs}, out=str(out))
-    resources = _tune_resources(cfg.resources.pretrain)
     scheduler = None
-    if cfg.asha.enabled:
+    if asha and asha.enabled:
         from ray.tune.schedulers import ASHAScheduler
 
-        scheduler = ASHAScheduler(time_attr="step", metric=cfg.asha.metric, mode=cfg.asha.mode,
+        scheduler = ASHAScheduler(time_attr="step", metric=asha.metric, mode=asha.mode,
                                   # one past the last step: ASHA stops a trial that reaches max_t, and a stop must
                                   # not race the run's final checkpoint and export
                                   max_t=max(r.config.optim.max_steps for r in runs) + 1,
-                                  grace_period=cfg.asha.grace_period, reduction_factor=cfg.asha.reduction_factor)
-    results = _run_phase("pretrain", tune.with_resources(trainable, resources), [r.key for r in runs], out, resume,
-                         progress, max_concurrent_trials=cfg.max_concurrent.pretrain or None, scheduler=scheduler)
+                                  grace_period=asha.grace_period, reduction_factor=asha.reduction_factor)
+    results = run_phase("pretrain", tune.with_resources(trainable, _tune_resources(resources)), [r.key for r in runs],
+                        out, resume, progress, max_concurrent_trials=max_concurrent or None, scheduler=scheduler)
     failed = [k for k, error in results.items() if error]
     if failed:
         # no evaluation before every configuration is pretrained: phase 2's trials are fixed once it starts
@@ -376,8 +373,27 @@ def _pretrain_phase(cfg: SweepConfig, runs: list[PretrainRun], out: Path, resume
                          f"{results[failed[0]]}; fix the cause and run again with --resume (logs: {out / 'tune'})")
 
 
+def evaluate_phase(evaluation: EvaluateConfig, grid: list[Configuration], runs: list[PretrainRun],
+                   folds: list[FoldKey], windows: str, out: Path, resume: bool, progress: bool,
+                   resources: TrialResources, max_concurrent: int) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """Phase 2: one Tune trial per (configuration, fold, budget). Returns (the rows of every finished trial, each
+    tagged with its configuration; {trial key: error line} of the failed ones)."""
+    specs = evaluation_trials(evaluation, grid, runs, folds, out)
+    errors: dict[str, str] = {}
+    if specs:
+        scoring = tune.with_parameters(evaluate_trial, trials=specs, evaluation=asdict(evaluation),
+                                       tokens=windows, out=str(out))
+        # reused actors keep run_fold's per-process dataset cache: a dataset is loaded once per actor
+        results = run_phase("evaluate", tune.with_resources(scoring, _tune_resources(resources)), list(specs), out,
+                            resume, progress, reuse_actors=True, max_concurrent_trials=max_concurrent or None)
+        errors = {k: e for k, e in results.items() if e}
+    rows = [{**r, "configuration": spec["configuration"]} for spec in specs.values() if Path(spec["rows"]).is_file()
+            for r in json.loads(Path(spec["rows"]).read_text())]
+    return rows, errors
+
+
 def evaluation_trials(evaluation: EvaluateConfig, grid: list[Configuration], runs: list[PretrainRun],
-                      folds: list[tuple[str, str, tuple[str, str]]], out: Path) -> dict[str, dict[str, Any]]:
+                      folds: list[FoldKey], out: Path) -> dict[str, dict[str, Any]]:
     """{trial key: spec} for every (configuration, fold, budget); each fold takes the configuration's run that
     never saw its subject (the evaluation guard, require_unseen)."""
     specs = {}
@@ -394,7 +410,7 @@ def evaluation_trials(evaluation: EvaluateConfig, grid: list[Configuration], run
     return specs
 
 
-def _run_phase(phase: str, trainable: Any, keys: list[str], out: Path, resume: bool, progress: bool,
+def run_phase(phase: str, trainable: Any, keys: list[str], out: Path, resume: bool, progress: bool,
                **tune_options: Any) -> dict[str, str]:
     """Fit (or restore and continue) one phase's Tune experiment: {trial key: error line, "" if it finished}."""
     path = out / "tune" / phase
@@ -420,17 +436,17 @@ def _run_phase(phase: str, trainable: Any, keys: list[str], out: Path, resume: b
     return {Path(r.path).name: str(r.error).strip().splitlines()[-1] if r.error else "" for r in results}
 
 
-def _check_resumable(cfg: SweepConfig, out: Path, resume: bool) -> None:
-    """A fresh sweep needs an unused OUT; --resume needs the same settings (else results would mix)."""
+def check_resumable(cfg: Any, saved: Path, resume: bool, what: str = "sweep") -> None:
+    """A fresh run needs an unused folder; --resume needs the settings saved in it (else results would mix)."""
+    out = saved.parent
     started = (out / "tune").is_dir()
     if started and not resume:
-        raise ConfigError(f"{out} holds a sweep already: continue it with --resume, or choose another out")
-    saved = out / CONFIG_FILE
+        raise ConfigError(f"{out} holds a {what} already: continue it with --resume, or choose another out")
     if not resume or not saved.is_file():
         return
     before = OmegaConf.to_container(OmegaConf.load(saved))
     now = json.loads(json.dumps(asdict(cfg)))
     differs = sorted(k for k in now if k not in RUNTIME_KEYS and before.get(k) != now[k])
     if differs:
-        raise ConfigError(f"{out} holds a sweep with other settings ({', '.join(differs)}); resume it with the "
+        raise ConfigError(f"{out} holds a {what} with other settings ({', '.join(differs)}); resume it with the "
                           "same config, or choose another out")

@@ -7,7 +7,8 @@
     report.md          the pretraining runs (final metrics, early stops) and, per dataset and method,
                        a configuration x budget table of mean ± std [95 % CI]
     heatmap_<dataset>.png   balanced accuracy over the first two grid keys (e.g. codebook size x
-                       mask ratio), one panel per method x budget
+                       mask ratio), one panel per method x budget; heatmap_all.png: the mean over
+                       datasets (each dataset weighs the same), with its table in report.md
     budget_<dataset>.png    balanced accuracy vs calibration budget, one line per configuration
     codebook.png       final codebook usage and perplexity of every pretraining vs its codebook size
 """
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from aemg_dist.evaluation.methods import AEMG_METHODS
-from aemg_dist.evaluation.report import SUMMARY_COLUMNS, budget_label, pyplot, aggregate
+from aemg_dist.evaluation.report import SUMMARY_COLUMNS, aggregate, budget_label, pyplot
 from aemg_dist.train import last_metrics
 
 if TYPE_CHECKING:
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 
 METRICS = ("balanced_accuracy", "macro_f1")
 PRETRAIN_METRICS = ("loss", "val_loss", "mtm_accuracy", "codebook_usage", "perplexity")
+ALL_DATASETS = "all"  # the pseudo-dataset of per-dataset means
 
 
 def t_interval(mean: float, std: float, n: int, level: float = 0.95) -> tuple[float, float]:
@@ -78,7 +80,11 @@ def write_sweep_report(rows: list[dict[str, Any]], runs: list["PretrainRun"], co
                        "ci_high", "n"], {"budget", *columns}, out / "aggregate.csv")
     finals = {r.key: last_metrics(Path(r.config.run.out) / "metrics.csv") for r in runs}
     plots = [plot_codebook(runs, finals, configurations, out / "codebook.png")]
-    for dataset in sorted({c["dataset"] for c in cells}):
+    datasets = sorted({c["dataset"] for c in cells})
+    overall = dataset_means(cells) if len(datasets) > 1 else []
+    if overall:
+        plots.append(plot_heatmap(overall, configurations, ALL_DATASETS, out / f"heatmap_{ALL_DATASETS}.png"))
+    for dataset in datasets:
         plots += [plot_heatmap(cells, configurations, dataset, out / f"heatmap_{dataset}.png"),
                   plot_budgets(cells, configurations, dataset, out / f"budget_{dataset}.png")]
     axes = {k: ", ".join(map(str, dict.fromkeys(c.values[k] for c in configurations))) for k in columns}
@@ -102,6 +108,10 @@ def write_sweep_report(rows: list[dict[str, Any]], runs: list["PretrainRun"], co
         lines.append(f"| {r.key} | {r.group} | {len(r.config.data.exclude_subjects)} | {final.get('step', 0):.0f} | "
                      + " | ".join(f"{final[m]:.3g}" if m in final else "–" for m in PRETRAIN_METRICS)
                      + f" | {status} |")
+    if overall:
+        lines += ["", f"## Mean over the {len(datasets)} datasets", "",
+                  "Each cell: the mean of the datasets' means ± their std [95 % t-interval over datasets].",
+                  configuration_tables(overall, configurations, "balanced_accuracy", unit="datasets")]
     for metric in METRICS:
         lines += ["", f"## {metric.replace('_', ' ')}", configuration_tables(cells, configurations, metric)]
     lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
@@ -110,7 +120,24 @@ def write_sweep_report(rows: list[dict[str, Any]], runs: list["PretrainRun"], co
     return cells, path
 
 
-def configuration_tables(cells: list[dict[str, Any]], configurations: list["Configuration"], metric: str) -> str:
+def dataset_means(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Cells of the pseudo-dataset ALL_DATASETS: per configuration x method x budget x metric, the mean and std
+    of the datasets' means, a 95 % t-interval over datasets, n = datasets (each dataset weighs the same)."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for c in cells:
+        groups.setdefault((c["configuration"], c["method"], c["budget"], c["metric"]), []).append(c)
+    out = []
+    for members in groups.values():
+        means = np.array([c["mean"] for c in members])
+        mean, std = float(means.mean()), float(means.std(ddof=1)) if means.size > 1 else 0.0
+        low, high = t_interval(mean, std, means.size)
+        out.append({**members[0], "dataset": ALL_DATASETS, "mean": mean, "std": std, "ci_low": low, "ci_high": high,
+                    "n": int(means.size)})
+    return out
+
+
+def configuration_tables(cells: list[dict[str, Any]], configurations: list["Configuration"], metric: str,
+                         unit: str = "held-out subjects") -> str:
     """Per dataset and method: one row per configuration, one column per budget."""
     mine = {(c["configuration"], c["method"], c["dataset"], c["budget"]): c for c in cells if c["metric"] == metric}
     budgets = sorted({b for *_, b in mine})
@@ -121,7 +148,7 @@ def configuration_tables(cells: list[dict[str, Any]], configurations: list["Conf
             here = {(c, b): v for (c, m, d, b), v in mine.items() if d == dataset and m == method}
             best = {b: max(v["mean"] for (_, bb), v in here.items() if bb == b) for b in budgets}
             n = max(v["n"] for v in here.values())
-            lines += [f"\n**{dataset}, {method}** ({n} held-out subjects)\n",
+            lines += [f"\n**{dataset}, {method}** ({n} {unit})\n",
                       "| " + " | ".join(columns) + " | " + " | ".join(map(budget_label, budgets)) + " |",
                       "|" + "---|" * (len(columns) + len(budgets))]
             for configuration in configurations:
@@ -173,8 +200,9 @@ def plot_heatmap(cells: list[dict[str, Any]], configurations: list["Configuratio
             if j == 0:
                 ax.set_ylabel(columns[0])
             ax.set_title(f"{method}, budget {budget_label(budget)}", fontsize=9)
-    fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label="balanced accuracy (mean over subjects)")
-    fig.suptitle(f"{dataset}: balanced accuracy" + (f" (averaged over {', '.join(columns[2:])})"
+    over = "datasets" if dataset == ALL_DATASETS else "subjects"
+    fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label=f"balanced accuracy (mean over {over})")
+    fig.suptitle(f"{'all datasets' if dataset == ALL_DATASETS else dataset}: balanced accuracy" + (f" (averaged over {', '.join(columns[2:])})"
                                                     if len(columns) > 2 else ""), fontsize=10)
     fig.savefig(path, dpi=110)
     plt.close(fig)

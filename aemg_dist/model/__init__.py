@@ -12,12 +12,12 @@ Reading order: transformer.py (config and encoder), embeddings.py, quantizer.py,
 
 from .embeddings import TokenEmbedding, batch_to_torch
 from .export import export_inference, load_inference
-from .objectives import AEMGModel, Tokenizer, flops_per_token, mask_tokens, param_count
+from .objectives import AEMGModel, Tokenizer, flops_per_token, mask_tokens, param_count, training_flops
 from .quantizer import VectorQuantizer, spherical_kmeans
 from .transformer import OBJECTIVES, ModelConfig, Transformer
 
 __all__ = [
     "AEMGModel", "ModelConfig", "OBJECTIVES", "TokenEmbedding", "Tokenizer", "Transformer", "VectorQuantizer",
     "batch_to_torch", "export_inference", "flops_per_token", "load_inference", "mask_tokens", "param_count",
-    "spherical_kmeans",
+    "spherical_kmeans", "training_flops",
 ]

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -206,3 +207,11 @@ def flops_per_token(cfg: ModelConfig, seq_len: int) -> int:
     token, forward only). Counts every part as trained, as the joint objective does.
     """
     return 6 * param_count(cfg, non_embedding=True) + 12 * cfg.n_layers * cfg.d_model * (seq_len + 1)
+
+
+def training_flops(cfg: ModelConfig, window_lengths: np.ndarray) -> float:
+    """Training FLOPs of one pass over windows of these token counts: sum over windows of
+    length * flops_per_token(cfg, length), with N counted once (not per window)."""
+    lengths = np.asarray(window_lengths, dtype=np.float64)
+    attention = 12 * cfg.n_layers * cfg.d_model
+    return float(6 * param_count(cfg, non_embedding=True) * lengths.sum() + attention * (lengths * (lengths + 1)).sum())
