@@ -308,7 +308,7 @@ def sweep(cfg: SweepConfig, resume: bool = False, progress: bool = True) -> Swee
     storage.require_shared(out, "out")  # trials on every node write run folders and rows there
     evaluation = replace(cfg.evaluation, out=str(out))  # OUT/windows: the labeled windows
     # the runs do not exist yet; labeled_tokens only needs the folder of the tokens they pretrain on
-    windows = str(labeled_tokens(evaluation, [Checkpoint("", "", tokens, (), ())], progress).resolve())
+    windows = labeled_tokens(evaluation, [Checkpoint("", "", tokens, (), ())], progress)
     folds = _folds(evaluation, windows)
     held_out: dict[str, list[str]] = {}
     for _, _, (dataset, subject) in folds:
