@@ -59,6 +59,7 @@ def _source_jobs(args: argparse.Namespace) -> list:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
+    from aemg_dist import storage
     from preprocessing.harmonize import HarmonizeConfig
     from preprocessing.prepare import prepare
 
@@ -67,9 +68,9 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     jobs = _source_jobs(args)
     print(f"preparing {len(jobs)} recordings into {args.out}", flush=True)
     report = prepare(jobs, args.out, config, workers=args.workers, address=args.address, progress=not args.quiet)
-    save_config(config, Path(args.out) / "prepare.yaml")
+    saved = save_config(config, storage.join(report.out, "prepare.yaml"))
     print(report.summary())
-    print(f"wrote {args.out} (resolved config: {Path(args.out) / 'prepare.yaml'})")
+    print(f"wrote {report.out} (resolved config: {saved})")
     return 0 if report.ok else 1
 
 
@@ -345,8 +346,8 @@ def _add_runtime_options(p: argparse.ArgumentParser) -> None:
 
 
 def _add_evaluation_options(p: argparse.ArgumentParser, default_methods: str) -> None:
-    p.add_argument("--corpus", required=True, help="CORPUS.zarr made by `aemg prepare`")
-    p.add_argument("--out", required=True, help="results folder")
+    p.add_argument("--corpus", required=True, help="CORPUS.zarr made by `aemg prepare` (a folder or a URI)")
+    p.add_argument("--out", required=True, help="results folder or URI (s3://bucket/results)")
     p.add_argument("--protocol", default="loso", choices=["loso"], help="evaluation protocol (default loso)")
     p.add_argument("--budgets", help="calibration budgets in %% (default 0,1,5,10,100)")
     p.add_argument("--seeds", help="calibration draws, e.g. 0,1,2 (default 0)")
@@ -394,7 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", help="'synthetic', a shipped dataset name (3dc, coteallard, ...), or a folder "
                                     "holding dataset folders (e.g. ../shared/data); with --manifest: the data root")
     p.add_argument("--manifest", help="a dataset manifest YAML (see README: adding a dataset)")
-    p.add_argument("--out", required=True, help="corpus path (CORPUS.zarr)")
+    p.add_argument("--out", required=True, help="corpus path (CORPUS.zarr), a folder or a URI (s3://bucket/corpus.zarr)")
     p.add_argument("--target-fs", type=float, default=None, help="common sample rate in Hz (default 1000)")
     p.add_argument("--config", help="YAML with harmonization settings (HarmonizeConfig)")
     _add_synthetic_options(p)
@@ -447,7 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
          "aemg evaluate --checkpoint runs/pt --corpus corpus.zarr --methods aemg_probe,td_lda --datasets 3dc "
          "--out results/ train.base_steps=500"])
     p.add_argument("--checkpoint", action="append", required=True,
-                   help="an `aemg pretrain` run folder (or its export/); repeat for several")
+                   help="an `aemg pretrain` run folder or URI (or its export/); repeat for several")
     _add_evaluation_options(p, "aemg_finetune,aemg_probe and every baseline")
     p.set_defaults(func=cmd_evaluate)
 

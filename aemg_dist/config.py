@@ -30,6 +30,8 @@ def load_config(schema: type[T], path: str | Path | Sequence[str | Path | Mappin
     bad = [o for o in overrides if "=" not in o]
     if bad:
         raise ConfigError(f"overrides must look like key=value, got {bad}")
+    from aemg_dist import storage  # a late import: storage imports ConfigError from here
+
     paths = [] if path is None else [path] if isinstance(path, (str, Path)) else list(path)
     try:
         merged = OmegaConf.structured(schema)
@@ -37,9 +39,9 @@ def load_config(schema: type[T], path: str | Path | Sequence[str | Path | Mappin
             if isinstance(layer, Mapping):
                 merged = OmegaConf.merge(merged, layer)
                 continue
-            if not Path(layer).is_file():
+            if not storage.exists(layer):  # a file or a URI (e.g. a run's config.yaml on S3)
                 raise ConfigError(f"config file {layer} does not exist")
-            merged = OmegaConf.merge(merged, OmegaConf.load(layer))
+            merged = OmegaConf.merge(merged, OmegaConf.create(storage.read_text(layer)))
         if overrides:
             merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
         return OmegaConf.to_object(merged)  # type: ignore[return-value]
@@ -58,11 +60,11 @@ def config_from_dict(schema: type[T], values: dict) -> T:
     return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), values))  # type: ignore[return-value]
 
 
-def save_config(config: object, path: str | Path) -> Path:
-    """Write the resolved config as YAML; returns the path."""
+def save_config(config: object, path: str | Path) -> str | Path:
+    """Write the resolved config as YAML to a file or a URI; returns the path."""
+    from aemg_dist import storage
+
     if not is_dataclass(config):
         raise TypeError(f"expected a dataclass instance, got {type(config).__name__}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(OmegaConf.structured(config), path)
+    storage.write_text(path, OmegaConf.to_yaml(OmegaConf.structured(config)))
     return path

@@ -47,7 +47,7 @@ from tqdm import tqdm
 
 from aemg_dist import storage
 from aemg_dist.events import EventConfig, recording_floor
-from aemg_dist.parallel import ensure_ray, map_unordered
+from aemg_dist.parallel import ensure_shared, map_unordered
 from aemg_dist.tokens import TokenConfig, WindowTokens, feature_names, tokenize_window
 from aemg_dist.windows import WindowConfig, Windows, cut_windows, recording_spans
 from preprocessing.corpus import Corpus
@@ -340,10 +340,7 @@ def tokenize_corpus(corpus_path: str | Path, out: str | Path, cfg: TokenizeConfi
     start_time = time.perf_counter()
     corpus_path, out = storage.absolute(corpus_path), storage.absolute(out)
     _claim_output(out, cfg)
-    if workers != 1:
-        ensure_ray(address, num_cpus=workers or None)
-        storage.require_shared(corpus_path, "--corpus")  # read by the workers
-        storage.require_shared(out, "--out")  # written by the workers
+    ensure_shared([("--corpus", corpus_path), ("--out", out)], workers, address)  # read and written by the workers
     plans = plan_corpus(corpus_path, cfg, keys=keys, workers=workers, address=address, progress=progress)
     done = written_windows(out)
     shards = [s for plan in plans.values() for s in make_shards(plan, cfg.shard_s, done.get(plan.key, ()))]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 import ray
@@ -27,6 +28,17 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     else:
         ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False,
                  runtime_env=runtime_env)
+
+
+def ensure_shared(paths: Iterable[tuple[str, str | Path]], workers: int = 0, address: str | None = None) -> None:
+    """Before Ray tasks read or write `paths` ((option name, path) pairs): start or join Ray as map_unordered
+    would, and refuse a local path that some node cannot see (storage.require_shared). In-process
+    (workers == 1) there is nothing to check."""
+    if workers == 1:
+        return
+    ensure_ray(address, num_cpus=workers or None)
+    for what, path in paths:
+        storage.require_shared(path, what)
 
 
 def map_unordered(fn: Callable[..., Any], items: Iterable[Any], *args: Any, workers: int = 0,

@@ -7,13 +7,17 @@ extra), `gs://` needs gcsfs (untested here). Endpoints and credentials come from
 no code. Ray Train resolves checkpoint URIs with its own pyarrow filesystems from the same variables.
 
 On a multi-node Ray cluster every node must see the same files: `require_shared` refuses a local
-path that some node cannot see, with a one-line reason.
+path that some node cannot see, with a one-line reason. Files that must be appended to or need a local
+path (metrics, trial rows, plots) are written in a `StagedFolder` and uploaded whole; a folder read by
+code that needs local files (an exported model) is fetched once per node by `local_copy`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import posixpath
+import shutil
 import tempfile
 import uuid
 from pathlib import Path
@@ -125,6 +129,67 @@ def download(remote: str | Path, local: str | Path) -> bool:
     Path(local).parent.mkdir(parents=True, exist_ok=True)
     fs.get_file(inner, str(local))
     return True
+
+
+def local_copy(folder: str | Path) -> Path:
+    """A local path to read `folder` from: itself when local; for a URI, a copy in this node's cache (the
+    system temporary folder), named by the URI and the version of each of its files, so the tasks of one node
+    download it once and a folder rewritten since is fetched again."""
+    if not is_uri(folder):
+        return Path(folder)
+    fs, inner = filesystem(folder)
+    files = sorted(fs.find(inner))
+    if not files:
+        raise FileNotFoundError(f"{folder} does not exist or is empty")
+    # fsspec's checksum changes whenever a file's content may have (an S3 ETag, a modification time)
+    version = hashlib.sha256("\n".join([absolute(folder), *(str(fs.checksum(f)) for f in files)]).encode()).hexdigest()
+    cache = Path(tempfile.gettempdir()) / "aemg-cache"
+    target = cache / f"{posixpath.basename(inner.rstrip('/'))}-{version[:16]}"
+    if target.is_dir():
+        return target
+    cache.mkdir(parents=True, exist_ok=True)
+    staging = tempfile.mkdtemp(dir=cache, prefix=".fetch-")
+    try:
+        fs.get(inner.rstrip("/") + "/", staging, recursive=True)
+        os.rename(staging, target)  # whole or not at all, for the other tasks of this node
+    except OSError:
+        if not target.is_dir():  # else another task of this node was first, and its copy is the same
+            raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+class StagedFolder:
+    """Where a process writes the files of the folder `out`: `out` itself when it is a local path; for a URI, a
+    local temporary folder whose files `fetch` brings down and `sync` uploads. Object stores cannot append and
+    plotting libraries want local files; each upload is of a whole file, which readers never see half done."""
+
+    def __init__(self, out: str | Path):
+        self.out = str(out)
+        self.remote = is_uri(out)
+        self.local = Path(tempfile.mkdtemp(prefix="aemg-stage-")) if self.remote else Path(out)
+
+    @property
+    def path(self) -> Path | str:
+        """The folder as callers should name it: the URI, or the local folder."""
+        return self.out if self.remote else self.local
+
+    def fetch(self, name: str) -> None:
+        """Bring down OUT/name when it exists (e.g. to append to it)."""
+        if self.remote:
+            download(join(self.out, name), self.local / name)
+
+    def sync(self, *names: str) -> None:
+        """Upload each local file or folder `name` (missing ones are skipped) to OUT/name."""
+        for name in names if self.remote else ():
+            if (self.local / name).exists():
+                upload(self.local / name, join(self.out, name))
+
+    def close(self) -> None:
+        """Drop the local copy of a URI folder (what mattered is uploaded by then)."""
+        if self.remote:
+            shutil.rmtree(self.local, ignore_errors=True)
 
 
 def zarr_store(path: str | Path, read_only: bool) -> Any:

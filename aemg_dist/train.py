@@ -291,7 +291,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
     model = AEMGModel(cfg.model)
     if cfg.run.init_from:
-        model.load_state_dict(load_inference(cfg.run.init_from).state_dict())
+        model.load_state_dict(load_inference(storage.local_copy(cfg.run.init_from)).state_dict())
     stepper = DeepSpeedStepper(model, cfg, world) if distributed else PlainStepper(model, cfg)
     start_step = _resume(stepper) if distributed else _resume_local(stepper, cfg)
     _record_worker(cfg.run.out, rank, start_step, distributed)
@@ -299,7 +299,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     train, val = loop_config.get("train"), loop_config["val"]  # split once, by the driver
     batches = ray_batches(micro_batch, cfg.run.seed + rank) if distributed else \
         local_batches(train, micro_batch, cfg.run.seed, skip=start_step)
-    files = RunFiles(cfg.run.out)
+    files = storage.StagedFolder(cfg.run.out)
     if rank == 0:
         files.fetch("metrics.csv")  # a resumed run appends to the rows of the earlier attempts
     log = MetricsLog(files.local, enabled=rank == 0)
@@ -364,30 +364,6 @@ def _fail_once(out: str) -> None:
     if not storage.exists(marker):
         storage.write_text(marker, "")
         raise RuntimeError("injected fault (run.fail_at_step) to test recovery")
-
-
-class RunFiles:
-    """Where a process writes run files: run.out itself when it is a local path; for a URI, a local
-    folder whose files `sync` uploads (metrics are appended to, TensorBoard and plots need files)."""
-
-    def __init__(self, out: str):
-        self.out = out
-        self.remote = storage.is_uri(out)
-        self.local = Path(tempfile.mkdtemp(prefix="aemg-run-")) if self.remote else Path(out)
-
-    def fetch(self, name: str) -> None:
-        if self.remote:
-            storage.download(storage.join(self.out, name), self.local / name)
-
-    def sync(self, *names: str) -> None:
-        for name in names if self.remote else ():
-            if (self.local / name).exists():
-                storage.upload(self.local / name, storage.join(self.out, name))
-
-    def close(self) -> None:
-        """Drop the local copy of a URI run folder (everything is uploaded by then)."""
-        if self.remote:
-            shutil.rmtree(self.local, ignore_errors=True)
 
 
 def _checkpoint(stepper: PlainStepper, step: int, metrics: dict[str, float], out: str, distributed: bool) -> None:
@@ -480,7 +456,7 @@ def pretrain(cfg: PretrainConfig, callbacks: Sequence[Any] = ()) -> PretrainResu
     if storage.is_uri(cfg.run.out) and not cfg.dist.ray:
         raise ConfigError(f"run.out={cfg.run.out}: --no-ray keeps its checkpoints on a local disk; give a local "
                           "run.out or run on Ray")
-    files = RunFiles(cfg.run.out)
+    files = storage.StagedFolder(cfg.run.out)
     save_config(cfg, files.local / "config.yaml")
     files.sync("config.yaml")
     train, val = split_tables(cfg.data)  # fails here, before any worker starts, on bad data paths
@@ -498,7 +474,7 @@ def pretrain(cfg: PretrainConfig, callbacks: Sequence[Any] = ()) -> PretrainResu
     files.sync("loss.png", "codebook.png")
     final = last_metrics(metrics)
     files.close()
-    out: Path | str = cfg.run.out if files.remote else files.local
+    out = files.path
     return PretrainResult(out=out, steps=int(final.get("step", 0)), final=final, checkpoint=checkpoint,
                           export=storage.join(out, "export") if files.remote else files.local / "export")
 

@@ -17,8 +17,6 @@ rebuilt from the groups and replaced atomically, so it never lists a half-writte
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -70,9 +68,9 @@ class CorpusWriter:
     """Writes harmonized recordings into a corpus; safe to run again on the same path."""
 
     def __init__(self, path: str | Path, config: HarmonizeConfig):
-        self.path = Path(path)
+        self.path = storage.absolute(path)  # a local folder or a URI (s3://bucket/corpus.zarr)
         self.config = config
-        root = zarr.open_group(str(self.path), mode="a")
+        root = zarr.open_group(store=storage.zarr_store(self.path, read_only=False), mode="a")
         stored = root.attrs.get("harmonize")
         if stored is None:
             root.attrs.update({"format": CORPUS_FORMAT, "harmonize": asdict(config)})
@@ -106,10 +104,7 @@ class CorpusWriter:
         """Rebuild the manifest from the complete groups and replace it atomically."""
         entries = [_entry(key, attrs) for key, attrs in _iter_complete(self.root)]
         payload = {"format": CORPUS_FORMAT, "recordings": [asdict(e) for e in entries]}
-        fd, tmp = tempfile.mkstemp(dir=self.path, prefix=".manifest-", suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=1)
-        os.replace(tmp, self.path / MANIFEST_FILE)
+        storage.write_text(storage.join(self.path, MANIFEST_FILE), json.dumps(payload, indent=1))
         return entries
 
 

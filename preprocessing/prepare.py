@@ -18,7 +18,8 @@ from typing import Protocol, Sequence
 
 from tqdm import tqdm
 
-from aemg_dist.parallel import map_unordered
+from aemg_dist import storage
+from aemg_dist.parallel import ensure_shared, map_unordered
 
 from .corpus import CorpusWriter, RecordingEntry
 from .harmonize import HarmonizeConfig, harmonize
@@ -41,7 +42,7 @@ class JobResult:
 
 @dataclass
 class PrepareReport:
-    out: Path
+    out: str  # a local folder or a URI
     written: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
@@ -81,7 +82,7 @@ def prepare(jobs: Sequence[SourceJob], out: str | Path, config: HarmonizeConfig 
     """
     config = config or HarmonizeConfig()
     start = time.perf_counter()
-    out = Path(out)
+    out = storage.absolute(out)
     duplicates = sorted(k for k, n in Counter(job.key for job in jobs).items() if n > 1)
     if duplicates:
         raise ValueError(f"two sources map to the same recording key: {duplicates[:5]}")
@@ -91,7 +92,8 @@ def prepare(jobs: Sequence[SourceJob], out: str | Path, config: HarmonizeConfig 
     for job in jobs:
         (report.skipped.append(job.key) if writer.is_complete(job.key) else todo.append(job))
     writer.ensure_parents([job.key for job in todo])
-    results = map_unordered(prepare_job, todo, str(out), config, workers=workers, address=address)
+    ensure_shared([("--out", out)], workers, address)  # every task writes its recording there
+    results = map_unordered(prepare_job, todo, out, config, workers=workers, address=address)
     for result in tqdm(results, total=len(todo), desc="prepare", unit="rec", disable=not progress or not todo):
         if result.error is None:
             report.written.append(result.key)

@@ -4,7 +4,9 @@ methods, the pretraining guard, TD+LDA against a direct reimplementation, resume
 from __future__ import annotations
 
 import csv
+import io
 import json
+import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -177,6 +179,49 @@ def test_resume_runs_only_missing_folds(setup, tmp_path):
     assert sorted((key(r), r["balanced_accuracy"]) for r in first) == sorted((key(r), r["balanced_accuracy"]) for r in second)
     with pytest.raises(ConfigError, match="other settings"):
         evaluate(_config(root, tmp_path, "methods=[td_lda]", "workers=1", "test_percent=50"), progress=False)
+
+
+def test_a_uri_out_is_staged_uploaded_per_fold_and_resumed(tiny_corpus, tmp_path, monkeypatch):
+    """Corpus, OUT and windows_tokens on fsspec's in-memory filesystem (in-process folds: workers=1)."""
+    from aemg_dist import storage
+    from aemg_dist.evaluation import runner
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where OUT is staged
+    base = f"memory://{tmp_path.name}"
+    storage.upload(tiny_corpus, f"{base}/corpus.zarr")
+    overrides = [f"corpus={base}/corpus.zarr", "datasets=[synth_myo]", *FAST, "methods=[td_lda]", "workers=1"]
+    config = lambda out, *more: load_config(EvaluateConfig, None, [*overrides, f"out={out}", *more])
+    real_run_fold, calls = runner.run_fold, []
+
+    def crash_on_second_fold(*args):
+        calls.append(args[0].held_out)
+        if len(calls) == 2:
+            raise RuntimeError("node lost")
+        return real_run_fold(*args)
+
+    monkeypatch.setattr(runner, "run_fold", crash_on_second_fold)
+    with pytest.raises(RuntimeError, match="node lost"):
+        evaluate(config(f"{base}/results"), progress=False)
+    trials = storage.read_text(f"{base}/results/{TRIALS_FILE}").splitlines()
+    assert len(trials) == 1 and json.loads(trials[0])["trials"][0]["subject"] == calls[0]  # uploaded after fold 1
+    assert not storage.exists(f"{base}/results/report.md") and not list(tmp_path.glob("aemg-stage-*"))
+    monkeypatch.setattr(runner, "run_fold", real_run_fold)
+
+    result = evaluate(config(f"{base}/results"), progress=False)
+    assert result.folds_run == 1 and result.out == f"{base}/results"  # resumed from the trials on the URI
+    assert [json.loads(line)["trials"][0]["subject"] for line in
+            storage.read_text(f"{base}/results/{TRIALS_FILE}").splitlines()] == calls
+    summary = list(csv.DictReader(io.StringIO(storage.read_text(f"{base}/results/summary.csv"))))
+    assert len(summary) == len(result.rows) == 2 * len(BUDGETS) * 2  # folds x budgets x seeds
+    assert "td_lda" in storage.read_text(result.report) and storage.exists(f"{base}/results/low_label.png")
+    assert storage.exists(f"{base}/results/windows/tokens.json") and not list(tmp_path.glob("aemg-stage-*"))
+    assert evaluate(config(f"{base}/results"), progress=False).folds_run == 0
+    with pytest.raises(ConfigError, match="other settings"):  # the saved evaluate.yaml is fetched too
+        evaluate(config(f"{base}/results", "test_percent=50"), progress=False)
+    again = evaluate(config(f"{base}/again", f"windows_tokens={base}/results/windows"), progress=False)
+    assert sorted((r["subject"], r["budget"], r["seed"], r["balanced_accuracy"]) for r in again.rows) == \
+        sorted((r["subject"], r["budget"], r["seed"], r["balanced_accuracy"]) for r in result.rows)
+    assert not storage.exists(f"{base}/again/windows")  # the given windows were used, not made again
 
 
 def test_cli_baselines_and_errors(setup, tmp_path, capsys):

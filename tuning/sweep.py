@@ -335,7 +335,7 @@ def evaluated_folds(evaluation: EvaluateConfig, tokens: str, pretrain_groups: in
     tokens the runs pretrain on (the runs need not exist yet)."""
     from aemg_dist.evaluation.data import load_labeled_windows
 
-    windows = str(labeled_tokens(evaluation, [Checkpoint("", "", tokens, (), ())], progress).resolve())
+    windows = labeled_tokens(evaluation, [Checkpoint("", "", tokens, (), ())], progress)  # absolute, or a URI
     datasets = load_labeled_windows(windows, evaluation.corpus, evaluation.datasets or None)
     folds = [(name, f.held_out, heldout_subject(data, f)) for name, data in datasets.items()
              for f in select_folds(data, evaluation)]

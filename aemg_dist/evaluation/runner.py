@@ -16,11 +16,17 @@
    subjects and adapts it per (budget, seed); results are appended to OUT/trials.jsonl as folds
    finish, so an interrupted evaluation re-run with the same config skips finished folds.
 5. Report: summary.csv, report.md and plots (report.py).
+
+Every path may be a URI (`s3://...`, see storage.py). OUT on an object store is staged in a local
+folder: trials.jsonl is fetched at the start and uploaded whole after each fold (a crash loses at most
+the folds in flight), the report at the end; OUT/windows is tokenized there directly. The fold tasks
+read the corpus, the windows and the checkpoints' exports from their URIs, wherever they run.
 """
 
 from __future__ import annotations
 
 import json
+import posixpath
 import re
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -30,6 +36,7 @@ from typing import Any
 import numpy as np
 from omegaconf import OmegaConf
 
+from aemg_dist import storage
 from aemg_dist.config import ConfigError, config_from_dict, load_config, save_config
 from aemg_dist.evaluation.classifiers import FinetuneConfig
 from aemg_dist.evaluation.data import DatasetWindows, load_labeled_windows
@@ -95,15 +102,16 @@ class Checkpoint:
 
     @classmethod
     def from_run(cls, path: str | Path) -> "Checkpoint":
-        path = Path(path).resolve()
-        run = path.parent if path.name == "export" else path
-        config = run / "config.yaml"
-        if not (run / "export" / "model.safetensors").is_file() or not config.is_file():
+        """The run folder (a local path or a URI), or its export/."""
+        path = storage.absolute(path)
+        parent, name = posixpath.split(path)
+        run = parent if name == "export" else path
+        export, config = storage.join(run, "export"), storage.join(run, "config.yaml")
+        if not storage.exists(storage.join(export, "model.safetensors")) or not storage.exists(config):
             raise FileNotFoundError(f"{path} is not a finished `aemg pretrain` run (needs config.yaml and "
                                     "export/model.safetensors)")
-        data = OmegaConf.load(config).data
-        return cls(str(run), str(run / "export"), str(data.tokens), tuple(data.exclude_subjects),
-                   tuple(data.exclude_datasets))
+        data = OmegaConf.create(storage.read_text(config)).data
+        return cls(run, export, str(data.tokens), tuple(data.exclude_subjects), tuple(data.exclude_datasets))
 
     def relation(self, dataset: str, subject: str) -> str:
         """How pretraining relates to a held-out subject: unseen_dataset, unseen_subject or seen."""
@@ -155,22 +163,22 @@ def exclusion_groups(subjects: dict[str, list[str]], n_groups: int) -> list[list
 
 # ---------------------------------------------------------------- labeled windows
 
-def labeled_tokens(cfg: EvaluateConfig, checkpoints: list[Checkpoint], progress: bool = True) -> Path:
-    """OUT/windows (made here when missing) or cfg.windows_tokens: the labeled token rows of the corpus."""
+def labeled_tokens(cfg: EvaluateConfig, checkpoints: list[Checkpoint], progress: bool = True) -> str:
+    """OUT/windows (made here when missing) or cfg.windows_tokens, absolute: the labeled token rows of the corpus."""
     from aemg_dist.data import TokenizeConfig, tokenize_corpus
 
     if cfg.windows_tokens:
-        return Path(cfg.windows_tokens)
-    layers = sorted({str(Path(c.tokens) / "tokenize.yaml") for c in checkpoints})
+        return storage.absolute(cfg.windows_tokens)
+    layers = sorted({storage.join(c.tokens, "tokenize.yaml") for c in checkpoints})
     if len(layers) > 1:
         raise ConfigError(f"the checkpoints were pretrained on tokens from different folders {layers}; "
                           "evaluate them separately or give windows_tokens")
     tokenize = load_config(TokenizeConfig, layers, [])
     tokenize = config_from_dict(TokenizeConfig, {**asdict(tokenize), "windows": asdict(cfg.windows)})
-    out = Path(cfg.out) / "windows"
-    manifest = out / "tokens.json"
-    if manifest.is_file():
-        made = json.loads(manifest.read_text())["config"]
+    out = storage.join(storage.absolute(cfg.out), "windows")
+    manifest = storage.join(out, "tokens.json")
+    if storage.exists(manifest):
+        made = json.loads(storage.read_text(manifest))["config"]
         wanted = {k: v for k, v in asdict(tokenize).items() if k in made}
         if made != json.loads(json.dumps(wanted)):
             raise ConfigError(f"{out} was tokenized with other settings; delete it or choose another --out")
@@ -216,11 +224,13 @@ def run_fold(job: FoldJob, cfg_dict: dict[str, Any], tokens: str) -> list[dict[s
     cfg = config_from_dict(EvaluateConfig, cfg_dict)
     # one thread: folds run side by side, and on a busy machine torch's extra threads make a step 10-20x slower
     torch.set_num_threads(1)
+    # a URI export is fetched by the task itself (once per node): the driver's disk is not on every node
+    checkpoint = str(storage.local_copy(job.checkpoint)) if job.checkpoint else ""
     data = _dataset(tokens, cfg.corpus, job.dataset)
     fold = next(f for f in loso_folds(data.table, job.dataset) if f.held_out == job.held_out)
     splits = {(b, s): calibration_split(fold, b, s, cfg.test_percent) for b in cfg.budgets for s in cfg.seeds}
     ctx = FoldContext(data=data, fold=fold, train=cfg.train, max_tokens=cfg.max_tokens,
-                      model_config=_scratch_config(cfg, job.checkpoint, data), checkpoint=job.checkpoint)
+                      model_config=_scratch_config(cfg, checkpoint, data), checkpoint=checkpoint)
     held_out_kind = "session" if len(set(data.table.column("subject").to_pylist())) == 1 else "subject"
     results = []
     for name in cfg.methods:
@@ -261,9 +271,9 @@ def _scratch_config(cfg: EvaluateConfig, checkpoint: str, data: DatasetWindows) 
 
 @dataclass
 class EvaluationResult:
-    out: Path
+    out: Path | str  # a local folder, or the URI given as out
     rows: list[dict[str, Any]]
-    report: Path
+    report: str
     seconds: float
     folds_run: int  # folds computed by this call (the others were already in trials.jsonl)
 
@@ -273,22 +283,55 @@ def evaluate(cfg: EvaluateConfig, progress: bool = True) -> EvaluationResult:
     from tqdm import tqdm
 
     from aemg_dist.evaluation.report import write_report
-    from aemg_dist.parallel import map_unordered
+    from aemg_dist.parallel import ensure_shared, map_unordered
 
     started = time.perf_counter()
     if not cfg.corpus:
         raise ConfigError("give the corpus (--corpus CORPUS.zarr)")
-    out = Path(cfg.out).resolve()
-    cfg = replace(cfg, corpus=str(Path(cfg.corpus).resolve()))  # the caller's config stays as given
+    cfg = replace(cfg, corpus=storage.absolute(cfg.corpus))  # the caller's config stays as given
     checkpoints = [Checkpoint.from_run(c) for c in cfg.checkpoints]
     needs_checkpoint = sorted(set(cfg.methods) & set(AEMG_METHODS))
     if needs_checkpoint and not checkpoints:
         raise ConfigError(f"methods {needs_checkpoint} need a pretrained checkpoint (--checkpoint RUN); "
                           "`aemg baselines` runs the others")
-    _check_resumable(cfg, out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / CONFIG_FILE)
-    tokens = str(labeled_tokens(cfg, checkpoints, progress).resolve())
+    files = storage.StagedFolder(storage.absolute(cfg.out))  # trials.jsonl, evaluate.yaml and the report
+    try:
+        for name in (TRIALS_FILE, CONFIG_FILE):
+            files.fetch(name)
+        _check_resumable(cfg, files.local)
+        save_config(cfg, files.local / CONFIG_FILE)
+        files.sync(CONFIG_FILE)
+        tokens = labeled_tokens(cfg, checkpoints, progress)
+        folds, jobs = _fold_jobs(cfg, tokens, checkpoints, files.local)
+        if len(jobs) < len(folds):
+            print(f"resuming: {len(folds) - len(jobs)} fold(s) already in {storage.join(files.path, TRIALS_FILE)}, "
+                  f"{len(jobs)} to run", flush=True)
+        if jobs:  # else no Ray to start
+            # the fold tasks read these wherever they run (OUT/windows was checked when it was tokenized)
+            ensure_shared([("--corpus", cfg.corpus), *(("--checkpoint", c.run) for c in checkpoints),
+                           *([("windows_tokens", cfg.windows_tokens)] if cfg.windows_tokens else [])],
+                          cfg.workers, cfg.address or None)
+            with (files.local / TRIALS_FILE).open("a") as trials:
+                results = map_unordered(run_fold, jobs, asdict(cfg), tokens, workers=cfg.workers,
+                                        address=cfg.address or None)
+                for fold_rows in tqdm(results, total=len(jobs), desc="folds", unit="fold", disable=not progress):
+                    # one line per fold: a crash never leaves half a fold that looks finished
+                    trials.write(json.dumps({"trials": fold_rows}) + "\n")
+                    trials.flush()
+                    files.sync(TRIALS_FILE)  # an object store cannot append: the whole file again, one upload
+        rows = [r for r in _read_trials(files.local) if (r["dataset"], r["subject"]) in set(folds)]
+        report = write_report(rows, files.local, cfg)
+        files.sync(*sorted(p.name for p in files.local.iterdir() if p.is_file()))
+    finally:
+        files.close()
+    return EvaluationResult(out=files.path, rows=rows, report=storage.join(files.path, report.name),
+                            seconds=time.perf_counter() - started, folds_run=len(jobs))
+
+
+def _fold_jobs(cfg: EvaluateConfig, tokens: str, checkpoints: list[Checkpoint],
+               out: Path) -> tuple[list[tuple[str, str]], list[FoldJob]]:
+    """Every selected (dataset, held-out) fold, and the jobs of those not yet in out/trials.jsonl, each with the
+    checkpoint that may score it."""
     datasets = load_labeled_windows(tokens, cfg.corpus, cfg.datasets or None)
     selected = [(name, data, f) for name, data in datasets.items() for f in select_folds(data, cfg)]
     folds = [(name, f.held_out) for name, _, f in selected]
@@ -299,23 +342,11 @@ def evaluate(cfg: EvaluateConfig, progress: bool = True) -> EvaluationResult:
     by_subject = assign_checkpoints(checkpoints, sorted(set(subject_of.values())), cfg.require_unseen) \
         if checkpoints else {}
     assigned = {fold: by_subject[subject_of[fold]] for fold in folds} if checkpoints else {}
-    del datasets, selected  # the fold tasks load their own dataset; do not hold every dataset here
     done = {(r["dataset"], r["subject"]) for r in _read_trials(out, drop_partial=True)}
     jobs = [FoldJob(d, s, assigned[(d, s)].export if assigned else "",
                     assigned[(d, s)].relation(*subject_of[(d, s)]) if assigned else "")
             for d, s in folds if (d, s) not in done]
-    if done:
-        print(f"resuming: {len(done)} fold(s) already in {out / TRIALS_FILE}, {len(jobs)} to run", flush=True)
-    with (out / TRIALS_FILE).open("a") as trials:
-        results = map_unordered(run_fold, jobs, asdict(cfg), tokens, workers=cfg.workers, address=cfg.address or None)
-        for fold_rows in tqdm(results, total=len(jobs), desc="folds", unit="fold", disable=not progress):
-            # one line per fold: a crash never leaves half a fold that looks finished
-            trials.write(json.dumps({"trials": fold_rows}) + "\n")
-            trials.flush()
-    rows = [r for r in _read_trials(out) if (r["dataset"], r["subject"]) in set(folds)]
-    report = write_report(rows, out, cfg)
-    return EvaluationResult(out=out, rows=rows, report=report, seconds=time.perf_counter() - started,
-                            folds_run=len(jobs))
+    return folds, jobs  # the windows loaded here are dropped: each fold task loads its own dataset
 
 
 def heldout_subject(data: DatasetWindows, fold: Fold) -> tuple[str, str]:
