@@ -1,7 +1,6 @@
 """Fault tolerance: a training worker killed by its pid is replaced and the run finishes from the last
 checkpoint; a killed tokenization is finished by running it again, redoing only what is missing."""
 
-import csv
 import json
 import os
 import signal
@@ -13,24 +12,10 @@ import pytest
 
 from aemg_dist.data import TokenizeConfig, read_token_table, tokenize_corpus
 from aemg_dist.train import load_pretrain_config, pretrain
+from runs import metric_steps, reached_before_restart, registered_step
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "pretrain" / "tiny.yaml"
 CHECKPOINT_EVERY = 10
-
-
-def _steps(out: Path) -> list[int]:
-    with (out / "metrics.csv").open() as f:
-        return [int(float(row["step"])) for row in csv.DictReader(f)]
-
-
-def _registered_step(out: Path) -> int:
-    """The step of the latest checkpoint Ray Train has registered (0 before the first)."""
-    try:
-        snapshot = json.loads((out / "ray" / "checkpoint_manager_snapshot.json").read_text())
-    except (FileNotFoundError, json.JSONDecodeError):  # not written yet, or being written
-        return 0
-    latest = snapshot.get("latest_checkpoint_result") or {}
-    return int(latest.get("metrics", {}).get("step", 0))
 
 
 @pytest.mark.slow
@@ -52,8 +37,8 @@ def test_a_killed_training_worker_is_replaced_and_resumes_from_the_last_checkpoi
     rank_file = out / "workers" / "rank-1.json"
     deadline = time.time() + 180
     while True:  # kill between checkpoints: one registered, the next not yet reached
-        registered = _registered_step(out)
-        reached = max(_steps(out), default=0) if (out / "metrics.csv").exists() else 0
+        registered = registered_step(out)
+        reached = max(metric_steps(out), default=0)
         if registered >= CHECKPOINT_EVERY and reached < registered + CHECKPOINT_EVERY - 2:
             break
         assert time.time() < deadline and trainer.is_alive(), "no moment between two checkpoints was caught"
@@ -67,13 +52,10 @@ def test_a_killed_training_worker_is_replaced_and_resumes_from_the_last_checkpoi
     assert result.steps == max_steps and result.checkpoint
     replacement = json.loads(rank_file.read_text())
     assert replacement["pid"] != victim["pid"]
-    steps = _steps(out)
-    restart = next(i for i in range(1, len(steps)) if steps[i] <= steps[i - 1])  # rows go back once, at the restart
-    reached, resumed = steps[restart - 1], steps[restart] - 1
-    assert resumed == replacement["start_step"] == registered  # from the last checkpoint, not an older one
+    resumed = replacement["start_step"]
+    reached = reached_before_restart(metric_steps(out), resumed, max_steps)
+    assert resumed == registered  # from the last checkpoint, not an older one
     assert reached - resumed < CHECKPOINT_EVERY  # less than one checkpoint interval was trained twice
-    assert steps[:restart] == list(range(1, reached + 1))
-    assert steps[restart:] == list(range(resumed + 1, max_steps + 1))
 
 
 def test_a_killed_tokenization_is_finished_by_running_it_again(tiny_corpus, tmp_path, monkeypatch):

@@ -1,7 +1,9 @@
 """`aemg sweep` on the tiny synthetic corpus: the shipped CI sweep (configs/sweep/tiny.yaml: 2 codebook
 sizes x 2 mask ratios x 2 LOSO folds x 2 budgets) is interrupted with Ctrl-C during its evaluation phase,
 resumed with --resume, and must end with every aggregated cell, its files, and no finished trial run twice.
-Config errors fail before anything runs."""
+(slow) The same sweep's driver SIGKILLed during a pretraining, then during evaluation: no trial process is
+left, no finished work is redone, and the pretrainings continue from their checkpoints. Config errors fail
+before anything runs."""
 
 from __future__ import annotations
 
@@ -14,7 +16,9 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable, Iterator, NamedTuple
 
 import pytest
 from omegaconf import OmegaConf
@@ -22,7 +26,8 @@ from omegaconf import OmegaConf
 from aemg_dist import cli
 from aemg_dist.config import ConfigError, save_config
 from aemg_dist.data import tokenize_corpus
-from tuning.sweep import CONFIG_FILE, EXECUTIONS_FILE, configurations, load_sweep_config, sweep
+from runs import metric_steps, reached_before_restart, registered_step
+from tuning.sweep import CONFIG_FILE, EXECUTIONS_FILE, configurations, exported, load_sweep_config, log_execution, sweep
 from tuning.sweep_report import ALL_DATASETS, dataset_means, t_interval
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,32 +65,45 @@ def _events(out: Path) -> list[dict]:
     return [json.loads(line) for line in text[:text.rfind("\n") + 1].splitlines()]
 
 
+@contextmanager
+def _driver(sweep_config: Path, out: Path, address: str, log: Path, *options: str) -> Iterator[subprocess.Popen]:
+    """`aemg sweep` as a driver process of the test's Ray cluster (output to `log`), killed if still running."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("w") as f:
+        driver = subprocess.Popen([sys.executable, "-m", "aemg_dist.cli", "sweep", "--config", str(sweep_config),
+                                   "--quiet", f"out={out}", f"address={address}", *options], cwd=REPO, stdout=f,
+                                  stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        try:
+            yield driver
+        finally:
+            if driver.poll() is None:
+                driver.kill()
+                driver.wait()
+
+
+def _wait_while_running(driver: subprocess.Popen, log: Path, condition: Callable[[], bool], what: str,
+                        seconds: float = 400, poll: float = 0.3) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert driver.poll() is None, f"the sweep ended before {what}:\n{log.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, f"no {what} in {seconds} s:\n{log.read_text()[-3000:]}"
+        time.sleep(poll)
+
+
 @pytest.fixture(scope="module")
 def swept(sweep_config, ray_local, tmp_path_factory):
     """The sweep as a driver process of the test's Ray cluster, sent SIGINT (Ctrl-C) once INTERRUPT_AFTER
     trials have finished; then `aemg sweep --resume` in this process. Returns (out, the first's exit status
     and output)."""
     out = tmp_path_factory.mktemp("swept") / "out"
-    logs = out.parent / "driver.log"
-    address = ray_local.get_runtime_context().gcs_address
-    with logs.open("w") as log:
-        driver = subprocess.Popen([sys.executable, "-m", "aemg_dist.cli", "sweep", "--config", str(sweep_config),
-                                   "--quiet", f"out={out}", f"address={address}"], cwd=REPO, stdout=log,
-                                  stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
-        try:
-            deadline = time.monotonic() + 400
-            while sum(e["event"] == "finish" for e in _events(out)) < INTERRUPT_AFTER:
-                assert driver.poll() is None, f"the sweep ended before the interruption:\n{logs.read_text()[-3000:]}"
-                assert time.monotonic() < deadline, f"no {INTERRUPT_AFTER} finished trials:\n{logs.read_text()[-3000:]}"
-                time.sleep(0.3)
-            driver.send_signal(signal.SIGINT)
-            status = driver.wait(timeout=120)
-        finally:
-            if driver.poll() is None:
-                driver.kill()
-                driver.wait()
+    log = out.parent / "driver.log"
+    with _driver(sweep_config, out, ray_local.get_runtime_context().gcs_address, log) as driver:
+        _wait_while_running(driver, log, lambda: sum(e["event"] == "finish" for e in _events(out)) >= INTERRUPT_AFTER,
+                            f"{INTERRUPT_AFTER} finished trials")
+        driver.send_signal(signal.SIGINT)
+        status = driver.wait(timeout=120)
     assert cli.main(["sweep", "--config", str(sweep_config), "--resume", "--quiet", f"out={out}"]) == 0
-    return out, status, logs.read_text()
+    return out, status, log.read_text()
 
 
 def test_interrupted_sweep_resumes_without_rerunning_finished_trials(swept):
@@ -105,8 +123,184 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(swept):
     assert not [e for e in events if e["event"] == "error"]
 
 
-def test_every_aggregated_cell_and_the_report(swept):
-    out, _, _ = swept
+# ---------------------------------------------------------------- the driver killed (SIGKILL)
+
+# long enough runs to catch one between checkpoints: a checkpoint interval (~4 s here) must outlast the ~2 s in
+# which Ray Train registers a reported checkpoint; every step logged, to count the steps trained twice
+KILL_STEPS, KILL_CHECKPOINT_EVERY = 80, 40
+KILL_OVERRIDES = [f"optim.max_steps={KILL_STEPS}", f"run.checkpoint_every={KILL_CHECKPOINT_EVERY}",
+                  f"run.val_every={KILL_CHECKPOINT_EVERY}", "run.log_every=1"]
+KILL_EVALUATE_AFTER = 3  # evaluation trials finished by the second driver when it is killed
+
+
+class Killed(NamedTuple):
+    out: Path
+    run: str  # the pretraining killed between two checkpoints
+    registered: dict[str, int]  # per pretraining that had trained, the step of its last checkpoint Ray Train had
+    # registered once the killed driver's processes were gone
+    recorded: list[set[str]]  # per kill, the trials Tune's saved state held as finished
+    left_behind: list[list[int]]  # per kill, the pids of its trial actors and Train workers still running
+
+
+def _process(pid: int) -> str | None:
+    """A running process's start time (its identity, with the pid), or None: gone, or exited (a zombie)."""
+    try:
+        state, *fields = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return None if state == "Z" else fields[18]
+
+
+def _trial_processes(out: Path, since: int) -> dict[int, str]:
+    """{pid: start time} of the running trial actors (logged since event `since`) and Train workers of OUT."""
+    pids = {e["pid"] for e in _events(out)[since:] if e["event"] in ("start", "reuse")}
+    pids |= {json.loads(f.read_text())["pid"] for f in (out / "pretrain").glob("*/workers/rank-*.json")}
+    return {pid: start for pid in pids if (start := _process(pid))}
+
+
+def _kill(driver: subprocess.Popen, out: Path, since: int) -> list[int]:
+    """SIGKILL the driver; the pids of its trial processes still running 60 s later (none, when Ray reaps them)."""
+    running = _trial_processes(out, since)
+    driver.kill()
+    driver.wait()
+    deadline = time.monotonic() + 60
+    while (left := [pid for pid, start in running.items() if _process(pid) == start]) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return left
+
+
+def _recorded_finished(out: Path, phase: str) -> set[str]:
+    """The trials Tune's saved experiment state holds as finished (none when it saved none)."""
+    if not list((out / "tune" / phase).glob("experiment_state-*.json")):
+        return set()
+    from ray import tune
+
+    return {t.config["key"] for t in tune.ExperimentAnalysis(str(out / "tune" / phase)).trials
+            if t.status == "TERMINATED"}
+
+
+def _runs(events: list[dict]) -> list[list[dict]]:
+    """The events of each driver: a sweep begins, then each --resume."""
+    starts = [i for i, e in enumerate(events) if e["phase"] == "sweep"]
+    return [events[a:b] for a, b in zip(starts, [*starts[1:], len(events)])]
+
+
+@pytest.fixture(scope="module")
+def killed(sweep_config, ray_local, tmp_path_factory) -> Killed:
+    """The sweep (runs of KILL_STEPS steps) as a driver process SIGKILLed while a pretraining is between two
+    checkpoints; `--resume` as a driver SIGKILLed during evaluation; `--resume` in this process to the end."""
+    root = tmp_path_factory.mktemp("killed")
+    config = OmegaConf.load(sweep_config)
+    config.pretrain_overrides = [*config.pretrain_overrides, *KILL_OVERRIDES]
+    OmegaConf.save(config, root / "sweep.yaml")
+    out, address = root / "out", ray_local.get_runtime_context().gcs_address
+    runs = [out / "pretrain" / f"{name}-g0" for name in sorted(CONFIGURATIONS)]
+
+    def between_checkpoints() -> Path | None:
+        for run in runs:
+            registered = registered_step(run)
+            if registered and max(metric_steps(run)) < registered + KILL_CHECKPOINT_EVERY - 5 and \
+                    not exported(run):
+                return run
+        return None
+
+    with _driver(root / "sweep.yaml", out, address, root / "driver-1.log") as driver:
+        _wait_while_running(driver, root / "driver-1.log", lambda: between_checkpoints() is not None,
+                            "a pretraining between two checkpoints", poll=0.05)
+        run = between_checkpoints()
+        left_behind = [_kill(driver, out, 0)]
+    registered = {r.name: registered_step(r) for r in runs if metric_steps(r)}
+    recorded = [_recorded_finished(out, "pretrain")]
+    since = len(_events(out))
+    with _driver(root / "sweep.yaml", out, address, root / "driver-2.log", "--resume") as driver:
+        _wait_while_running(driver, root / "driver-2.log", lambda: sum(
+            e["event"] == "finish" and e["phase"] == "evaluate" for e in _events(out)[since:]) >= KILL_EVALUATE_AFTER,
+                            f"{KILL_EVALUATE_AFTER} finished evaluation trials", seconds=900, poll=0.05)
+        left_behind.append(_kill(driver, out, since))
+    recorded.append(_recorded_finished(out, "pretrain") | _recorded_finished(out, "evaluate"))
+    assert cli.main(["sweep", "--config", str(root / "sweep.yaml"), "--resume", "--quiet", f"out={out}"]) == 0
+    return Killed(out, run.name, registered, recorded, left_behind)
+
+
+@pytest.mark.slow
+def test_a_killed_driver_leaves_no_trial_behind_and_resumes_without_redoing_finished_work(killed):
+    events = _events(killed.out)
+    runs = _runs(events)
+    assert [r[0]["event"] for r in runs] == ["begin", "resume", "resume"]
+    assert not [e for e in runs[0] if e["phase"] == "evaluate"]  # the first kill landed in pretraining
+    assert killed.left_behind == [[], []]  # Ray ended the dead driver's trial actors and Train workers
+    keys = {e["trial"] for e in events if e["event"] == "finish"}
+    assert len(keys) == N_PRETRAIN + N_EVALUATE and not [e for e in events if e["event"] == "error"]
+    print("finished trials a SIGKILL lost from Tune's saved state:")
+    for k, recorded in enumerate(killed.recorded):
+        finished = {e["trial"] for run in runs[:k + 1] for e in run if e["event"] == "finish"}
+        later = [e for run in runs[k + 1:] for e in run if e["event"] in ("start", "reuse")]
+        assert recorded <= finished
+        # the trials Tune had saved as finished never ran again; those it had not saved ran again, but only to
+        # find their output: the training or evaluation itself did not run twice
+        assert not recorded & {e["trial"] for e in later}
+        assert not finished & {e["trial"] for e in later if e["event"] == "start"}
+        print(f"  kill {k + 1}: {len(finished - recorded)} of {len(finished)}")
+    # every piece of work ran once, but the two the kills interrupted: the pretraining between checkpoints
+    # (continued, below) and the evaluations running at the second kill
+    starts = Counter((e["phase"], e["trial"]) for e in events if e["event"] == "start")
+    assert {k for (phase, k), n in starts.items() if phase == "pretrain" and n == 2} == set(killed.registered)
+    assert set(starts.values()) <= {1, 2} and len(starts) == N_PRETRAIN + N_EVALUATE
+
+
+@pytest.mark.slow
+def test_the_pretrainings_of_a_killed_driver_continue_from_their_last_checkpoint(killed):
+    reached = {}
+    for name, registered in killed.registered.items():
+        run = killed.out / "pretrain" / name
+        resumed = json.loads((run / "workers" / "rank-0.json").read_text())["start_step"]
+        reached[name] = reached_before_restart(metric_steps(run), resumed, KILL_STEPS)
+        assert resumed == registered and exported(run), name
+        # Ray Train resumes from the checkpoints its controller registered; a worker's result queue holds one
+        # report, so one checkpoint reported but not registered yet (and the steps after it) can be lost
+        assert reached[name] - registered <= 2 * KILL_CHECKPOINT_EVERY, name
+    # the run caught between checkpoints continued from its checkpoint, training less than an interval twice
+    registered = killed.registered[killed.run]
+    assert registered >= KILL_CHECKPOINT_EVERY and reached[killed.run] - registered < KILL_CHECKPOINT_EVERY
+
+
+def test_a_phase_resumed_without_a_saved_tune_state_runs_every_trial(ray_local, tmp_path, monkeypatch):
+    """A driver killed in a phase's first moments leaves a Tune folder with tuner.pkl (written when the Tuner is
+    made) but no experiment state: --resume runs the phase's trials."""
+    from ray import tune
+
+    from tuning.sweep import run_phase
+
+    out = str(tmp_path)
+
+    def trial(config: dict) -> None:
+        log_execution(out, "start", "unit", config["key"])
+        tune.report({"done": 1})
+
+    class DriverDied(Exception):
+        pass
+
+    def dies(self) -> None:
+        raise DriverDied
+
+    monkeypatch.setattr(tune.Tuner, "fit", dies)
+    with pytest.raises(DriverDied):
+        run_phase("unit", trial, ["a", "b"], tmp_path, resume=False, progress=False)
+    monkeypatch.undo()
+    folder = tmp_path / "tune" / "unit"
+    assert (folder / "tuner.pkl").is_file() and not list(folder.glob("experiment_state-*.json"))
+    assert run_phase("unit", trial, ["a", "b"], tmp_path, resume=True, progress=False) == {"a": "", "b": ""}
+    assert Counter(e["trial"] for e in _events(tmp_path) if e["event"] == "start") == {"a": 1, "b": 1}
+
+
+@pytest.fixture(params=["swept", pytest.param("killed", marks=pytest.mark.slow)])
+def finished_sweep(request) -> Path:
+    """OUT of a sweep resumed to its end: after a Ctrl-C, or after SIGKILLs of its driver."""
+    return request.getfixturevalue(request.param)[0]
+
+
+def test_every_aggregated_cell_and_the_report(finished_sweep):
+    out = finished_sweep
     cells = list(csv.DictReader((out / "aggregate.csv").open()))
     keys = Counter((c["configuration"], c["method"], c["dataset"], c["budget"], c["metric"]) for c in cells)
     expected = {(c, m, "synth_myo", b, metric) for c in CONFIGURATIONS for m in METHODS for b in BUDGETS

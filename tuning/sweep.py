@@ -19,8 +19,20 @@ calibration budgets, both phases as Ray Tune experiments.
 
 `--resume` restores both Tune experiments (`Tuner.restore`): finished trials keep their results,
 unfinished ones run again (a pretraining continues from its last Ray Train checkpoint), errored
-ones restart. OUT/executions.jsonl logs every trial start (written by the trial) and finish
-(written by this driver when Tune records it), one JSON line each.
+ones restart. OUT/executions.jsonl logs every trial start (written by the trial; `reuse` instead when
+it found its finished output and skipped the work) and finish (written by this driver when Tune
+records it), one JSON line each.
+
+A driver that dies abruptly (SIGKILL, OOM, a lost head-node login) ends its trials with it: Ray
+reaps the actors it owned, the trial actors and through them the Ray Train jobs' workers. Tune saves
+its experiment state at most every ~10 s (TUNE_GLOBAL_CHECKPOINT_S, "auto") and copies it into
+OUT/tune/<phase> in the background, so the saved state can predate the last finished trials, or not
+exist yet when the driver died in a phase's first seconds (Tune then starts the phase over). Trials
+are therefore idempotent rather than Tune's checkpoints more frequent: a trial Tune runs again
+reuses a finished export (its config.json is written last) or rows file (written whole) and reports
+it, so after `--resume` no training or evaluation that finished runs again. A pretraining trains
+again at most the steps since the last checkpoint Ray Train had registered: a worker runs at most
+one reported checkpoint ahead of that, so up to two checkpoint intervals on a slow cluster.
 """
 
 from __future__ import annotations
@@ -42,6 +54,7 @@ from aemg_dist.config import ConfigError, config_from_dict, load_config, save_co
 from aemg_dist.evaluation.methods import AEMG_METHODS
 from aemg_dist.evaluation.runner import (Checkpoint, EvaluateConfig, FoldJob, heldout_subject, assign_checkpoints,
                                          exclusion_groups, labeled_tokens, run_fold, select_folds)
+from aemg_dist.model.export import CONFIG_FILE as EXPORT_CONFIG_FILE
 from aemg_dist.train import PretrainConfig, last_metrics, load_pretrain_config, pretrain
 
 CONFIG_FILE = "sweep.yaml"
@@ -219,16 +232,23 @@ def log_execution(out: str | Path, event: str, phase: str, trial: str) -> None:
         f.write(line + "\n")
 
 
+def exported(run_out: Path) -> bool:
+    """Whether a pretraining run has exported its model (export_inference writes its config last)."""
+    return (run_out / "export" / EXPORT_CONFIG_FILE).is_file()
+
+
 def pretrain_trial(config: dict[str, Any], runs: dict[str, dict[str, Any]], out: str) -> None:
     """Tune trial of phase 1: drive one pretraining (a Ray Train job), or reuse its finished export."""
     from ray.tune.integration.ray_train import TuneReportCallback
 
     key = config["key"]
-    log_execution(out, "start", "pretrain", key)
     run = config_from_dict(PretrainConfig, runs[key])
     folder = Path(run.run.out)
-    # a run that exported is finished: when its trial was cut off after that (an interruption) it is not redone
-    if not (folder / "export" / "model.safetensors").is_file():
+    # a run that exported is finished: its trial ran again because Tune's saved state predates the finish (a
+    # killed driver) or the trial was cut off after it, so the training is not redone
+    done = exported(folder)
+    log_execution(out, "reuse" if done else "start", "pretrain", key)
+    if not done:
         pretrain(run, callbacks=[TuneReportCallback()])
     tune.report({**last_metrics(folder / "metrics.csv"), "exported": 1})
 
@@ -237,14 +257,19 @@ def evaluate_trial(config: dict[str, Any], trials: dict[str, dict[str, Any]], ev
                    tokens: str, out: str) -> None:
     """Tune trial of phase 2: one fold at one budget, every method and seed; rows to its own file."""
     key = config["key"]
-    log_execution(out, "start", "evaluate", key)
     spec = trials[key]
-    rows = run_fold(FoldJob(**spec["job"]), {**evaluation, "budgets": [spec["budget"]]}, tokens)
     path = Path(spec["rows"])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_suffix(".tmp")
-    staging.write_text(json.dumps(rows))
-    staging.replace(path)  # whole or absent: a half-written file never looks finished
+    # a rows file is a finished attempt whose finish Tune's saved state may not hold (a killed driver): report it
+    reused = path.is_file()
+    log_execution(out, "reuse" if reused else "start", "evaluate", key)
+    if reused:
+        rows = json.loads(path.read_text())
+    else:
+        rows = run_fold(FoldJob(**spec["job"]), {**evaluation, "budgets": [spec["budget"]]}, tokens)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging = path.with_suffix(".tmp")
+        staging.write_text(json.dumps(rows))
+        staging.replace(path)  # whole or absent: a half-written file never looks finished
     means: dict[str, list[float]] = {}
     for r in rows:
         for metric in ("balanced_accuracy", "macro_f1"):
@@ -313,8 +338,8 @@ def sweep(cfg: SweepConfig, resume: bool = False, progress: bool = True) -> Swee
     windows, folds, groups = evaluated_folds(evaluation, tokens, cfg.pretrain_groups, progress)
     runs = pretrain_runs(configs, out, groups)
     pretrain_phase(runs, out, resume, progress, cfg.resources.pretrain, cfg.max_concurrent.pretrain, cfg.asha)
-    exported = {r.key for r in runs if (Path(r.config.run.out) / "export" / "model.safetensors").is_file()}
-    stopped = [c.name for c in grid if any(r.key not in exported for r in runs if r.configuration == c.name)]
+    finished = {r.key for r in runs if exported(Path(r.config.run.out))}
+    stopped = [c.name for c in grid if any(r.key not in finished for r in runs if r.configuration == c.name)]
     scored = [c for c in grid if c.name not in stopped]
     rows, errors = evaluate_phase(evaluation, scored, runs, folds, windows, out, resume, progress,
                                   cfg.resources.evaluate, cfg.max_concurrent.evaluate)
@@ -411,15 +436,19 @@ def evaluation_trials(evaluation: EvaluateConfig, grid: list[Configuration], run
 
 
 def run_phase(phase: str, trainable: Any, keys: list[str], out: Path, resume: bool, progress: bool,
-               **tune_options: Any) -> dict[str, str]:
+              **tune_options: Any) -> dict[str, str]:
     """Fit (or restore and continue) one phase's Tune experiment: {trial key: error line, "" if it finished}."""
     path = out / "tune" / phase
+    grid = {"key": tune.grid_search(keys)}
     if resume and tune.Tuner.can_restore(str(path)):
-        # errored trials start again (a pretraining from its last checkpoint); finished ones keep their results
-        tuner = tune.Tuner.restore(str(path), trainable, resume_unfinished=True, restart_errored=True)
+        # errored trials start again (a pretraining from its last checkpoint); finished ones keep their results.
+        # Without a readable experiment state (a driver killed before Tune first saved it) Tune starts the
+        # experiment over from the grid, which tuner.pkl does not hold: give it again
+        tuner = tune.Tuner.restore(str(path), trainable, param_space=grid, resume_unfinished=True,
+                                   restart_errored=True)
     else:
         tuner = tune.Tuner(
-            trainable, param_space={"key": tune.grid_search(keys)},
+            trainable, param_space=grid,
             tune_config=tune.TuneConfig(trial_name_creator=trial_name, trial_dirname_creator=trial_name,
                                         **tune_options),
             run_config=tune.RunConfig(name=phase, storage_path=str(out / "tune"), verbose=1 if progress else 0,
