@@ -325,7 +325,7 @@ def sweep(cfg: SweepConfig, resume: bool = False, progress: bool = True) -> Swee
         raise ConfigError(f"out={cfg.out}: a sweep writes its results to a local or mounted path")
     out = Path(cfg.out).resolve()
     cfg = replace(cfg, out=str(out), pretrain_config=str(Path(cfg.pretrain_config).resolve()),
-                  evaluation=replace(cfg.evaluation, corpus=str(Path(cfg.evaluation.corpus).resolve())))
+                  evaluation=absolute_inputs(cfg.evaluation))
     grid = configurations(cfg.grid)
     configs = pretrain_configs(cfg, grid)
     check_resumable(cfg, out / CONFIG_FILE, resume)
@@ -351,6 +351,13 @@ def sweep(cfg: SweepConfig, resume: bool = False, progress: bool = True) -> Swee
                          f"{next(iter(errors.values()))}; the report in {out} lacks them: run again with --resume")
     return SweepResult(out=out, rows=rows, cells=cells, report=report, stopped_early=stopped,
                        seconds=time.perf_counter() - started)
+
+
+def absolute_inputs(evaluation: EvaluateConfig) -> EvaluateConfig:
+    """The evaluation's input paths made absolute (URIs as given): trials run in other working directories, and a
+    --resume started elsewhere must name the same files."""
+    return replace(evaluation, **{k: storage.absolute(getattr(evaluation, k)) if getattr(evaluation, k) else ""
+                                  for k in ("corpus", "windows_tokens")})
 
 
 def evaluated_folds(evaluation: EvaluateConfig, tokens: str, pretrain_groups: int,
