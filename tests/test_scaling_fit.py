@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from scipy.optimize import minimize_scalar
 
-from tuning.scaling_fit import (ScalingLaw, bootstrap_scaling_law, fit_scaling_law, huber_objective,
-                                isoflop_curves, load_fit, plot_scaling, save_fit)
+from tuning.scaling_fit import (MAX_EXPONENT, PARAMS, ScalingLaw, bootstrap_scaling_law, fit_scaling_law,
+                                huber_objective, isoflop_curves, load_fit, plot_scaling, save_fit)
 
 TRUE = ScalingLaw(E=1.7, A=400.0, alpha=0.34, B=410.0, beta=0.28)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -144,3 +144,16 @@ def test_plots_are_written(runs, tmp_path, spread):
     assert [p.name for p in paths] == ["loss_vs_N.png", "loss_vs_D.png", "isoflop.png"]
     for path in paths:
         assert path.read_bytes()[:8] == PNG_SIGNATURE and path.stat().st_size > 10_000
+
+
+def test_a_flat_size_axis_keeps_the_exponent_bounded():
+    # loss that hardly depends on N (models too small to differ, as in a CPU grid): any large alpha with a tiny
+    # A fits as well, and the bootstrap's refits must stay finite and inside the bounds
+    rng = np.random.default_rng(3)
+    N = np.repeat(np.geomspace(3e4, 1e6, 4), 3)
+    D = np.tile(np.geomspace(1e5, 5e5, 3), 4)
+    loss = (1.5 + 40.0 / D**0.3) * np.exp(0.05 * rng.standard_normal(N.size))
+    result = bootstrap_scaling_law(N, D, loss, n_boot=100, seed=0)
+    for name in PARAMS:
+        assert np.isfinite(result["samples"][name]).all(), name
+    assert result["samples"]["alpha"].max() <= MAX_EXPONENT and result["samples"]["beta"].max() <= MAX_EXPONENT

@@ -51,8 +51,12 @@ BOOT_GRID_STARTS = 2
 GRID_AXES = (np.arange(-1.0, 1.01, 0.5), np.arange(0.0, 25.1, 5.0), np.arange(0.0, 2.01, 0.5),
              np.arange(0.0, 25.1, 5.0), np.arange(0.0, 2.01, 0.5))
 GRID_STEP = np.array([0.5, 5.0, 0.5, 5.0, 0.5])
-# Exponents stay non-negative: a negative one would make loss grow with size or data.
-BOUNDS = [(None, None), (None, None), (0.0, None), (None, None), (0.0, None)]
+# Exponents stay non-negative (a negative one would make loss grow with size or data) and below
+# MAX_EXPONENT: where loss hardly changes with N (or D), any large exponent with a tiny coefficient fits
+# as well, and an unbounded one ran away until exp(log A) overflowed in a bootstrap refit. Reported
+# exponents are below 1; the start grid goes to 2.
+MAX_EXPONENT = 4.0
+BOUNDS = [(None, None), (None, None), (0.0, MAX_EXPONENT), (None, None), (0.0, MAX_EXPONENT)]
 UNITS = {"N": "parameters", "D": "tokens"}
 
 
