@@ -28,6 +28,8 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PATH_OPTIONS = ("--corpus", "--out", "--config", "--checkpoint", "--manifest", "--source")
 PATH_KEYS = ("data.tokens", "run.out", "run.init_from")
 URI_SCHEMES = ("s3://", "gs://", "gcs://", "abfs://", "hdfs://", "file://")
+NO_AGENT = "No available agent to submit job"  # the job server's answer until the head's job agent is up
+AGENT_WAIT_S = 120.0
 
 
 def submission_client(address: str | None) -> Any:
@@ -108,6 +110,19 @@ def follow(client: Any, job_id: str) -> str:
     return str(status.value)
 
 
+def submit(client: Any, job: dict[str, Any], agent_wait_s: float = AGENT_WAIT_S) -> str:
+    """client.submit_job(**job), retried while the head's job agent is still starting (a head that has just come
+    up, or a busy one, answers "No available agent to submit job" for a while); other refusals at once."""
+    deadline = time.monotonic() + agent_wait_s
+    while True:
+        try:
+            return client.submit_job(**job)
+        except RuntimeError as err:  # refused by the job server (duplicate id, upload failed, bad runtime env)
+            if NO_AGENT not in str(err) or time.monotonic() > deadline:
+                raise CommandError(f"the job server refused the job: {_first_line(err)}") from None
+            time.sleep(2)
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
     command = list(args.aemg_command)
     if command[:1] == ["--"]:
@@ -115,10 +130,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     job = {"entrypoint": entrypoint(command, args.installed), "runtime_env": runtime_env(args.installed, args.env) or None,
            "submission_id": args.submission_id}
     client = submission_client(args.address)
-    try:
-        job_id = client.submit_job(**job)
-    except RuntimeError as err:  # refused by the job server (duplicate id, upload failed, bad runtime env)
-        raise CommandError(f"the job server refused the job: {_first_line(err)}") from None
+    job_id = submit(client, job)
     print(f"submitted {job_id} to {args.address or 'the cluster'}", flush=True)
     if args.no_wait:
         print(f"follow it with: aemg jobs logs {job_id} --follow")

@@ -57,6 +57,31 @@ def test_runtime_env_uploads_the_checkout_with_the_given_variables():
         runtime_env(True, ["AWS_REGION"])
 
 
+def test_submit_waits_for_the_job_agent_and_refuses_anything_else_at_once(monkeypatch):
+    from aemg_dist import jobs
+
+    class Client:
+        def __init__(self, errors: list[str]):
+            self.errors, self.calls = errors, 0
+
+        def submit_job(self, **job):
+            self.calls += 1
+            if self.errors:
+                raise RuntimeError(self.errors.pop(0))
+            return "raysubmit_1"
+
+    monkeypatch.setattr(jobs.time, "sleep", lambda s: None)
+    busy = f"Request failed with status code 500: {jobs.NO_AGENT}, please try again later."
+    starting = Client([busy, busy])
+    assert jobs.submit(starting, {"entrypoint": "x"}) == "raysubmit_1" and starting.calls == 3
+    duplicate = Client(["Job with submission_id tiny already exists", busy])
+    with pytest.raises(CommandError, match="refused the job: Job with submission_id tiny already exists"):
+        jobs.submit(duplicate, {"entrypoint": "x"})
+    assert duplicate.calls == 1
+    with pytest.raises(CommandError, match=jobs.NO_AGENT):  # no agent for longer than the wait
+        jobs.submit(Client([busy]), {"entrypoint": "x"}, agent_wait_s=-1)
+
+
 def test_cli_errors_are_one_line_with_exit_status_2(capsys, monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.delenv("RAY_API_SERVER_ADDRESS", raising=False)
@@ -127,7 +152,8 @@ def _active_nodes(env: dict, address: str) -> int:
 @pytest.mark.slow
 def test_the_guides_two_node_recipe_trains_on_both_nodes(tmp_path):
     lines = _recipe()
-    for port in (6390, 8275, 52366, 52367, 52368, 52369):
+    # 52365: the head's dashboard agent (Ray's default), taken by any other local Ray running now
+    for port in (6390, 8275, 52365, 52366, 52367, 52368, 52369):
         if _port_in_use(port):
             pytest.skip(f"port {port} of the recipe is in use on this machine")
     marker = f"AEMG_TEST_CLUSTER_{uuid.uuid4().hex}"

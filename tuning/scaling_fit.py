@@ -342,7 +342,10 @@ def _plot_loss_vs(axis: str, points: dict, law: ScalingLaw, out: Path) -> Path:
         ax.scatter(x[mine], loss[mine], color=colour, s=30, zorder=3)
         curve = law.predict(grid, rep) if axis == "N" else law.predict(rep, grid)
         ax.plot(grid, curve, color=colour, lw=1.5, label=f"{other} = {_short(rep)} {UNITS[other]}")
-    ax.axhline(law.E, color="grey", ls="--", lw=1, label=f"E = {law.E:.3g} (irreducible)")
+    if law.E >= loss.min() / 10:
+        ax.axhline(law.E, color="grey", ls="--", lw=1, label=f"E = {law.E:.3g} (irreducible)")
+    else:  # a fit whose E went to ~0 would stretch the log axis over many empty decades
+        ax.plot([], [], color="grey", ls="--", lw=1, label=f"E = {law.E:.3g} (irreducible; far below)")
     ax.plot([], [], "ko", ms=5, label="runs (points), fit (lines)")
     return _finish(ax, out, ylabel="final loss", xlabel=f"{UNITS[axis]} {axis}",
                    title=f"L = {law.E:.3g} + {_short(law.A)}/N^{law.alpha:.3f} + "
