@@ -17,6 +17,7 @@ import sys
 import time
 from collections import Counter
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Iterator, NamedTuple
 
@@ -379,3 +380,25 @@ def test_dataset_means_weigh_every_dataset_the_same():
     assert overall[10.0]["mean"] == pytest.approx(0.7) and overall[10.0]["std"] == pytest.approx(0.4 / math.sqrt(2))
     assert overall[10.0]["ci_low"] < 0.7 < overall[10.0]["ci_high"]
     assert overall[1.0]["mean"] == 0.3 and overall[1.0]["n"] == 1 and math.isnan(overall[1.0]["ci_low"])
+
+
+# ---------------------------------------------------------------- ASHA early stopping
+
+@pytest.mark.slow
+def test_asha_stops_configurations_at_a_rung_and_scores_only_the_others(sweep_config, ray_local, tmp_path):
+    # four configurations, one at a time, so each later one meets the rungs its predecessors set; grace 10 steps,
+    # rungs at 10 and 20 of 40 (reduction factor 2): a configuration below the rung's median is stopped there
+    cfg = load_sweep_config(sweep_config, ["asha.enabled=true", "asha.grace_period=10", "asha.metric=recon_loss",
+                                           "max_concurrent.pretrain=1", f"out={tmp_path / 'out'}"])
+    cfg = replace(cfg, pretrain_overrides=[*cfg.pretrain_overrides, "optim.max_steps=40", "run.checkpoint_every=10",
+                                           "run.val_every=10"])
+    result = sweep(cfg, progress=False)
+    events = _events(result.out)
+    assert result.stopped_early, "ASHA stopped no configuration"
+    for name in result.stopped_early:
+        run = result.out / "pretrain" / f"{name}-g0"
+        assert not exported(run) and metric_steps(run) and max(metric_steps(run)) < 40
+    scored = {c["configuration"] for c in result.cells}
+    assert scored == CONFIGURATIONS - set(result.stopped_early)
+    assert not [e for e in events if e["event"] == "error"]
+    assert "stopped early (ASHA)" in result.report.read_text()

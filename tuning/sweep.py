@@ -94,8 +94,9 @@ class ConcurrencyConfig:
 class AshaConfig:
     """Early stopping of pretraining configurations (ASHA over the checkpoints' reported metrics).
 
-    Not yet proven: a Tune stop at max_t while the Train job was still running hung the sweep (so max_t is now
-    one step past the end); a stop at an ASHA rung goes through the same path and has not been tested."""
+    A stop at a rung ends the trial and its Ray Train job; the configuration is reported as stopped early and
+    not evaluated (tests/test_sweep.py, slow). max_t is one step past the last step: a stop at max_t, while the
+    Train job was writing its final checkpoint and export, once hung the sweep."""
 
     enabled: bool = False
     # reported at every checkpoint; val_loss needs run.val_every to divide run.checkpoint_every. The masked
