@@ -116,6 +116,8 @@ def test_config_errors_fail_before_anything_runs(tmp_path, capsys):
         load_scaling_config(TINY, ["evaluation.corpus=''"])
     with pytest.raises(ConfigError, match="steps must be distinct"):
         load_scaling_config(TINY, ["steps=[4,4]"])
+    with pytest.raises(ConfigError, match="writes its results to a local or mounted path"):
+        scaling_run(load_scaling_config(TINY, ["out=s3://bucket/scaling"]), progress=False)
     assert cli.main(["scaling", "run"]) == 2
     assert "needs --config" in capsys.readouterr().err
     assert cli.main(["scaling", "fit", "--runs", str(tmp_path / "runs.csv")]) == 2

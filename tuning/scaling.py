@@ -40,7 +40,7 @@ from aemg_dist.evaluation.runner import EvaluateConfig
 from aemg_dist.train import PretrainConfig, load_pretrain_config
 from tuning.scaling_fit import (MIN_DISTINCT, MIN_POINTS, PARAMS, bootstrap_scaling_law, load_fit, plot_scaling,
                                 save_fit)
-from tuning.sweep import (ConcurrencyConfig, Configuration, PretrainRun, ResourcesConfig, SweepError, absolute_inputs,
+from tuning.sweep import (ConcurrencyConfig, Configuration, PretrainRun, ResourcesConfig, SweepError, absolute_paths,
                           check_resumable, evaluate_phase, evaluated_folds, log_execution, pretrain_phase, pretrain_runs)
 
 REQUIRED = ("N", "D", "loss")
@@ -219,11 +219,8 @@ def scaling_run(cfg: ScalingRunConfig, resume: bool = False, progress: bool = Tr
     from aemg_dist.parallel import ensure_ray
 
     started = time.perf_counter()
-    if storage.is_uri(cfg.out):
-        raise ConfigError(f"out={cfg.out}: a scaling run writes its results to a local or mounted path")
-    out = Path(cfg.out).resolve()
-    cfg = replace(cfg, out=str(out), pretrain_config=str(Path(cfg.pretrain_config).resolve()),
-                  evaluation=absolute_inputs(cfg.evaluation))
+    cfg = absolute_paths(cfg, "scaling run")
+    out = Path(cfg.out)
     grid = grid_configurations(cfg)
     check_resumable(cfg, out / CONFIG_FILE, resume, "scaling run")
     save_config(cfg, out / CONFIG_FILE)

@@ -322,11 +322,8 @@ def sweep(cfg: SweepConfig, resume: bool = False, progress: bool = True) -> Swee
     from tuning.sweep_report import write_sweep_report
 
     started = time.perf_counter()
-    if storage.is_uri(cfg.out):
-        raise ConfigError(f"out={cfg.out}: a sweep writes its results to a local or mounted path")
-    out = Path(cfg.out).resolve()
-    cfg = replace(cfg, out=str(out), pretrain_config=str(Path(cfg.pretrain_config).resolve()),
-                  evaluation=absolute_inputs(cfg.evaluation))
+    cfg = absolute_paths(cfg, "sweep")
+    out = Path(cfg.out)
     grid = configurations(cfg.grid)
     configs = pretrain_configs(cfg, grid)
     check_resumable(cfg, out / CONFIG_FILE, resume)
@@ -352,6 +349,15 @@ def sweep(cfg: SweepConfig, resume: bool = False, progress: bool = True) -> Swee
                          f"{next(iter(errors.values()))}; the report in {out} lacks them: run again with --resume")
     return SweepResult(out=out, rows=rows, cells=cells, report=report, stopped_early=stopped,
                        seconds=time.perf_counter() - started)
+
+
+def absolute_paths(cfg: Any, what: str) -> Any:
+    """A sweep or scaling config with out, pretrain_config and the evaluation's inputs made absolute; out must be
+    a local or mounted path (Tune's state and the run folders are written there)."""
+    if storage.is_uri(cfg.out):
+        raise ConfigError(f"out={cfg.out}: a {what} writes its results to a local or mounted path")
+    return replace(cfg, out=str(Path(cfg.out).resolve()), pretrain_config=str(Path(cfg.pretrain_config).resolve()),
+                   evaluation=absolute_inputs(cfg.evaluation))
 
 
 def absolute_inputs(evaluation: EvaluateConfig) -> EvaluateConfig:
