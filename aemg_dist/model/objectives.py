@@ -206,12 +206,18 @@ def flops_per_token(cfg: ModelConfig, seq_len: int) -> int:
     3 for forward + backward. Left out: lookups and the codebook search (2 * K * codebook_dim per
     token, forward only). Counts every part as trained, as the joint objective does.
     """
-    return 6 * param_count(cfg, non_embedding=True) + 12 * cfg.n_layers * cfg.d_model * (seq_len + 1)
+    dense, attention = _flops_terms(cfg)
+    return dense + attention * (seq_len + 1)
 
 
 def training_flops(cfg: ModelConfig, window_lengths: np.ndarray) -> float:
     """Training FLOPs of one pass over windows of these token counts: sum over windows of
     length * flops_per_token(cfg, length), with N counted once (not per window)."""
     lengths = np.asarray(window_lengths, dtype=np.float64)
-    attention = 12 * cfg.n_layers * cfg.d_model
-    return float(6 * param_count(cfg, non_embedding=True) * lengths.sum() + attention * (lengths * (lengths + 1)).sum())
+    dense, attention = _flops_terms(cfg)
+    return float(dense * lengths.sum() + attention * (lengths * (lengths + 1)).sum())
+
+
+def _flops_terms(cfg: ModelConfig) -> tuple[int, int]:
+    """flops_per_token's two coefficients: 6 N per token, and the attention cost per attended position."""
+    return 6 * param_count(cfg, non_embedding=True), 12 * cfg.n_layers * cfg.d_model
