@@ -247,7 +247,7 @@ def scaling_run(cfg: ScalingRunConfig, resume: bool = False, progress: bool = Tr
         if errors:
             raise SweepError(f"{len(errors)} evaluation trial(s) failed ({', '.join(list(errors)[:4])}): "
                              f"{next(iter(errors.values()))}; run again with --resume")
-        downstream = downstream_rows(table, rows)
+        downstream = downstream_rows(table, rows, configurations)
         _write_rows(downstream, out / "downstream.csv")
         plot_downstream(downstream, out / "downstream.png")
     report = write_scaling_report(cfg, table, fit, downstream, out)
@@ -265,20 +265,17 @@ def _write_rows(rows: list[dict[str, Any]], path: Path) -> Path:
     return path
 
 
-def downstream_rows(table: list[dict[str, Any]], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per run x method x budget: balanced accuracy averaged over the evaluated datasets (each dataset's mean
-    over its held-out subjects first, so a dataset with more folds does not weigh more), next to N, D, FLOPs."""
-    from aemg_dist.evaluation.report import aggregate
+def downstream_rows(table: list[dict[str, Any]], rows: list[dict[str, Any]],
+                    configurations: list[Configuration]) -> list[dict[str, Any]]:
+    """Per run x method x budget: balanced accuracy averaged over the evaluated datasets (sweep_report.dataset_means:
+    each dataset's mean over its held-out subjects first, so a dataset with more folds does not weigh more),
+    next to N, D, FLOPs."""
+    from tuning.sweep_report import aggregate_cells, dataset_means
 
     scale = {r["run"]: {k: r[k] for k in ("run", "size", "steps", "seed", "N", "D", "flops", "loss")} for r in table}
-    out = []
-    for run in scale:
-        cells: dict[tuple[str, float], list[float]] = {}
-        for a in aggregate([r for r in rows if r["configuration"] == run], "balanced_accuracy"):
-            cells.setdefault((a["method"], a["budget"]), []).append(a["mean"])
-        out += [{**scale[run], "method": method, "budget": budget, "balanced_accuracy": float(np.mean(means)),
-                 "datasets": len(means)} for (method, budget), means in sorted(cells.items())]
-    return out
+    cells = dataset_means([c for c in aggregate_cells(rows, configurations) if c["metric"] == "balanced_accuracy"])
+    return [{**scale[c["configuration"]], "method": c["method"], "budget": c["budget"], "balanced_accuracy": c["mean"],
+             "datasets": c["n"]} for c in cells]
 
 
 def plot_downstream(rows: list[dict[str, Any]], path: Path) -> Path:
