@@ -41,7 +41,8 @@ from aemg_dist.train import PretrainConfig, load_pretrain_config
 from tuning.scaling_fit import (MIN_DISTINCT, MIN_POINTS, PARAMS, bootstrap_scaling_law, load_fit, plot_scaling,
                                 save_fit)
 from tuning.sweep import (ConcurrencyConfig, Configuration, PretrainRun, ResourcesConfig, SweepError, absolute_paths,
-                          check_resumable, evaluate_phase, evaluated_folds, log_execution, pretrain_phase, pretrain_runs)
+                          check_evaluation_unset, check_resumable, evaluate_phase, evaluated_folds, log_execution,
+                          pretrain_phase, pretrain_runs)
 
 REQUIRED = ("N", "D", "loss")
 CONFIG_FILE = "scaling.yaml"
@@ -147,8 +148,7 @@ class ScalingRunConfig:
             raise ValueError(f"sizes may not set {taken}: steps and seeds set them")
         if self.evaluate and not self.evaluation.corpus:
             raise ValueError("evaluate: true needs evaluation.corpus (a CORPUS.zarr)")
-        if self.evaluation.checkpoints or self.evaluation.out != EvaluateConfig.out:
-            raise ValueError("evaluation.checkpoints and evaluation.out are set by the scaling run (its runs, out)")
+        check_evaluation_unset(self.evaluation, "scaling run")
 
 
 def load_scaling_config(path: str | Path | None, overrides: Sequence[str] = ()) -> ScalingRunConfig:
@@ -216,7 +216,7 @@ def _training_lengths(config: PretrainConfig, cache: dict[str, np.ndarray]) -> n
 def scaling_run(cfg: ScalingRunConfig, resume: bool = False, progress: bool = True) -> ScalingResult:
     """Pretrain the grid (or with resume, what is left of it), write runs.csv, fit the law, and with
     cfg.evaluate score every run LOSO; returns what was written."""
-    from aemg_dist.parallel import ensure_ray
+    from aemg_dist.parallel import ensure_shared
 
     started = time.perf_counter()
     cfg = absolute_paths(cfg, "scaling run")
@@ -226,14 +226,14 @@ def scaling_run(cfg: ScalingRunConfig, resume: bool = False, progress: bool = Tr
     save_config(cfg, out / CONFIG_FILE)
     log_execution(out, "resume" if resume else "begin", "scaling", "")
     tokens = storage.absolute(next(iter(grid.values()))[1].data.tokens)
-    ensure_ray(cfg.address or None)
-    storage.require_shared(out, "out")
+    ensure_shared([("out", out)], address=cfg.address or None)  # trials on every node write run folders there
     evaluation = replace(cfg.evaluation, out=str(out))
     windows, folds, groups = evaluated_folds(evaluation, tokens, 1, progress) if cfg.evaluate else ("", [], [[]])
     runs = pretrain_runs({name: config for name, (_, config) in grid.items()}, out, groups)
     pretrain_phase(runs, out, resume, progress, cfg.resources.pretrain, cfg.max_concurrent.pretrain)
     lengths: dict[str, np.ndarray] = {}
-    table = [run_row(r, grid[r.configuration][0].values, cfg.metric, _training_lengths(r.config, lengths)) for r in runs]
+    table = [run_row(r, grid[r.configuration][0].values, cfg.metric, _training_lengths(r.config, lengths))
+             for r in runs]
     _write_rows(table, out / RUNS_FILE)
     fit = None
     if len(table) >= MIN_POINTS and min(len(cfg.sizes), len(cfg.steps)) >= MIN_DISTINCT:

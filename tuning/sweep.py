@@ -136,14 +136,19 @@ class SweepConfig:
             raise ValueError(f"pretrain_groups must be >= 1, got {self.pretrain_groups}")
         if not self.evaluation.corpus:
             raise ValueError("give evaluation.corpus (a CORPUS.zarr)")
-        if self.evaluation.checkpoints or self.evaluation.out != EvaluateConfig.out:
-            raise ValueError("evaluation.checkpoints and evaluation.out are set by the sweep (its runs, out)")
+        check_evaluation_unset(self.evaluation, "sweep")
         if min(self.max_concurrent.pretrain, self.max_concurrent.evaluate) < 0 or min(
                 self.resources.pretrain.cpus, self.resources.pretrain.gpus, self.resources.evaluate.cpus,
                 self.resources.evaluate.gpus) < 0:
             raise ValueError("resources and max_concurrent must be >= 0")
         if self.asha.mode not in ("min", "max") or self.asha.grace_period < 1 or self.asha.reduction_factor < 2:
             raise ValueError("asha.mode must be min or max, asha.grace_period >= 1, asha.reduction_factor >= 2")
+
+
+def check_evaluation_unset(evaluation: EvaluateConfig, driver: str) -> None:
+    """A sweep or scaling run sets its evaluation's checkpoints (its own runs) and out (its own folder)."""
+    if evaluation.checkpoints or evaluation.out != EvaluateConfig.out:
+        raise ValueError(f"evaluation.checkpoints and evaluation.out are set by the {driver} (its runs, out)")
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -318,7 +323,7 @@ class SweepResult:
 
 def sweep(cfg: SweepConfig, resume: bool = False, progress: bool = True) -> SweepResult:
     """Run (or with resume, continue) the sweep and write its report."""
-    from aemg_dist.parallel import ensure_ray
+    from aemg_dist.parallel import ensure_shared
     from tuning.sweep_report import write_sweep_report
 
     started = time.perf_counter()
@@ -330,8 +335,7 @@ def sweep(cfg: SweepConfig, resume: bool = False, progress: bool = True) -> Swee
     save_config(cfg, out / CONFIG_FILE)
     log_execution(out, "resume" if resume else "begin", "sweep", "")
     tokens = storage.absolute(next(iter(configs.values())).data.tokens)  # one folder: data.tokens is not a grid key
-    ensure_ray(cfg.address or None)
-    storage.require_shared(out, "out")  # trials on every node write run folders and rows there
+    ensure_shared([("out", out)], address=cfg.address or None)  # trials on every node write run folders and rows there
     evaluation = replace(cfg.evaluation, out=str(out))  # OUT/windows: the labeled windows
     windows, folds, groups = evaluated_folds(evaluation, tokens, cfg.pretrain_groups, progress)
     runs = pretrain_runs(configs, out, groups)
