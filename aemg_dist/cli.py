@@ -8,11 +8,12 @@ import os
 import textwrap
 import sys
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, TypeVar
 
 from aemg_dist.config import ConfigError, load_config, save_config
 
 DEFAULT_DATA_ROOT = "../shared/data"
+T = TypeVar("T")
 DEMO_HELD_OUT = ("synth_myo/s01", "synth_myo/s02", "synth_myo/s03")  # the demo's LOSO folds
 # masked token modeling stays at the code entropy (no context learned) for the first few hundred steps on the
 # demo corpus; by 1000 steps it predicts ~45 % of masked codes and the encoder's features help downstream
@@ -204,20 +205,29 @@ def _print_law(result: dict) -> None:
                         for p in ("E", "A", "alpha", "B", "beta")]))
 
 
+def _tune_driver(command: str, run: Callable[[], T]) -> T | None:
+    """run() of `aemg sweep` or `aemg scaling run`: None when interrupted (the message says to --resume), failed
+    trials as one-line command errors."""
+    from tuning.sweep import SweepError, SweepInterrupted
+
+    try:
+        return run()
+    except SweepInterrupted as err:
+        print(f"{command}: {err}", file=sys.stderr)
+        return None
+    except SweepError as err:
+        raise CommandError(str(err)) from None
+
+
 def _scaling_run(args: argparse.Namespace) -> int:
     from tuning.scaling import load_scaling_config, scaling_run
-    from tuning.sweep import SweepError, SweepInterrupted
 
     if not args.config:
         raise CommandError("scaling run needs --config (a ScalingRunConfig YAML, e.g. configs/scaling/tiny.yaml)")
-    try:
-        result = scaling_run(load_scaling_config(args.config, args.overrides), resume=args.resume,
-                             progress=not args.quiet)
-    except SweepInterrupted as err:
-        print(f"aemg scaling run: {err}", file=sys.stderr)
+    result = _tune_driver("aemg scaling run", lambda: scaling_run(load_scaling_config(args.config, args.overrides),
+                                                                  resume=args.resume, progress=not args.quiet))
+    if result is None:
         return 130
-    except SweepError as err:
-        raise CommandError(str(err)) from None
     print(format_table([{"run": r["run"], "N": f"{r['N']:.3g}", "D": f"{r['D']:.3g}", "FLOPs": f"{r['flops']:.3g}",
                          "loss": f"{r['loss']:.4f}"} for r in result.runs]))
     if result.fit:
@@ -251,15 +261,12 @@ def cmd_folds(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from tuning.sweep import SweepError, SweepInterrupted, load_sweep_config, sweep
+    from tuning.sweep import load_sweep_config, sweep
 
-    try:
-        result = sweep(load_sweep_config(args.config, args.overrides), resume=args.resume, progress=not args.quiet)
-    except SweepInterrupted as err:
-        print(f"aemg sweep: {err}", file=sys.stderr)
+    result = _tune_driver("aemg sweep", lambda: sweep(load_sweep_config(args.config, args.overrides),
+                                                      resume=args.resume, progress=not args.quiet))
+    if result is None:
         return 130
-    except SweepError as err:
-        raise CommandError(str(err)) from None
     shown = [{"configuration": c["configuration"], "method": c["method"], "dataset": c["dataset"],
               "budget %": f"{c['budget']:g}", "balanced_acc": f"{c['mean']:.3f} ± {c['std']:.3f}",
               "95% CI": f"[{c['ci_low']:.3f}, {c['ci_high']:.3f}]", "subjects": c["n"]}
