@@ -144,6 +144,9 @@ def _evaluate_config(args: argparse.Namespace, methods: Sequence[str]) -> Any:
             options.append(f"{name}=[{getattr(args, name)}]")
     if args.max_folds is not None:
         options.append(f"max_folds={args.max_folds}")
+    for name in ("normalization", "splits", "role"):
+        if getattr(args, name):
+            options.append(f"{name}={getattr(args, name)}")
     if args.address:
         options.append(f"address={args.address}")
     return load_config(EvaluateConfig, args.config, [*options, *args.overrides])
@@ -260,6 +263,36 @@ def cmd_folds(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_splits(args: argparse.Namespace) -> int:
+    from aemg_dist.evaluation.splits import make_splits, write_splits
+    from preprocessing.corpus import Corpus
+
+    if Path(args.out).exists() and not args.force:
+        raise CommandError(f"{args.out} exists: a splits file is the record of which subjects are for development; "
+                           "keep it, or pass --force to draw a new one")
+    chosen = args.datasets.split(",") if args.datasets else None
+    units: dict[str, dict[str, set[str]]] = {}
+    for entry in Corpus(args.corpus).entries:
+        if not chosen or entry.dataset in chosen:
+            units.setdefault(entry.dataset, {}).setdefault(entry.subject, set()).add(entry.session)
+    if not units:
+        raise CommandError(f"{args.corpus} has no recordings of {chosen}")
+    # the held-out units of LOSO: subjects, or the sessions of a single-subject dataset (as the folds are made)
+    held_out = {d: sorted(next(iter(s.values()))) if len(s) == 1 else sorted(s) for d, s in units.items()}
+    try:
+        splits = make_splits(held_out, args.fraction, args.seed)
+    except ValueError as err:
+        raise CommandError(str(err)) from None
+    header = (f"# Development subjects (sessions for single-subject datasets) per dataset: every choice is made on\n"
+              f"# them, numbers are reported on the others. Drawn by `aemg splits --fraction {args.fraction:g} "
+              f"--seed {args.seed}`.")
+    write_splits(splits, args.out, header)
+    for dataset, dev in splits.items():
+        print(f"{dataset}: {len(dev)} development, {len(held_out[dataset]) - len(dev)} test")
+    print(f"wrote {args.out}")
+    return 0
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     from tuning.sweep import load_sweep_config, sweep
 
@@ -362,6 +395,14 @@ def _add_evaluation_options(p: argparse.ArgumentParser, default_methods: str) ->
     p.add_argument("--datasets", help="comma-separated datasets (default: all)")
     p.add_argument("--subjects", help="held-out subjects as dataset/subject, comma-separated (default: all)")
     p.add_argument("--max-folds", type=int, default=None, help="at most N evenly spaced folds per dataset")
+    p.add_argument("--normalization", choices=["strict", "transductive"],
+                   help="strict (default): the held-out subject's statistics come from its calibration windows "
+                        "(at 0 %%: an unlabeled warm-up) only; transductive: from its whole recordings, test "
+                        "windows included (labelled as such in the report)")
+    p.add_argument("--splits", help="YAML of development subjects per dataset (`aemg splits`); the others are test "
+                                    "subjects")
+    p.add_argument("--role", choices=["development", "test", "all"],
+                   help="with --splits: run the development folds (for choices) or the test folds (for reporting)")
     p.add_argument("--config", help="YAML with an EvaluateConfig (train.*, windows.*, test_percent, ...)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.base_steps=500 require_unseen=false")
     _add_runtime_options(p)
@@ -467,6 +508,22 @@ def build_parser() -> argparse.ArgumentParser:
          "aemg baselines --corpus corpus.zarr --methods td_lda,cnn --budgets 0,10,100 --max-folds 5 --out results/"])
     _add_evaluation_options(p, "every baseline")
     p.set_defaults(func=cmd_baselines)
+
+    p = _subcommand(
+        sub, "splits", "development / test subjects per dataset (where choices are made / numbers reported)",
+        "Draw, once, the development subjects of every dataset (sessions for a single-subject dataset) and write "
+        "them to a YAML file. Give it to `aemg evaluate --splits FILE --role development` to make choices and "
+        "`--role test` to report; `aemg sweep` selects its configuration on the development folds.",
+        ["aemg splits --corpus corpus.zarr --out configs/splits/mine.yaml",
+         "aemg splits --corpus corpus.zarr --out splits.yaml --fraction 0.3 --seed 1 --datasets 3dc,ciil"])
+    p.add_argument("--corpus", required=True, help="CORPUS.zarr")
+    p.add_argument("--out", required=True, help="the splits YAML to write (refused if it exists, unless --force)")
+    p.add_argument("--fraction", type=float, default=0.25, help="share of each dataset's subjects for development "
+                                                                "(default 0.25; at least one, never all)")
+    p.add_argument("--seed", type=int, default=0, help="draw seed (default 0)")
+    p.add_argument("--datasets", help="comma-separated datasets (default: all)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing file")
+    p.set_defaults(func=cmd_splits)
 
     p = _subcommand(
         sub, "folds", "held-out subject groups for LOSO-clean pretraining",

@@ -9,13 +9,17 @@ resampling kernel crosses a join:
    at a repeated extreme value when the limits are unknown), powerline (a strong 50/60 Hz line);
 3. DC removal (per-piece median) and a zero-phase Butterworth band-pass from 20 Hz to
    min(450 Hz, 0.45 * source rate, 0.45 * target rate);
-4. notch at the mains frequency and its harmonics, only where they fall inside that band and
-   the spectrum shows a line there (a notch at 50 Hz on a clean 200 Hz Myo signal would cut
-   real EMG power);
+4. notch at the mains lines the source declares (manifest `notch_hz`), where they fall inside
+   that band. The lines are declared, not detected: a filter chosen from the whole recording's
+   spectrum would let a held-out subject's test samples decide how its calibration samples are
+   filtered. `detect_notch` adds lines found in the spectrum (50/60 Hz and harmonics) for sources
+   whose mains is unknown; that decision uses the whole recording (transductive);
 5. polyphase resampling to the target rate; segment and join boundaries are rescaled with the
    same rational factor, so they land within one sample of where they were;
 6. robust per-channel z-score (median, 1.4826 * MAD) over the whole recording, label-free; the
-   statistics are kept so the filtered signal can be recovered (`denormalize`).
+   statistics are kept so the filtered signal can be recovered (`denormalize`). Evaluation undoes
+   it for a held-out subject and normalizes with statistics of allowed windows only
+   (aemg_dist/evaluation/heldout.py).
 """
 
 from __future__ import annotations
@@ -45,7 +49,8 @@ class HarmonizeConfig:
     lowpass_hz: float = 450.0
     band_fraction: float = 0.45  # upper band edge as a fraction of the lower of source and target rate
     filter_order: int = 4
-    notch: bool = True
+    notch: bool = True  # notch the mains lines the source declares (RawRecording.notch_hz)
+    detect_notch: bool = False  # also notch lines detected in the whole recording's spectrum (transductive)
     notch_q: float = 30.0
     line_prominence: float = 8.0  # line power / neighbouring spectrum needed to notch or flag
     powerline_flag_ratio: float = 0.3  # share of band power in mains lines that flags a channel
@@ -146,7 +151,9 @@ def harmonize(raw: RawRecording, config: HarmonizeConfig | None = None) -> Harmo
     _flag_raw_quality(x, raw, config, quality)
     sos_band = signal.butter(config.filter_order, band, btype="bandpass", fs=raw.fs, output="sos")
     freqs, psd = _power_spectrum(x, raw.fs)
-    notch_hz = _mains_lines(freqs, psd, band, config) if config.notch else []
+    notch_hz = sorted({float(f) for f in raw.notch_hz if band[0] < f < band[1]}
+                      | set(_mains_lines(freqs, psd, band, config) if config.detect_notch else [])) \
+        if config.notch else []
     _flag_powerline(freqs, psd, band, config, quality)
 
     ratio = resample_ratio(raw.fs, config.target_fs)

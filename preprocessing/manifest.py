@@ -45,6 +45,9 @@ Fields (required ones first):
                     the class must agree with the file name's `label` (if any) and the name
                     with `labels`, so a manifest cannot silently mislabel a dataset
   adc_range         [low, high] converter limits of the stored values, for clipping flags
+  notch_hz          mains lines the recordings carry, e.g. [60]: notched wherever they fall inside
+                    the valid band. Declared, not detected, so the filter never depends on the data
+                    (a held-out subject's test samples must not decide how its signal is filtered)
   device, license   free text carried into the corpus
   description       notes for people (provenance, quirks)
   exclude           glob patterns (fnmatch; `*` also crosses `/`) of files under `folder`
@@ -88,7 +91,7 @@ SAFE_ID = re.compile(r"[A-Za-z0-9._-]+")
 _FIELD = re.compile(r"\{([A-Za-z_]\w*)\}")
 _REQUIRED = ("name", "folder", "pattern", "reader", "fs", "units", "electrodes", "labels")
 _OPTIONAL = ("rest_label", "subject", "session", "derived", "field_regex", "group_by", "label_names_from",
-             "adc_range", "device", "license", "description", "exclude")
+             "adc_range", "notch_hz", "device", "license", "description", "exclude")
 
 
 @dataclass
@@ -111,6 +114,7 @@ class DatasetManifest:
     group_by: tuple[str, ...] = ()
     label_names_from: str | None = None
     adc_range: tuple[float, float] | None = None
+    notch_hz: tuple[float, ...] = ()
     device: str = ""
     license: str = ""
     description: str = ""
@@ -175,6 +179,7 @@ class DatasetManifest:
             labels=labels, rest_label=rest, subject=subject, session=session, derived=derived,
             field_regex=field_regex, group_by=_group_by(spec.get("group_by"), known, subject, session),
             label_names_from=label_names_from, adc_range=_adc_range(spec.get("adc_range")),
+            notch_hz=_notch_hz(spec.get("notch_hz")),
             device=_text(spec, "device"), license=_text(spec, "license"), description=_text(spec, "description"),
             exclude=_globs(spec.get("exclude") or []), source=source,
         )
@@ -265,7 +270,7 @@ class ManifestJob:
             dataset=m.name, subject=self.subject, session=self.session, fs=m.fs, emg=emg, units=m.units,
             layout=layout, segments=segments, joins=np.cumsum([p.shape[0] for p in pieces[:-1]]).tolist(),
             rest_label=m.rest_label, device=m.device, license=m.license,
-            source_files=[f"{m.folder}/{f.path}" for f in self.files], adc_range=m.adc_range,
+            source_files=[f"{m.folder}/{f.path}" for f in self.files], adc_range=m.adc_range, notch_hz=m.notch_hz,
             label_names=dict(m.labels),
         )
 
@@ -500,6 +505,18 @@ def _adc_range(value: Any) -> tuple[float, float] | None:
     if not low < high:
         raise ManifestError(f"field `adc_range`: low {low} must be below high {high}")
     return low, high
+
+
+def _notch_hz(value: Any) -> tuple[float, ...]:
+    if value is None:
+        return ()
+    try:
+        lines = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ManifestError(f"field `notch_hz`: expected a list of frequencies in Hz, got {value!r}") from None
+    if not all(math.isfinite(f) and f > 0 for f in lines):
+        raise ManifestError(f"field `notch_hz`: frequencies must be positive numbers of Hz, got {value!r}")
+    return tuple(sorted(set(lines)))
 
 
 def _globs(value: Any) -> tuple[str, ...]:

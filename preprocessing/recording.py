@@ -48,6 +48,7 @@ class RawRecording:
     license: str = ""
     source_files: list[str] = field(default_factory=list)
     adc_range: tuple[float, float] | None = None  # known converter limits, for clipping flags
+    notch_hz: tuple[float, ...] = ()  # mains lines the source is known to carry (manifest), notched if in band
     label_names: dict[int, str] = field(default_factory=dict)
 
     @property

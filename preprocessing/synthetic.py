@@ -237,7 +237,8 @@ def generate_recording_with_truth(job: SyntheticJob) -> tuple[RawRecording, np.n
         dataset=spec.name, subject=job.subject, session=job.session, fs=spec.fs, emg=emg,
         units=spec.units, layout=layout, segments=segments, joins=[], rest_label=REST_LABEL, device=spec.device,
         license="CC0 (synthetic)", source_files=[f"synthetic:{job.key}:seed={job.seed}"],
-        adc_range=spec.adc_range, label_names=spec.label_names())
+        adc_range=spec.adc_range, label_names=spec.label_names(),
+        notch_hz=(spec.powerline_hz,) if spec.powerline_hz else ())
     return recording, truth
 
 

@@ -12,13 +12,14 @@ from preprocessing.recording import RawRecording, Segment
 
 
 def make_raw(emg: np.ndarray, fs: float = 1000.0, segments: list[Segment] | None = None, joins: list[int] | None = None,
-             key: tuple[str, str, str] = ("unit", "s1", "day1"), adc_range=None) -> RawRecording:
+             key: tuple[str, str, str] = ("unit", "s1", "day1"), adc_range=None,
+             notch_hz: tuple[float, ...] = ()) -> RawRecording:
     dataset, subject, session = key
     return RawRecording(
         dataset=dataset, subject=subject, session=session, fs=fs, emg=emg, units="uV",
         layout=ElectrodeLayout.from_dict({"layout": "ring"}, n_channels=emg.shape[1]),
         segments=segments or [], joins=joins or [], rest_label=0, source_files=[f"{dataset}_{subject}_{session}.csv"],
-        adc_range=adc_range, label_names={0: "rest", 1: "fist"},
+        adc_range=adc_range, label_names={0: "rest", 1: "fist"}, notch_hz=notch_hz,
     )
 
 

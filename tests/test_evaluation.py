@@ -17,6 +17,7 @@ from aemg_dist import cli
 from aemg_dist.config import ConfigError, load_config
 from aemg_dist.data import read_token_table, tokenize_corpus
 from aemg_dist.evaluation import calibration_split, loso_folds
+from aemg_dist.evaluation.folds import reference_split
 from aemg_dist.evaluation.methods import METHODS
 from aemg_dist.evaluation.runner import TRIALS_FILE, EvaluateConfig, evaluate, exclusion_groups
 from aemg_dist.train import load_pretrain_config, pretrain, split_tables
@@ -83,7 +84,8 @@ def test_end_to_end_fold_bookkeeping(full_run):
         assert r["subject"] not in set(subjects[fold.train_idx])  # no subject in both train and test
         calib, test = calibration_split(fold, r["budget"], r["seed"])
         assert (r["n_calib"], r["n_test"], r["n_train"]) == (calib.size, test.size, fold.train_idx.size + calib.size)
-        assert r["pretraining"] == ("unseen_subject" if r["method"].startswith("aemg_") and r["method"] != "aemg_scratch"
+        # the checkpoint left out every synth_myo subject: its lineage never saw the dataset
+        assert r["pretraining"] == ("unseen_dataset" if r["method"].startswith("aemg_") and r["method"] != "aemg_scratch"
                                     else "")
     # identical windows across methods: same counts and the same test labels (confusion row sums)
     by_trial: dict[tuple, set] = {}
@@ -125,6 +127,26 @@ def _direct_balanced_accuracy(truth, pred):
     return np.mean([np.mean(pred[truth == c] == c) for c in np.unique(truth)])
 
 
+def _strict_heldout(corpus: Corpus, table, heldout: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """The held-out windows as the strict protocol should give them, written out directly: each recording's
+    stored z-score undone, then the median / 1.4826 MAD of the distinct samples of the reference windows."""
+    keys, starts = table.column("key").to_pylist(), table.column("start").to_numpy()
+    stops = table.column("stop").to_numpy()
+
+    def source(i):
+        norm = corpus.attrs(keys[i])["normalization"]
+        return corpus.read(keys[i], starts[i], stops[i]).astype(np.float64) * norm["scale"] + norm["center"]
+
+    samples = {}
+    for i in reference:
+        for t, value in zip(range(starts[i], stops[i]), source(i)):
+            samples[(keys[i], t)] = value
+    pooled = np.array(list(samples.values()))
+    center = np.median(pooled, axis=0)
+    scale = 1.4826 * np.median(np.abs(pooled - center), axis=0)
+    return np.stack([(source(i) - center) / scale for i in heldout]).astype(np.float32)
+
+
 def test_td_lda_matches_a_direct_reimplementation(full_run):
     root, result = full_run
     windows = read_token_table(result.out / "windows")
@@ -137,14 +159,18 @@ def test_td_lda_matches_a_direct_reimplementation(full_run):
                                                             table.column("stop").to_pylist())])
     features, labels = _td_loop(raw, 0.01), table.column("label").to_numpy()
     expected = {(r["subject"], r["budget"], r["seed"]): r["balanced_accuracy"] for r in result.rows if r["method"] == "td_lda"}
-    for fold in loso_folds(table, "synth_myo"):
+    for fold in loso_folds(table, "synth_myo", gap_s=0.3):
         for budget in BUDGETS:
             calib, test = calibration_split(fold, budget, 1)
+            reference = reference_split(fold, budget, 1)
+            heldout = fold.heldout_idx
+            strict = features.copy()  # the held-out windows renormalized from the reference windows only
+            strict[heldout] = _td_loop(_strict_heldout(corpus, table, heldout, reference), 0.01)
             rows = np.concatenate([fold.train_idx, calib])
             w = np.ones(rows.size)
             if calib.size:
                 w[fold.train_idx.size:] = fold.train_idx.size / calib.size  # calib_share 0.5: equal total weight
-            pred = _weighted_lda_predict(features[rows], labels[rows], w, features[test])
+            pred = _weighted_lda_predict(strict[rows], labels[rows], w, strict[test])
             assert _direct_balanced_accuracy(labels[test], pred) == pytest.approx(expected[(fold.held_out, budget, 1)],
                                                                                     abs=1e-4)
 
@@ -157,10 +183,46 @@ def test_guard_refuses_a_checkpoint_that_saw_the_subject(setup, tmp_path):
     # two checkpoints: each fold takes the one that never saw it
     rows = evaluate(_config(root, tmp_path / "b", f"checkpoints=[{runs['all']},{runs['unseen']}]",
                             "methods=[aemg_probe]", "workers=1", "budgets=[0]"), progress=False).rows
-    assert {r["pretraining"] for r in rows} == {"unseen_subject"}
+    assert {r["pretraining"] for r in rows} == {"unseen_dataset"}
     rows = evaluate(_config(root, tmp_path / "c", f"checkpoints=[{runs['all']}]", "methods=[aemg_probe]", "workers=1",
                             "budgets=[0]", "require_unseen=false"), progress=False).rows
     assert {r["pretraining"] for r in rows} == {"seen"}
+
+
+def _pretrain(out: Path, tokens: Path, *overrides: str) -> Path:
+    pretrain(load_pretrain_config(TINY, [f"data.tokens={tokens}", f"run.out={out}", "dist.ray=false",
+                                         "optim.max_steps=5", "data.batch_size=16", "run.log_every=5", *overrides]))
+    return out
+
+
+def test_guard_follows_the_lineage_of_a_two_stage_run(setup, tmp_path):
+    """A stage-2 run that excludes the held-out subjects but starts from a stage 1 that saw them is refused."""
+    root, runs = setup
+    stage2 = _pretrain(tmp_path / "stage2", root / "tokens", f"run.init_from={runs['all'] / 'export'}",
+                       f"data.exclude_subjects=[{','.join(HELD_OUT)}]")
+    cfg = _config(root, tmp_path / "eval", f"checkpoints=[{stage2}]", "methods=[aemg_probe]", "workers=1")
+    with pytest.raises(ConfigError, match="lineage trained on the held-out subject.*synth_myo/s0"):
+        evaluate(cfg, progress=False)
+    # a stage 2 from a stage 1 that never saw s01, itself trained on s02 and s03: s01 is an unseen subject
+    clean = _pretrain(tmp_path / "clean", root / "tokens", f"run.init_from={runs['unseen'] / 'export'}",
+                      "data.exclude_subjects=[synth_myo/s01]")
+    rows = evaluate(_config(root, tmp_path / "ok", f"checkpoints=[{clean}]", "methods=[aemg_probe]", "workers=1",
+                            "budgets=[0]", "subjects=[synth_myo/s01]"), progress=False).rows
+    assert {r["pretraining"] for r in rows} == {"unseen_subject"}
+
+
+def test_a_checkpoint_from_another_corpus_scores_unseen_dataset(setup, tmp_path):
+    """Pretrained on tokens of a corpus without synth_myo (no exclusion in its config): scored as unseen_dataset."""
+    root, _ = setup
+    corpus = Corpus(root / "corpus.zarr")
+    foreign = tmp_path / "foreign-tokens"
+    tokenize_corpus(root / "corpus.zarr", foreign, keys=[k for k in corpus.keys() if not k.startswith("synth_myo/")],
+                    workers=1, progress=False)
+    run = _pretrain(tmp_path / "foreign", foreign)
+    rows = evaluate(_config(root, tmp_path / "eval", f"checkpoints=[{run}]", "methods=[aemg_probe]", "workers=1",
+                            "budgets=[0]", "subjects=[synth_myo/s01]", f"windows_tokens={root / 'results' / 'windows'}"),
+                    progress=False).rows
+    assert rows and {r["pretraining"] for r in rows} == {"unseen_dataset"}
 
 
 def test_resume_runs_only_missing_folds(setup, tmp_path):
@@ -261,12 +323,14 @@ def test_guard_for_a_leave_one_session_out_dataset():
 
     table = pa.table({"dataset": ["md"] * 4, "subject": ["1"] * 4, "session": ["d1", "d1", "d2", "d2"],
                       "label": [0, 1, 0, 1], "label_name": ["a", "b", "a", "b"], "rep": [-1] * 4,
-                      "key": ["md/1/d1"] * 2 + ["md/1/d2"] * 2, "start": [0, 100, 0, 100]})
+                      "key": ["md/1/d1"] * 2 + ["md/1/d2"] * 2, "start": [0, 100, 0, 100],
+                      "stop": [50, 150, 50, 150], "fs": [1000.0] * 4})
     data = DatasetWindows("md", table, "")
     fold = loso_folds(table, "md")[0]
     assert fold.held_out == "d1" and heldout_subject(data, fold) == ("md", "1")
-    unseen = Checkpoint("a", "a/export", "t", ("md/1",), ())
-    seen = Checkpoint("b", "b/export", "t", ("md/2",), ())
+    unseen = Checkpoint("a", "a/export", "t", frozenset({("md", "2"), ("other", "1")}))
+    seen = Checkpoint("b", "b/export", "t", frozenset({("md", "1")}))
     assert assign_checkpoints([seen, unseen], [("md", "1")], True)[("md", "1")] is unseen
+    assert unseen.relation("md", "1") == "unseen_subject" and unseen.relation("xx", "1") == "unseen_dataset"
     with pytest.raises(ConfigError, match="md/1"):
         assign_checkpoints([seen], [("md", "1")], True)

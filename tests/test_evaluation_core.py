@@ -7,14 +7,15 @@ import pyarrow as pa
 import pytest
 
 from aemg_dist.evaluation import LDA, balanced_accuracy, calibration_split, loso_folds, macro_f1, td_features
-from aemg_dist.evaluation.folds import N_BLOCKS
+from aemg_dist.evaluation.folds import GUARD, N_PSEUDO_REPS, calibration_seconds, reference_split
 
 BUDGETS = (0, 1, 5, 10, 25, 50, 100)
+LENGTH, STRIDE = 100, 50  # windows of 100 samples every 50 (overlapping, as the evaluation's)
 
 
 def _table(with_reps: bool = True) -> dict[str, np.ndarray]:
-    """Two datasets: 'ninapro' (3 subjects x 2 sessions, 4 labels x 6 reps x 3 windows, plus
-    unlabeled windows) and 'multiday' (1 subject, 6 sessions, no rep ids: rep = -1)."""
+    """Two datasets: 'ninapro' (3 subjects x 2 sessions, 4 labels x 6 reps x 8 windows, plus
+    unlabeled windows) and 'multiday' (1 subject, 6 sessions, 3 labels x 40 windows, no rep ids)."""
     rows = {c: [] for c in ("dataset", "subject", "session", "key", "start", "label", "rep")}
 
     def add(ds, subj, sess, label, rep, start):
@@ -27,15 +28,18 @@ def _table(with_reps: bool = True) -> dict[str, np.ndarray]:
             t = 0
             for rep in range(6):
                 for label in range(4):
-                    for _ in range(3):
-                        add("ninapro", f"s{s}", f"d{sess}", label, rep if with_reps else -1, t); t += 100
+                    for _ in range(8):
+                        add("ninapro", f"s{s}", f"d{sess}", label, rep if with_reps else -1, t); t += STRIDE
+                    t += 2 * LENGTH  # the next segment: margins at both ends
             add("ninapro", f"s{s}", f"d{sess}", -1, -1, t)  # unlabeled: in no fold
     for sess in range(6):
         t = 0
         for label in range(3):
             for _ in range(40):
-                add("multiday", "m0", f"day{sess}", label, -1, t); t += 100
-    return {k: np.asarray(v) for k, v in rows.items()}
+                add("multiday", "m0", f"day{sess}", label, -1, t); t += STRIDE
+            t += 2 * LENGTH
+    table = {k: np.asarray(v) for k, v in rows.items()}
+    return {**table, "stop": table["start"] + LENGTH, "fs": np.full(table["start"].size, 1000.0)}
 
 
 def test_loso_no_subject_in_train_and_heldout():
@@ -66,7 +70,7 @@ def _rep_units(table, idx):
 
 
 @pytest.mark.parametrize("seed", [0, 1, 7])
-def test_budgets_nested_disjoint_and_same_test(seed):
+def test_budgets_nested_disjoint_contiguous_and_same_test(seed):
     table = _table()
     fold = loso_folds(table, "ninapro")[1]
     splits = {b: calibration_split(fold, b, seed) for b in BUDGETS}
@@ -79,19 +83,20 @@ def test_budgets_nested_disjoint_and_same_test(seed):
         assert not set(calib) & set(test)
         assert not _rep_units(table, calib) & _rep_units(table, test)  # no shared repetition
         assert set(calib) | set(test) <= set(fold.heldout_idx)
-        if b > 0:  # at least one repetition per label
-            assert set(table["label"][calib]) == {0, 1, 2, 3}
-    # whole repetitions: every calibration repetition comes with all its windows
-    calib = splits[50][0]
-    for key, label, rep in _rep_units(table, calib):
-        whole = np.flatnonzero((table["key"] == key) & (table["label"] == label) & (table["rep"] == rep))
-        assert set(whole) <= set(calib)
-    # 12 units per label (2 sessions x 6 reps): test = round(0.33 * 12) = 4, 100 % = the other 8
-    n_units = lambda idx, lab: len({u for u in _rep_units(table, idx) if u[1] == lab})
-    assert all(n_units(test0, lab) == 4 for lab in range(4))
-    assert all(n_units(splits[100][0], lab) == 8 for lab in range(4))
-    assert all(n_units(splits[25][0], lab) == 3 for lab in range(4))
-    assert all(n_units(splits[1][0], lab) == 1 for lab in range(4))
+        if b > 0:
+            assert set(table["label"][calib]) == {0, 1, 2, 3}  # at least one window per label
+            for lab in range(4):  # contiguous: within a repetition, the chosen windows are its first ones
+                mine = calib[table["label"][calib] == lab]
+                for key, _, rep in _rep_units(table, mine):
+                    whole = np.flatnonzero((table["key"] == key) & (table["label"] == lab) & (table["rep"] == rep))
+                    chosen = np.isin(whole, mine)
+                    assert np.array_equal(chosen, np.arange(whole.size) < chosen.sum())
+    # 12 repetitions per label (2 sessions x 6): test = round(0.33 * 12) = 4; the pool is 8 x 8 = 64 windows
+    n_reps = lambda idx, lab: len({u for u in _rep_units(table, idx) if u[1] == lab})
+    assert all(n_reps(test0, lab) == 4 for lab in range(4))
+    per_label = {b: {int((table["label"][splits[b][0]] == lab).sum()) for lab in range(4)} for b in BUDGETS}
+    # budgets in labeled time: round(b % of 64) windows per label, at least one
+    assert per_label == {0: {0}, 1: {1}, 5: {3}, 10: {6}, 25: {16}, 50: {32}, 100: {64}}
 
 
 def test_calibration_deterministic_per_seed():
@@ -104,22 +109,39 @@ def test_calibration_deterministic_per_seed():
     assert any(not np.array_equal(a[0], o) for o in others)
 
 
-def test_no_reps_uses_contiguous_time_blocks():
+def _closest(table, calib, test):
+    """Least distance in samples between a calibration and a test window of the same recording (negative: overlap)."""
+    gaps = [max(table["start"][t] - table["stop"][c], table["start"][c] - table["stop"][t])
+            for c in calib for t in test if table["key"][c] == table["key"][t]]
+    return min(gaps)
+
+
+@pytest.mark.parametrize("gap_s", [None, 0.15])
+def test_no_reps_pseudo_repetitions_keep_a_gap(gap_s):
     table = _table()
-    fold = loso_folds(table, "multiday")[2]
-    calib, test = calibration_split(fold, 10, seed=0)
-    assert not set(calib) & set(test)
-    # 40 windows per label -> N_BLOCKS blocks of 2; 10 % of 20 blocks = 2 blocks = 4 windows per label
-    assert N_BLOCKS == 20
-    for lab in range(3):
-        c = np.sort(table["start"][calib][table["label"][calib] == lab])
-        assert c.size == 4
-        # each chosen block is two consecutive windows of the same label
-        pairs = c.reshape(2, 2)
-        assert np.all(pairs[:, 1] - pairs[:, 0] == 100)
-    calib5, test5 = calibration_split(fold, 5, seed=0)
-    assert set(calib5) <= set(calib) and np.array_equal(test5, test)
-    assert calibration_split(fold, 0, seed=0)[0].size == 0
+    fold = loso_folds(table, "multiday", gap_s=gap_s)[2]
+    gap = LENGTH if gap_s is None else gap_s * 1000
+    guard = fold.heldout_unit == GUARD
+    assert 0 < guard.sum() < guard.size / 3
+    # N_PSEUDO_REPS contiguous pieces per label, guards between them
+    assert N_PSEUDO_REPS == 3 and np.unique(fold.heldout_unit[~guard]).size == 3 * 3
+    for seed in range(3):
+        for b in (1, 10, 100):
+            calib, test = calibration_split(fold, b, seed)
+            assert not set(fold.heldout_idx[guard]) & (set(calib) | set(test))
+            assert _closest(table, calib, test) >= gap
+        reference = reference_split(fold, 0, seed)
+        assert np.array_equal(reference, calibration_split(fold, 1, seed)[0])  # 0 %: the 1 % windows, unlabeled
+        assert not set(reference) & set(calibration_split(fold, 0, seed)[1])
+
+
+def test_calibration_seconds_count_each_sample_once():
+    start = np.array([0, 50, 100, 1000, 0])
+    key = np.array(["a", "a", "a", "a", "b"])
+    label = np.array([0, 0, 0, 0, 1])
+    # label 0: [0, 200) and [1000, 1100) = 300 samples; label 1: 100 samples; mean over 2 labels = 200
+    assert calibration_seconds(start, start + LENGTH, key, label, fs=1000.0) == pytest.approx(0.2)
+    assert calibration_seconds(start[:0], start[:0], key[:0], label[:0], fs=1000.0) == 0.0
 
 
 # ---------------------------------------------------------------- TD features

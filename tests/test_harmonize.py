@@ -86,22 +86,42 @@ def test_segment_boundaries_rescale_within_one_sample_across_joins():
     assert [abs(j - jj * ratio) <= 1 for j, jj in zip(rec.joins, joins)] == [True, True]
 
 
-def test_notch_only_where_a_mains_line_is_inside_the_band():
+def test_declared_mains_line_is_notched_only_inside_the_band():
     fs = 1000.0
     t = np.arange(int(30 * fs)) / fs
-    clean = noise(len(t), 2)
-    assert harmonize(make_raw(clean, fs=fs)).notch_hz == []
-    hum = clean + 5 * np.sin(2 * np.pi * 50 * t)[:, None]
-    rec = harmonize(make_raw(hum, fs=fs))
-    assert 50.0 in rec.notch_hz and 60.0 not in rec.notch_hz
+    hum = noise(len(t), 2) + 5 * np.sin(2 * np.pi * 50 * t)[:, None]
+    undeclared = harmonize(make_raw(hum, fs=fs))
+    assert undeclared.notch_hz == [] and "powerline" in undeclared.quality[0]  # flagged, never filtered unasked
+    rec = harmonize(make_raw(hum, fs=fs, notch_hz=(50.0,)))
+    assert rec.notch_hz == [50.0]
     freqs, psd = signal.welch(denormalize(rec.emg, rec.center, rec.scale)[:, 0], fs=1000.0, nperseg=2048)
     line = psd[np.argmin(np.abs(freqs - 50))]
     assert line < 5 * np.median(psd[(freqs > 30) & (freqs < 45)])  # the line is gone
-    assert "powerline" in rec.quality[0]
-    # 60 Hz on a 200 Hz source is inside its 20-90 Hz band; 120 Hz would not be
+    # 60 Hz on a 200 Hz source is inside its 20-90 Hz band; 120 Hz is not
     t200 = np.arange(200 * 30) / 200.0
-    rec200 = harmonize(make_raw(noise(len(t200), 1) + 5 * np.sin(2 * np.pi * 60 * t200)[:, None], fs=200.0))
+    rec200 = harmonize(make_raw(noise(len(t200), 1) + 5 * np.sin(2 * np.pi * 60 * t200)[:, None], fs=200.0,
+                                notch_hz=(60.0, 120.0)))
     assert rec200.notch_hz == [60.0]
+
+
+def test_declared_notch_does_not_depend_on_the_samples():
+    """The filter of a recording is fixed by its manifest: replacing half of it by other data never changes it."""
+    fs = 1000.0
+    emg = noise(int(20 * fs), 2)
+    other = emg.copy()
+    other[len(other) // 2:] = 50 * np.sin(2 * np.pi * 60 * np.arange(len(other) // 2) / fs)[:, None]
+    assert harmonize(make_raw(emg, notch_hz=(60.0,))).notch_hz == harmonize(make_raw(other, notch_hz=(60.0,))).notch_hz
+    assert harmonize(make_raw(emg)).notch_hz == harmonize(make_raw(other)).notch_hz == []
+
+
+def test_detect_notch_finds_lines_in_the_spectrum():
+    fs = 1000.0
+    t = np.arange(int(30 * fs)) / fs
+    clean = noise(len(t), 2)
+    detect = HarmonizeConfig(detect_notch=True)
+    assert harmonize(make_raw(clean, fs=fs), detect).notch_hz == []
+    rec = harmonize(make_raw(clean + 5 * np.sin(2 * np.pi * 50 * t)[:, None], fs=fs), detect)
+    assert 50.0 in rec.notch_hz and 60.0 not in rec.notch_hz
 
 
 def test_quality_flags_and_nan_repair():

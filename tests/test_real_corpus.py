@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
+from aemg_dist.evaluation.folds import calibration_split, loso_folds
+from aemg_dist.windows import WindowConfig, cut_windows, recording_spans
 from preprocessing.corpus import Corpus, check_corpus, corpus_summary
 from preprocessing.harmonize import HarmonizeConfig
 from preprocessing.manifest import manifest_jobs, resolve_source
@@ -58,3 +61,68 @@ def test_labeled_segments_survive_resampling(real_corpus, real_jobs):
                 assert abs(after.start - before.start * ratio) <= 1 and abs(after.stop - before.stop * ratio) <= 1
             entry = real_corpus.entry(job.key)
             assert abs(entry.n_samples - raw.n_samples * ratio) <= len(raw.joins) + 1
+
+
+# ---------------------------------------------------------------- the evaluation's folds on every dataset
+
+EVAL_WINDOWS = WindowConfig(kind="labeled", length_s=0.5, stride_s=0.25, margin_s=0.25)  # EvaluateConfig's
+GAP_S = EVAL_WINDOWS.length_s + EVAL_WINDOWS.margin_s
+SEEDS, BUDGETS = (0, 1, 2), (1.0, 5.0, 10.0, 100.0)
+
+
+@pytest.fixture(scope="module")
+def real_windows(real_corpus) -> dict[str, np.ndarray]:
+    """The evaluation's labeled windows of every recording (identity and span; no tokens needed)."""
+    columns: dict[str, list] = {c: [] for c in ("dataset", "subject", "session", "key", "start", "stop", "label",
+                                                "rep", "fs")}
+    for entry in real_corpus.entries:
+        attrs = real_corpus.attrs(entry.key)
+        spans = recording_spans(entry.n_samples, real_corpus.segments(entry.key), attrs["joins"], EVAL_WINDOWS,
+                                attrs["rest_label"])
+        w = cut_windows(spans, entry.fs, EVAL_WINDOWS)
+        for name, value in (("dataset", entry.dataset), ("subject", entry.subject), ("session", entry.session),
+                            ("key", entry.key), ("fs", entry.fs)):
+            columns[name] += [value] * len(w)
+        for name in ("start", "stop", "label", "rep"):
+            columns[name] += getattr(w, name).tolist()
+    return {k: np.asarray(v) for k, v in columns.items()}
+
+
+def test_calibration_and_test_windows_never_share_a_sample(real_windows):
+    """Every dataset, fold, seed and budget: no test window overlaps a calibration window, and windows cut from
+    one segment (datasets without repetition ids) are at least a window plus the margin apart."""
+    w = real_windows
+    for dataset in EXPECTED:
+        for fold in loso_folds(w, dataset, GAP_S):
+            for seed in SEEDS:
+                test = calibration_split(fold, 0, seed)[1]
+                calib = calibration_split(fold, 100, seed)[0]  # the largest budget holds every smaller one
+                for key in np.unique(w["key"][test]):
+                    c = calib[w["key"][calib] == key]
+                    t = test[w["key"][test] == key]
+                    # distance between spans [start, stop): negative when they share samples
+                    distance = np.maximum(w["start"][t][None, :] - w["stop"][c][:, None],
+                                          w["start"][c][:, None] - w["stop"][t][None, :])
+                    assert distance.size == 0 or distance.min() >= 0, (dataset, fold.held_out, seed, key)
+                    same_segment = (w["label"][c][:, None] == w["label"][t][None, :]) & (w["rep"][c][:, None] < 0)
+                    if same_segment.any():
+                        assert distance[same_segment].min() >= GAP_S * w["fs"][t[0]], (dataset, fold.held_out)
+
+
+def test_budgets_select_different_amounts(real_windows):
+    """1 %, 5 % and 10 % select different calibration sets on every dataset whose pool holds more than one window
+    per class at 10 %. MultiDay's held-out day holds ~2.5 s per class outside its test third and guard gaps, so 10 %
+    is ~0.25 s, shorter than one 0.5 s window: its three budgets are the one-window-per-class minimum (README)."""
+    w = real_windows
+    for dataset in EXPECTED:
+        n = {b: [] for b in BUDGETS}
+        for fold in loso_folds(w, dataset, GAP_S):
+            for seed in SEEDS:
+                for b in BUDGETS:
+                    n[b].append(calibration_split(fold, b, seed)[0].size)
+        means = {b: np.mean(v) for b, v in n.items()}
+        classes = np.unique(w["label"][w["dataset"] == dataset]).size
+        if dataset == "multiday":
+            assert means[1.0] == means[5.0] == means[10.0] == classes < means[100.0]
+        else:
+            assert means[1.0] < means[5.0] < means[10.0] < means[100.0], (dataset, means)

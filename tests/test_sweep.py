@@ -21,6 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Iterator, NamedTuple
 
+import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
@@ -36,6 +37,7 @@ TINY_SWEEP = REPO / "configs" / "sweep" / "tiny.yaml"
 CONFIGURATIONS = {"codebook_size-32_mask_ratio-0.3", "codebook_size-32_mask_ratio-0.5",
                   "codebook_size-64_mask_ratio-0.3", "codebook_size-64_mask_ratio-0.5"}
 METHODS, BUDGETS, FOLDS = ("aemg_finetune", "aemg_probe"), ("0.0", "10.0"), ("s01", "s02")
+ROLES = {"s01": "development", "s02": "test"}  # configs/splits/synthetic.yaml
 N_PRETRAIN, N_EVALUATE = 4, 4 * 2 * 2  # configurations; configurations x folds x budgets
 INTERRUPT_AFTER = N_PRETRAIN + 3  # finished trials: the Ctrl-C lands in the evaluation phase
 DESIGN_COLUMNS = ["method", "dataset", "subject", "budget", "seed", "balanced_accuracy", "macro_f1", "n_train", "n_test"]
@@ -47,6 +49,7 @@ def _write_config(path: Path, corpus: Path, tokens: Path) -> Path:
     raw.pretrain_config = str(REPO / raw.pretrain_config)
     raw.pretrain_overrides = [*raw.pretrain_overrides, f"data.tokens={tokens}"]  # later overrides win
     raw.evaluation.corpus = str(corpus)
+    raw.evaluation.splits = str(REPO / raw.evaluation.splits)
     OmegaConf.save(raw, path)
     return path
 
@@ -303,13 +306,12 @@ def finished_sweep(request) -> Path:
 def test_every_aggregated_cell_and_the_report(finished_sweep):
     out = finished_sweep
     cells = list(csv.DictReader((out / "aggregate.csv").open()))
-    keys = Counter((c["configuration"], c["method"], c["dataset"], c["budget"], c["metric"]) for c in cells)
-    expected = {(c, m, "synth_myo", b, metric) for c in CONFIGURATIONS for m in METHODS for b in BUDGETS
-                for metric in ("balanced_accuracy", "macro_f1")}
+    keys = Counter((c["configuration"], c["role"], c["method"], c["dataset"], c["budget"], c["metric"]) for c in cells)
+    expected = {(c, role, m, "synth_myo", b, metric) for c in CONFIGURATIONS for role in ROLES.values() for m in METHODS
+                for b in BUDGETS for metric in ("balanced_accuracy", "macro_f1")}
     assert set(keys) == expected and set(keys.values()) == {1}
     for c in cells:
-        assert c["n"] == "2" and 0 <= float(c["mean"]) <= 1
-        assert float(c["ci_low"]) <= float(c["mean"]) <= float(c["ci_high"])
+        assert c["n"] == "1" and 0 <= float(c["mean"]) <= 1  # one held-out subject per role
         assert c["configuration"] == f"codebook_size-{c['codebook_size']}_mask_ratio-{c['mask_ratio']}"
     with (out / "summary.csv").open() as f:
         reader = csv.DictReader(f)
@@ -318,18 +320,29 @@ def test_every_aggregated_cell_and_the_report(finished_sweep):
                                                                                   "mask_ratio"]
     assert Counter((r["configuration"], r["method"], r["subject"], r["budget"]) for r in rows) == {
         (c, m, s, b): 1 for c in CONFIGURATIONS for m in METHODS for s in FOLDS for b in BUDGETS}
-    assert {r["pretraining"] for r in rows} == {"unseen_subject"}  # every run left both synth_myo subjects out
+    assert {(r["subject"], r["role"]) for r in rows} == set(ROLES.items())
+    assert {r["pretraining"] for r in rows} == {"unseen_dataset"}  # every run left out both synth_myo subjects
+    # the selection, recomputed from the rows: the best mean of aemg_finetune on the development subject
+    mean = lambda c, role: sum(float(r["balanced_accuracy"]) for r in rows if r["configuration"] == c and
+                               r["method"] == "aemg_finetune" and r["role"] == role) / len(BUDGETS)
+    chosen = max(CONFIGURATIONS, key=lambda c: mean(c, "development"))
+    report = (out / "report.md").read_text()
+    assert f"## {chosen} on the test subjects" in report and f"| **{chosen}** | {mean(chosen, 'development'):.3f} |" in report
+    test_row = next(line for line in report.split(f"## {chosen} on the test subjects")[1].splitlines()
+                    if line.startswith("| synth_myo | aemg_finetune |"))
+    for budget in BUDGETS:
+        value = next(float(r["balanced_accuracy"]) for r in rows if r["configuration"] == chosen and
+                     r["method"] == "aemg_finetune" and r["role"] == "test" and r["budget"] == budget)
+        assert f"{value:.3f} ±" in test_row
     for name in CONFIGURATIONS:
         run = out / "pretrain" / f"{name}-g0"
         config = OmegaConf.load(run / "config.yaml")
         assert (run / "export" / "model.safetensors").is_file()
         assert set(config.data.exclude_subjects) == {"synth_myo/s01", "synth_myo/s02"}
         assert config.model.codebook_size == int(name.split("_")[1].split("-")[1])
-    report = (out / "report.md").read_text()
     assert all(name in report for name in CONFIGURATIONS) and "95 %" in report and "exported" in report
     for png in ("heatmap_synth_myo.png", "budget_synth_myo.png", "codebook.png"):
         assert (out / png).stat().st_size > 10_000, png
-    assert math.isfinite(float(cells[0]["std"]))
 
 
 def test_config_errors_fail_before_anything_runs(tmp_path, capsys):
@@ -365,9 +378,10 @@ def test_configuration_names_and_confidence_intervals():
     # keys whose last parts collide keep their section in the column name
     assert configurations({"model.dropout": [0.1], "optim.dropout": [0.0]})[0].values == {"model_dropout": 0.1,
                                                                                           "optim_dropout": 0.0}
-    low, high = t_interval(0.5, 0.1, 2)
+    spread = 0.1 / math.sqrt(2)  # two values 0.5 +- spread: std 0.1
+    low, high = t_interval(np.array([0.5 - spread, 0.5 + spread]))
     assert high - 0.5 == pytest.approx(0.5 - low) == pytest.approx(12.7062 * 0.1 / math.sqrt(2), rel=1e-4)
-    assert all(math.isnan(v) for v in t_interval(0.5, 0.0, 1))
+    assert all(math.isnan(v) for v in t_interval(np.array([0.5])))
 
 
 def test_dataset_means_weigh_every_dataset_the_same():

@@ -15,7 +15,9 @@ calibration budgets, both phases as Ray Tune experiments.
    so folds run in parallel across the cluster. A trial calls `runner.run_fold` with the run that
    never saw the fold's subject (`runner.assign_checkpoints`, require_unseen) and
    `budgets=[budget]`, writes its rows to OUT/trials/<trial>.json and reports the means to Tune.
-3. Report (sweep_report.py): summary.csv, aggregate.csv, report.md and plots.
+3. Report (sweep_report.py): summary.csv, aggregate.csv, report.md and plots. With development subjects
+   (evaluation.splits), the configuration with the best development score is selected, reported apart from the
+   full grid with its test accuracy (when role=all), and written to OUT/selected.json.
 
 `--resume` restores both Tune experiments (`Tuner.restore`): finished trials keep their results,
 unfinished ones run again (a pretraining continues from its last Ray Train checkpoint), errored
@@ -58,6 +60,7 @@ from aemg_dist.model.export import CONFIG_FILE as EXPORT_CONFIG_FILE
 from aemg_dist.train import PretrainConfig, last_metrics, load_pretrain_config, pretrain
 
 CONFIG_FILE = "sweep.yaml"
+SELECTED_FILE = "selected.json"  # the configuration selected on the development subjects
 EXECUTIONS_FILE = "executions.jsonl"
 # set by the sweep itself for every run; a grid over them would break the folds or the run folders
 RESERVED_KEYS = ("data.tokens", "data.exclude_subjects", "data.exclude_datasets", "run.out", "dist.ray")
@@ -319,6 +322,7 @@ class SweepResult:
     report: Path
     stopped_early: list[str]  # configurations ASHA stopped (no evaluation)
     seconds: float
+    selected: str = ""  # the configuration selected on the development subjects ("" without a splits file)
 
 
 def sweep(cfg: SweepConfig, resume: bool = False, progress: bool = True) -> SweepResult:
@@ -347,12 +351,14 @@ def sweep(cfg: SweepConfig, resume: bool = False, progress: bool = True) -> Swee
                                   cfg.resources.evaluate, cfg.max_concurrent.evaluate)
     values = {c.name: c.values for c in grid}
     rows = [{**r, **values[r["configuration"]]} for r in rows]
-    cells, report = write_sweep_report(rows, runs, grid, stopped, evaluation, out)
+    cells, report, selected = write_sweep_report(rows, runs, grid, stopped, evaluation, out)
+    # the choice, for scripts that go on with it (e.g. benchmarks/eval_real.sh pretrains it again)
+    (out / SELECTED_FILE).write_text(json.dumps({"selected": selected, "splits": evaluation.splits}) + "\n")
     if errors:
         raise SweepError(f"{len(errors)} evaluation trial(s) failed ({', '.join(list(errors)[:4])}): "
                          f"{next(iter(errors.values()))}; the report in {out} lacks them: run again with --resume")
     return SweepResult(out=out, rows=rows, cells=cells, report=report, stopped_early=stopped,
-                       seconds=time.perf_counter() - started)
+                       seconds=time.perf_counter() - started, selected=selected)
 
 
 def absolute_paths(cfg: Any, what: str) -> Any:
@@ -368,7 +374,7 @@ def absolute_inputs(evaluation: EvaluateConfig) -> EvaluateConfig:
     """The evaluation's input paths made absolute (URIs as given): trials run in other working directories, and a
     --resume started elsewhere must name the same files."""
     return replace(evaluation, **{k: storage.absolute(getattr(evaluation, k)) if getattr(evaluation, k) else ""
-                                  for k in ("corpus", "windows_tokens")})
+                                  for k in ("corpus", "windows_tokens", "splits")})
 
 
 def evaluated_folds(evaluation: EvaluateConfig, tokens: str, pretrain_groups: int,
@@ -378,7 +384,7 @@ def evaluated_folds(evaluation: EvaluateConfig, tokens: str, pretrain_groups: in
     tokens the runs pretrain on (the runs need not exist yet)."""
     from aemg_dist.evaluation.data import load_labeled_windows
 
-    windows = labeled_tokens(evaluation, [Checkpoint("", "", tokens, (), ())], progress)  # absolute, or a URI
+    windows = labeled_tokens(evaluation, [Checkpoint("", "", tokens, frozenset())], progress)  # absolute, or a URI
     datasets = load_labeled_windows(windows, evaluation.corpus, evaluation.datasets or None)
     folds = [(name, f.held_out, heldout_subject(data, f)) for name, data in datasets.items()
              for f in select_folds(data, evaluation)]

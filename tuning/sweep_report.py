@@ -2,10 +2,14 @@
 
     summary.csv        one row per trial: the columns of `aemg evaluate` (report.SUMMARY_COLUMNS),
                        then configuration and one column per grid key
-    aggregate.csv      per configuration x method x dataset x budget x metric: mean, std and a 95 %
-                       t-interval over held-out subjects (each subject's seeds averaged first), n
-    report.md          the pretraining runs (final metrics, early stops) and, per dataset and method,
-                       a configuration x budget table of mean ± std [95 % CI]
+    aggregate.csv      per configuration x role x method x dataset x budget x metric: mean, std and a
+                       95 % t-interval over held-out subjects (each subject's seeds averaged first), n
+    report.md          the pretraining runs (final metrics, early stops); with a splits file, the
+                       configuration selected on the development subjects (the best mean balanced
+                       accuracy of the primary AEMG method over datasets and budgets) and its accuracy on
+                       the test subjects, apart from the full grid, which is shown on the development
+                       subjects only (what the selection saw); per dataset and method, a configuration x
+                       budget table of mean ± std [95 % CI]
     heatmap_<dataset>.png   balanced accuracy over the first two grid keys (e.g. codebook size x
                        mask ratio), one panel per method x budget; heatmap_all.png: the mean over
                        datasets (each dataset weighs the same), with its table in report.md
@@ -22,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from aemg_dist.evaluation.methods import AEMG_METHODS
-from aemg_dist.evaluation.report import SUMMARY_COLUMNS, aggregate, budget_label, pyplot
+from aemg_dist.evaluation.report import PRIMARY, SUMMARY_COLUMNS, aggregate, budget_label, pyplot, t_interval
 from aemg_dist.train import last_metrics
 
 if TYPE_CHECKING:
@@ -34,27 +38,36 @@ PRETRAIN_METRICS = ("loss", "val_loss", "mtm_accuracy", "codebook_usage", "perpl
 ALL_DATASETS = "all"  # the pseudo-dataset of per-dataset means
 
 
-def t_interval(mean: float, std: float, n: int, level: float = 0.95) -> tuple[float, float]:
-    """Student-t interval of a mean over n subjects (nan with fewer than two)."""
-    from scipy.stats import t
-
-    if n < 2:
-        return float("nan"), float("nan")
-    half = float(t.ppf(0.5 + level / 2, n - 1)) * std / np.sqrt(n)
-    return mean - half, mean + half
-
-
 def aggregate_cells(rows: list[dict[str, Any]], configurations: list["Configuration"]) -> list[dict[str, Any]]:
-    """report.aggregate per configuration, with its grid values and a 95 % CI."""
+    """report.aggregate (with its 95 % CI) per configuration and fold role, with the grid values."""
     cells = []
     for configuration in configurations:
         mine = [r for r in rows if r["configuration"] == configuration.name]
-        for metric in METRICS:
-            for a in aggregate(mine, metric):
-                low, high = t_interval(a["mean"], a["std"], a["n"])
-                cells.append({"configuration": configuration.name, **configuration.values, "metric": metric, **a,
-                              "ci_low": low, "ci_high": high})
+        for role in sorted({r.get("role", "") for r in mine}):
+            for metric in METRICS:
+                for a in aggregate([r for r in mine if r.get("role", "") == role], metric):
+                    cells.append({"configuration": configuration.name, **configuration.values, "role": role,
+                                  "metric": metric, **a})
     return cells
+
+
+def select_configuration(cells: list[dict[str, Any]], configurations: list["Configuration"],
+                         role: str = "development") -> tuple[str, str, dict[str, float]]:
+    """(selected configuration, the method it was selected by, {configuration: score}) where a configuration's score
+    is its primary AEMG method's balanced accuracy on the `role` folds, averaged over budgets and over datasets
+    (each dataset weighs the same). Raises ValueError when no cell has that role."""
+    mine = [c for c in cells if c["role"] == role and c["metric"] == "balanced_accuracy"]
+    methods = {c["method"] for c in mine}
+    method = PRIMARY if PRIMARY in methods else next((m for m in AEMG_METHODS if m in methods), None)
+    if method is None:
+        raise ValueError(f"no {role} cells of an AEMG method to select a configuration by")
+    scores = {}
+    for configuration in configurations:
+        here = [c for c in mine if c["configuration"] == configuration.name and c["method"] == method]
+        if here:  # budgets averaged within each dataset, then datasets averaged
+            scores[configuration.name] = float(np.mean([np.mean([c["mean"] for c in here if c["dataset"] == d])
+                                                        for d in sorted({c["dataset"] for c in here})]))
+    return max(scores, key=scores.get), method, scores
 
 
 def _write_csv(rows: list[dict[str, Any]], columns: list[str], plain: set[str], path: Path) -> Path:
@@ -68,16 +81,24 @@ def _write_csv(rows: list[dict[str, Any]], columns: list[str], plain: set[str], 
 
 
 def write_sweep_report(rows: list[dict[str, Any]], runs: list["PretrainRun"], configurations: list["Configuration"],
-                       stopped: list[str], evaluation: "EvaluateConfig", out: Path) -> tuple[list[dict[str, Any]], Path]:
-    """summary.csv, aggregate.csv, report.md and the plots; returns (aggregated cells, report path)."""
+                       stopped: list[str], evaluation: "EvaluateConfig",
+                       out: Path) -> tuple[list[dict[str, Any]], Path, str]:
+    """summary.csv, aggregate.csv, report.md and the plots; returns (aggregated cells of every role, report path,
+    the configuration selected on the development subjects or "" without a split)."""
     columns = list(configurations[0].values)
     cells = aggregate_cells(rows, configurations)
     order = {c.name: i for i, c in enumerate(configurations)}
     _write_csv(sorted(rows, key=lambda r: (order[r["configuration"]], r["method"], r["dataset"], r["subject"],
                                            r["budget"], r["seed"])),
                [*SUMMARY_COLUMNS, "configuration", *columns], {"budget", *columns}, out / "summary.csv")
-    _write_csv(cells, ["configuration", *columns, "metric", "method", "dataset", "budget", "mean", "std", "ci_low",
-                       "ci_high", "n"], {"budget", *columns}, out / "aggregate.csv")
+    _write_csv(cells, ["configuration", *columns, "role", "metric", "method", "dataset", "budget", "mean", "std",
+                       "ci_low", "ci_high", "n"], {"budget", *columns}, out / "aggregate.csv")
+    every_role = cells
+    roles = {c["role"] for c in cells}
+    selection = select_configuration(cells, configurations) if "development" in roles else None
+    if selection:  # the grid as the selection saw it: development folds only
+        test_cells = [c for c in cells if c["role"] == "test" and c["configuration"] == selection[0]]
+        cells = [c for c in cells if c["role"] == "development"]
     finals = {r.key: last_metrics(Path(r.config.run.out) / "metrics.csv") for r in runs}
     plots = [plot_codebook(runs, finals, configurations, out / "codebook.png")]
     datasets = sorted({c["dataset"] for c in cells})
@@ -108,16 +129,49 @@ def write_sweep_report(rows: list[dict[str, Any]], runs: list["PretrainRun"], co
         lines.append(f"| {r.key} | {r.group} | {len(r.config.data.exclude_subjects)} | {final.get('step', 0):.0f} | "
                      + " | ".join(f"{final[m]:.3g}" if m in final else "–" for m in PRETRAIN_METRICS)
                      + f" | {status} |")
+    lines += ["", *_selection_section(selection, test_cells if selection else [], configurations, evaluation)]
+    scope = " on the development subjects" if selection else ""
     if overall:
-        lines += ["", f"## Mean over the {len(datasets)} datasets", "",
+        lines += ["", f"## Mean over the {len(datasets)} datasets{scope}", "",
                   "Each cell: the mean of the datasets' means ± their std [95 % t-interval over datasets].",
                   configuration_tables(overall, configurations, "balanced_accuracy", unit="datasets")]
     for metric in METRICS:
-        lines += ["", f"## {metric.replace('_', ' ')}", configuration_tables(cells, configurations, metric)]
+        lines += ["", f"## {metric.replace('_', ' ')}{scope}", configuration_tables(cells, configurations, metric)]
     lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")
-    return cells, path
+    return every_role, path, selection[0] if selection else ""
+
+
+def _selection_section(selection: tuple[str, str, dict[str, float]] | None, test_cells: list[dict[str, Any]],
+                       configurations: list["Configuration"], evaluation: "EvaluateConfig") -> list[str]:
+    """The configuration chosen on the development subjects, and its accuracy on the test subjects."""
+    if selection is None:
+        return ["## Selection", "", "No development subjects (no evaluation.splits, or role=test): every table below "
+                "scores every evaluated fold, so the best cell of the grid is not an unbiased estimate for new users."]
+    chosen, method, scores = selection
+    lines = ["## Selected on the development subjects", "",
+             f"Score: {method}'s balanced accuracy on the development folds of `{evaluation.splits}`, averaged over "
+             "budgets and over datasets (each dataset weighs the same). The test subjects played no part.", "",
+             "| configuration | development score |", "|---|---|"]
+    lines += [f"| {'**' + name + '**' if name == chosen else name} | {score:.3f} |"
+              for name, score in sorted(scores.items(), key=lambda kv: -kv[1])]
+    if not test_cells:
+        return lines + ["", f"The test subjects were not evaluated (evaluation.role={evaluation.role}): score "
+                        f"{chosen} on them with `aemg evaluate --splits {evaluation.splits} --role test`."]
+    lines += ["", f"## {chosen} on the test subjects", "",
+              "Mean ± std [95 % CI] over the test subjects (seeds averaged per subject); these are the sweep's "
+              "reported numbers.", ""]
+    mine = [c for c in test_cells if c["metric"] == "balanced_accuracy"]
+    budgets = sorted({c["budget"] for c in mine})
+    lines += ["| dataset | method | n | " + " | ".join(map(budget_label, budgets)) + " |",
+              "|---|---|---|" + "---|" * len(budgets)]
+    for dataset, m in sorted({(c["dataset"], c["method"]) for c in mine}):
+        here = {c["budget"]: c for c in mine if c["dataset"] == dataset and c["method"] == m}
+        lines.append(f"| {dataset} | {m} | {max(c['n'] for c in here.values())} | " + " | ".join(
+            f"{here[b]['mean']:.3f} ± {here[b]['std']:.3f} [{here[b]['ci_low']:.2f}, {here[b]['ci_high']:.2f}]"
+            if b in here else "–" for b in budgets) + " |")
+    return lines
 
 
 def dataset_means(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -125,12 +179,12 @@ def dataset_means(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
     of the datasets' means, a 95 % t-interval over datasets, n = datasets (each dataset weighs the same)."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for c in cells:
-        groups.setdefault((c["configuration"], c["method"], c["budget"], c["metric"]), []).append(c)
+        groups.setdefault((c["configuration"], c.get("role", ""), c["method"], c["budget"], c["metric"]), []).append(c)
     out = []
     for members in groups.values():
         means = np.array([c["mean"] for c in members])
         mean, std = float(means.mean()), float(means.std(ddof=1)) if means.size > 1 else 0.0
-        low, high = t_interval(mean, std, means.size)
+        low, high = t_interval(means)
         out.append({**members[0], "dataset": ALL_DATASETS, "mean": mean, "std": std, "ci_low": low, "ci_high": high,
                     "n": int(means.size)})
     return out

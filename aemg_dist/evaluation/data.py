@@ -5,6 +5,8 @@
 each method its view of the *same* windows: the AEMG models read the tokens, the raw-signal
 baselines (TD+LDA, CNN, Transformer, SimCLR, MAE) read `raw`, the harmonized samples
 [start, stop) of each row from the corpus. So every method sees identical windows and folds.
+It also keeps what `heldout.py` needs to rebuild a held-out subject's windows from allowed
+statistics: each recording's stored normalization, electrodes and rate, and the tokenizer settings.
 """
 
 from __future__ import annotations
@@ -17,9 +19,31 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from aemg_dist.data import read_token_table, table_to_windows
-from aemg_dist.tokens import TokenBatch, WindowTokens
+from aemg_dist import storage
+from aemg_dist.config import load_config
+from aemg_dist.data import TokenizeConfig, read_token_table, table_to_windows
+from aemg_dist.tokens import WindowTokens
 from preprocessing.corpus import Corpus
+from preprocessing.harmonize import HarmonizeConfig
+
+
+@dataclass(frozen=True)
+class RecordingInfo:
+    """What rebuilding a recording's windows needs from its corpus attributes."""
+
+    center: np.ndarray  # (C,) stored normalization, source units
+    scale: np.ndarray  # (C,)
+    coords: np.ndarray  # (C, 3) canonical electrode coordinates
+    source_fs: float
+    usable: np.ndarray  # (C,) bool: not marked dead (mostly missing in the source)
+
+    @classmethod
+    def from_attrs(cls, attrs: dict) -> "RecordingInfo":
+        norm = attrs["normalization"]
+        return cls(center=np.asarray(norm["center"], dtype=np.float64), scale=np.asarray(norm["scale"], dtype=np.float64),
+                   coords=np.asarray(attrs["canonical_coordinates"], dtype=np.float32),
+                   source_fs=float(attrs["source_fs"]),
+                   usable=np.array(["dead" not in flags for flags in attrs["channel_quality"]], dtype=bool))
 
 
 @dataclass
@@ -29,8 +53,13 @@ class DatasetWindows:
     dataset: str
     table: pa.Table
     corpus_path: str
+    tokenize_config: TokenizeConfig = field(default_factory=TokenizeConfig)  # how the rows were tokenized
     class_labels: np.ndarray = field(init=False)  # (K,) the dataset's label ids, sorted
     y: np.ndarray = field(init=False)  # (N,) class index 0..K-1 of each window
+    keys: np.ndarray = field(init=False)  # (N,) recording key of each window
+    starts: np.ndarray = field(init=False)  # (N,) first sample of each window in its recording
+    stops: np.ndarray = field(init=False)  # (N,) one past its last sample
+    _recordings: dict[str, RecordingInfo] = field(init=False, default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         if self.table.num_rows == 0:
@@ -39,6 +68,40 @@ class DatasetWindows:
         self.class_labels, self.y = np.unique(labels, return_inverse=True)
         if self.class_labels.size < 2:
             raise ValueError(f"dataset {self.dataset!r} has a single label; nothing to classify")
+        self.keys = np.asarray(self.table.column("key").to_pylist())
+        self.starts = self.table.column("start").to_numpy()
+        self.stops = self.table.column("stop").to_numpy()
+
+    @property
+    def fs(self) -> float:
+        rates = np.unique(self.table.column("fs").to_numpy())
+        if rates.size != 1:
+            raise ValueError(f"dataset {self.dataset!r}: windows at several rates {rates}")
+        return float(rates[0])
+
+    @cached_property
+    def corpus(self) -> Corpus:
+        return Corpus(self.corpus_path)
+
+    @cached_property
+    def flat_tolerance(self) -> float:
+        """Below this spread (source units) a channel is flat: the corpus's own threshold."""
+        return float(self.corpus.harmonize_config().get("flat_tolerance", HarmonizeConfig.flat_tolerance))
+
+    def recording(self, key: str) -> RecordingInfo:
+        if key not in self._recordings:
+            self._recordings[key] = RecordingInfo.from_attrs(self.corpus.attrs(key))
+        return self._recordings[key]
+
+    def source_units(self, idx: np.ndarray) -> np.ndarray:
+        """(len(idx), T, C) float32: windows idx back in source units (the corpus's z-score undone)."""
+        out = self.raw[idx]  # fancy indexing copies
+        keys = self.keys[idx]
+        for key in np.unique(keys):
+            info = self.recording(key)
+            rows = keys == key
+            out[rows] = out[rows] * info.scale.astype(np.float32) + info.center.astype(np.float32)
+        return out
 
     def __len__(self) -> int:
         return self.table.num_rows
@@ -52,17 +115,11 @@ class DatasetWindows:
     def tokens(self) -> list[WindowTokens]:
         return table_to_windows(self.table)
 
-    def token_batch(self, idx: np.ndarray, max_tokens: int) -> TokenBatch:
-        windows = self.tokens
-        return TokenBatch.collate([windows[i] for i in idx], max_tokens=max_tokens)
-
     @cached_property
     def raw(self) -> np.ndarray:
         """(N, T, C) float32 harmonized EMG of every window, read once per recording."""
-        corpus = Corpus(self.corpus_path)
-        key = np.asarray(self.table.column("key").to_pylist())
-        start = self.table.column("start").to_numpy()
-        stop = self.table.column("stop").to_numpy()
+        corpus = self.corpus
+        key, start, stop = self.keys, self.starts, self.stops
         lengths = np.unique(stop - start)
         if lengths.size != 1:
             raise ValueError(f"dataset {self.dataset!r}: labeled windows of different lengths {lengths[:5]}; "
@@ -86,11 +143,12 @@ def load_labeled_windows(tokens: str | Path, corpus_path: str | Path,
                          datasets: list[str] | None = None) -> dict[str, DatasetWindows]:
     """Labeled windows per dataset from a `windows.kind=labeled` token folder."""
     table = read_token_table(tokens)
+    settings = load_config(TokenizeConfig, [storage.join(storage.absolute(tokens), "tokenize.yaml")], [])
     table = table.filter(pc.greater_equal(table.column("label"), 0))
     present = sorted(set(table.column("dataset").to_pylist()))
     chosen = datasets or present
     missing = sorted(set(chosen) - set(present))
     if missing:
         raise ValueError(f"{tokens} has no labeled windows of {missing}; it holds {present}")
-    return {name: DatasetWindows(name, table.filter(pc.equal(table.column("dataset"), name)), str(corpus_path))
-            for name in chosen}
+    return {name: DatasetWindows(name, table.filter(pc.equal(table.column("dataset"), name)), str(corpus_path),
+                                 settings) for name in chosen}

@@ -6,25 +6,36 @@ subjects of the same dataset. A dataset with a single subject (MultiDay: one sub
 day-sessions) is split leave-one-session-out instead. Windows with label < 0 (no label) are in
 no fold. Indices are row numbers of the input table, sorted.
 
-**Calibration units.** The held-out windows are grouped into units that are never split
-between calibration and test, so no window (and, for back-to-back windows, no sample) is in
-both:
+**Repetitions.** The held-out windows are grouped into repetitions that are never split between
+calibration and test:
 
-- rep >= 0: a unit is one repetition of one label in one recording, (key, label, rep);
-- rep < 0 (no repetition ids): the windows of each (key, label), in time order (by start), are
-  cut into `N_BLOCKS` contiguous blocks (fewer if there are fewer windows); a unit is one block.
-  With overlapping windows (stride < length) two windows at a block border can share samples;
-  the units are still disjoint sets of windows.
+- rep >= 0: a repetition is one (recording, label, rep) of the protocol. Its windows come from one
+  labeled segment, and windows of different segments are at least two segment margins apart;
+- rep < 0 (no repetition ids, e.g. one long hold per class): the windows of each (recording, label),
+  in time order, are cut into `N_PSEUDO_REPS` contiguous pseudo-repetitions of equal duration. The
+  windows that come closer than `gap` to a cut are *guard* windows (unit -1): in neither calibration
+  nor test, so a calibration window and a test window cut from the same segment never share a sample
+  and are at least `gap` apart.
 
-**Budgets** (`calibration_split`). Per label, the label's units are shuffled once by a
-generator seeded with `seed` (independent of the budget). Of n units:
+**Test set.** Per label, the repetitions are shuffled once by a generator seeded with `seed`; the
+last `n_test = clip(round(test_percent/100 * n), 1, n - 1)` are the test set (all n when n == 1).
+The test set depends only on (fold, seed, test_percent), so every budget of a seed is scored on the
+same test windows.
 
-- test = the last `n_test = clip(round(test_percent/100 * n), 1, n - 1)` units (all n when
-  n == 1, so a label with one unit is test-only). The test set depends only on (fold, seed,
-  test_percent), so every budget of a seed is scored on the same test windows;
-- calibration at budget b % = the first `k = round(b/100 * n)` units, at least 1 when b > 0,
-  at most the n - n_test units of the calibration pool. So 0 % is empty, budgets are nested
-  (a prefix of the same order), and 100 % means "all repetitions but the test ones".
+**Budgets in labeled time** (`calibration_split`). The other repetitions form the label's
+calibration pool, its windows in one order: repetitions in the shuffled order, windows in time
+order inside each. Budget b % takes the first `k = clip(round(b/100 * n_pool), 1, n_pool)` windows
+of each label's pool (none at 0 %): a contiguous stretch from the start of a repetition, then the
+next repetition. Windows are equally spaced, so k is labeled time in units of the window stride;
+budgets are nested (prefixes of one order) and at least one window per label. A budget below one
+window per label selects that one window: `calibration_seconds` says how much labeled time a
+selection really holds, and the report prints it beside each percentage.
+
+**Reference windows** (`reference_split`): what the held-out subject's statistics (normalization,
+noise floor, channel health) may be computed from under the strict protocol: its calibration
+windows at b > 0, and at 0 % the windows budget `reference_percent` would calibrate with, used
+without their labels (a warm-up: the subject performs the gesture set once before use). They are
+never test windows.
 """
 
 from __future__ import annotations
@@ -34,25 +45,27 @@ from typing import Any
 
 import numpy as np
 
-N_BLOCKS = 20  # time blocks per (key, label) when a dataset has no repetition ids (5 % resolution)
-COLUMNS = ("dataset", "subject", "session", "label", "rep", "key", "start")
+N_PSEUDO_REPS = 3  # pseudo-repetitions per (recording, label) when a dataset has no repetition ids
+COLUMNS = ("dataset", "subject", "session", "label", "rep", "key", "start", "stop", "fs")
+GUARD = -1  # unit of a held-out window in neither calibration nor test
 
 
 @dataclass(frozen=True)
 class Fold:
     """One held-out subject (or session, for single-subject datasets) of one dataset.
 
-    `train_idx`/`heldout_idx`: row numbers in the windows table. `heldout_label` and
-    `heldout_unit` are aligned with `heldout_idx`: the label and calibration unit id (an integer,
-    unique within the fold) of each held-out window; `calibration_split` uses them.
+    `train_idx`/`heldout_idx`: row numbers in the windows table. `heldout_label`, `heldout_unit` and
+    `heldout_start` are aligned with `heldout_idx`: the label, the repetition id (an integer unique
+    within the fold; GUARD for guard windows) and the start sample of each held-out window.
     """
 
     dataset: str
     held_out: str
     train_idx: np.ndarray
     heldout_idx: np.ndarray
-    heldout_label: np.ndarray | None = None
-    heldout_unit: np.ndarray | None = None
+    heldout_label: np.ndarray
+    heldout_unit: np.ndarray
+    heldout_start: np.ndarray
 
 
 def _columns(windows: Any) -> dict[str, np.ndarray]:
@@ -65,34 +78,44 @@ def _columns(windows: Any) -> dict[str, np.ndarray]:
         out[name] = np.asarray(col)
     for name in ("dataset", "subject", "session", "key"):
         out[name] = out[name].astype(str)
-    for name in ("label", "rep", "start"):
+    for name in ("label", "rep", "start", "stop"):
         out[name] = out[name].astype(np.int64)
+    out["fs"] = out["fs"].astype(np.float64)
     return out
 
 
-def _units(cols: dict[str, np.ndarray], idx: np.ndarray) -> np.ndarray:
-    """Calibration unit id of each row in idx (see the module docstring)."""
-    key, label, rep, start = cols["key"][idx], cols["label"][idx], cols["rep"][idx], cols["start"][idx]
-    names = np.empty(len(idx), dtype=object)
+def _units(cols: dict[str, np.ndarray], idx: np.ndarray, gap_s: float | None) -> np.ndarray:
+    """Repetition id of each row in idx, GUARD for guard windows (see the module docstring)."""
+    key, label, rep = cols["key"][idx], cols["label"][idx], cols["rep"][idx]
+    start, stop, fs = cols["start"][idx], cols["stop"][idx], cols["fs"][idx]
+    # one integer per (key, label): recordings and labels are few, windows many
+    _, pair = np.unique(np.char.add(np.char.add(key, "\0"), label.astype(str)), return_inverse=True)
+    unit = np.full(idx.size, GUARD, dtype=np.int64)
     has_rep = rep >= 0
-    for i in np.flatnonzero(has_rep):
-        names[i] = ("r", key[i], int(label[i]), int(rep[i]))
-    no_rep = np.flatnonzero(~has_rep)
-    if no_rep.size:
-        groups: dict[tuple[str, int], list[int]] = {}
-        for i in no_rep:
-            groups.setdefault((key[i], int(label[i])), []).append(i)
-        for (k, lab), members in groups.items():
-            members = np.asarray(members)[np.argsort(start[members], kind="stable")]
-            for b, block in enumerate(np.array_split(members, min(N_BLOCKS, len(members)))):
-                for i in block:
-                    names[i] = ("b", k, lab, b)
-    _, unit = np.unique(np.array([repr(n) for n in names], dtype=str), return_inverse=True)
-    return unit.astype(np.int64)
+    if has_rep.any():  # (key, label, rep) -> an id; pseudo-repetitions get ids after them
+        _, unit[has_rep] = np.unique(np.stack([pair[has_rep], rep[has_rep]]), axis=1, return_inverse=True)
+    next_id = int(unit.max(initial=-1)) + 1
+    for p in np.unique(pair[~has_rep]):
+        members = np.flatnonzero((pair == p) & ~has_rep)
+        first, last = start[members].min(), stop[members].max()
+        gap = (stop[members] - start[members]).max() if gap_s is None else gap_s * fs[members[0]]
+        cuts = first + (last - first) * np.arange(1, N_PSEUDO_REPS) / N_PSEUDO_REPS
+        part = np.searchsorted(cuts, start[members], side="right")
+        # a window must lie inside its part and keep gap/2 from every cut on either side
+        low = np.concatenate([[-np.inf], cuts + gap / 2])[part]
+        high = np.concatenate([cuts - gap / 2, [np.inf]])[part]
+        inside = (start[members] >= low) & (stop[members] <= high)
+        unit[members[inside]] = next_id + part[inside]
+        next_id += N_PSEUDO_REPS
+    return unit
 
 
-def loso_folds(windows: Any, dataset: str) -> list[Fold]:
-    """Leave-one-subject-out folds of one dataset (leave-one-session-out if it has one subject)."""
+def loso_folds(windows: Any, dataset: str, gap_s: float | None = None) -> list[Fold]:
+    """Leave-one-subject-out folds of one dataset (leave-one-session-out if it has one subject).
+
+    gap_s: the least distance between a calibration and a test window cut from the same segment
+    (datasets without repetition ids); None = one window length.
+    """
     cols = _columns(windows)
     rows = np.flatnonzero((cols["dataset"] == dataset) & (cols["label"] >= 0))
     if rows.size == 0:
@@ -106,43 +129,66 @@ def loso_folds(windows: Any, dataset: str) -> list[Fold]:
         if train.size == 0:
             raise ValueError(f"dataset {dataset!r} has a single subject and a single session; no fold")
         folds.append(Fold(dataset=dataset, held_out=str(held), train_idx=train, heldout_idx=heldout,
-                          heldout_label=cols["label"][heldout], heldout_unit=_units(cols, heldout)))
+                          heldout_label=cols["label"][heldout], heldout_unit=_units(cols, heldout, gap_s),
+                          heldout_start=cols["start"][heldout]))
     return folds
 
 
-def _label_orders(fold: Fold, seed: int) -> list[np.ndarray]:
-    """Per label (sorted), its unit ids in the seed's shuffled order."""
+def _label_pools(fold: Fold, seed: int, test_percent: float) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per label (sorted): (pool positions in calibration order, test positions), as positions in heldout_idx."""
+    if not 0 < test_percent < 100:
+        raise ValueError(f"test_percent must be in (0, 100), got {test_percent}")
     rng = np.random.default_rng(seed)
-    orders = []
+    out = []
     for lab in np.unique(fold.heldout_label):
-        units = np.unique(fold.heldout_unit[fold.heldout_label == lab])
-        orders.append(units[rng.permutation(units.size)])
-    return orders
+        units = np.unique(fold.heldout_unit[(fold.heldout_label == lab) & (fold.heldout_unit != GUARD)])
+        order = units[rng.permutation(units.size)]
+        n = order.size
+        n_test = n if n == 1 else int(np.clip(round(test_percent / 100 * n), 1, n - 1))
+        test = np.flatnonzero(np.isin(fold.heldout_unit, order[n - n_test:]))
+        pool = np.flatnonzero(np.isin(fold.heldout_unit, order[:n - n_test]))
+        rank = {u: i for i, u in enumerate(order)}  # pool order: repetitions as shuffled, time inside each
+        pool = pool[np.lexsort((fold.heldout_start[pool], [rank[u] for u in fold.heldout_unit[pool]]))]
+        out.append((pool, test))
+    return out
 
 
 def calibration_split(fold: Fold, budget_percent: float, seed: int,
                       test_percent: float = 33.0) -> tuple[np.ndarray, np.ndarray]:
     """(calib_idx, test_idx): row numbers of the held-out windows used to calibrate / to score.
 
-    See the module docstring for the rule; calibration and test never share a unit.
+    See the module docstring for the rule; calibration and test never share a repetition.
     """
     if not 0 <= budget_percent <= 100:
         raise ValueError(f"budget_percent must be in [0, 100], got {budget_percent}")
-    if not 0 < test_percent < 100:
-        raise ValueError(f"test_percent must be in (0, 100), got {test_percent}")
-    if fold.heldout_label is None or fold.heldout_unit is None:
-        raise ValueError("fold has no held-out labels/units; build it with loso_folds")
-    calib_units, test_units = [], []
-    for order in _label_orders(fold, seed):
-        n = order.size
-        n_test = n if n == 1 else int(np.clip(round(test_percent / 100 * n), 1, n - 1))
-        pool = n - n_test
-        k = int(round(budget_percent / 100 * n))
-        if budget_percent > 0:
-            k = max(k, 1)
-        k = min(k, pool)
-        calib_units.append(order[:k])
-        test_units.append(order[n - n_test:])
-    calib = np.isin(fold.heldout_unit, np.concatenate(calib_units))
-    test = np.isin(fold.heldout_unit, np.concatenate(test_units))
-    return np.sort(fold.heldout_idx[calib]), np.sort(fold.heldout_idx[test])
+    calib, test = [], []
+    for pool, label_test in _label_pools(fold, seed, test_percent):
+        k = int(np.clip(round(budget_percent / 100 * pool.size), 1, pool.size)) if budget_percent > 0 else 0
+        calib.append(pool[:k])
+        test.append(label_test)
+    return np.sort(fold.heldout_idx[np.concatenate(calib)]), np.sort(fold.heldout_idx[np.concatenate(test)])
+
+
+def reference_split(fold: Fold, budget_percent: float, seed: int, test_percent: float = 33.0,
+                    reference_percent: float = 1.0) -> np.ndarray:
+    """Row numbers of the windows the held-out subject's statistics may use at this budget (sorted)."""
+    if not 0 < reference_percent <= 100:
+        raise ValueError(f"reference_percent must be in (0, 100], got {reference_percent}")
+    return calibration_split(fold, budget_percent or reference_percent, seed, test_percent)[0]
+
+
+def calibration_seconds(start: np.ndarray, stop: np.ndarray, key: np.ndarray, label: np.ndarray,
+                        fs: float) -> float:
+    """Labeled time per class held by a set of equal-length windows: the union of their spans in seconds,
+    averaged over the labels present (samples shared by overlapping windows count once)."""
+    if start.size == 0:
+        return 0.0
+    key = np.asarray(key).astype(str)
+    order = np.lexsort((start, key, label))
+    start, stop, key, label = start[order], stop[order], key[order], label[order]
+    next_start = np.append(start[1:], np.iinfo(np.int64).max)
+    last_of_run = np.append((key[1:] != key[:-1]) | (label[1:] != label[:-1]), True)
+    next_start[last_of_run] = np.iinfo(np.int64).max
+    # sorted equal-length windows: each adds its samples up to where the next one starts
+    covered = (np.minimum(stop, next_start) - start).sum()
+    return float(covered) / fs / np.unique(label).size

@@ -16,14 +16,19 @@ Methods (`METHODS`):
 
 SimCLR and MAE pretrain per fold on the windows of the fold's other subjects only (labels unused),
 so, like AEMG under the default protocol, they never see the held-out subject before calibration.
+
+Every input goes through the fold context: rows of the other subjects come from the stored windows,
+rows of the held-out subject only from the context's current `HeldOutView` (heldout.py), which holds
+them as its reference statistics made them. A method asking for held-out rows with no view raises, so
+no method can read the held-out subject through the corpus's whole-recording statistics by accident.
 """
 
 from __future__ import annotations
 
 import zlib
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -34,8 +39,10 @@ from aemg_dist.evaluation.classifiers import (
     train_classifier)
 from aemg_dist.evaluation.data import DatasetWindows
 from aemg_dist.evaluation.folds import Fold
+from aemg_dist.evaluation.heldout import HeldOutView
 from aemg_dist.evaluation.td_lda import LDA, td_features
 from aemg_dist.model import AEMGModel, ModelConfig, batch_to_torch, load_inference
+from aemg_dist.tokens import TokenBatch, WindowTokens
 
 AEMG_METHODS = ("aemg_finetune", "aemg_probe")  # need a pretrained checkpoint
 BASELINE_METHODS = ("aemg_scratch", "td_lda", "cnn", "transformer", "simclr", "mae")
@@ -52,11 +59,16 @@ class FoldContext:
     max_tokens: int
     model_config: ModelConfig  # architecture of aemg_scratch (the checkpoint's, when there is one)
     checkpoint: str = ""  # exported inference checkpoint folder
+    view: HeldOutView | None = None  # the held-out windows as the current reference statistics made them
     cache: dict[str, Any] = field(default_factory=dict)
 
     @property
     def source(self) -> np.ndarray:
         return self.fold.train_idx
+
+    def with_view(self, view: HeldOutView) -> "FoldContext":
+        """The same fold (and cache) with the held-out windows of `view`."""
+        return replace(self, view=view)
 
     @property
     def n_classes(self) -> int:
@@ -66,11 +78,52 @@ class FoldContext:
         """A training seed that depends only on (method, dataset, held-out subject, parts)."""
         return zlib.crc32("/".join(map(str, (method, self.data.dataset, self.fold.held_out, *parts))).encode())
 
+    def _split(self, idx: np.ndarray) -> np.ndarray:
+        """Which of idx are held-out rows; raises when there are some and no view to take them from."""
+        heldout = np.isin(idx, self.fold.heldout_idx)
+        if heldout.any() and self.view is None:
+            raise RuntimeError(f"{self.data.dataset}/{self.fold.held_out}: held-out windows requested without a "
+                               "held-out view (its statistics would come from the corpus)")
+        return heldout
+
+    def raw(self, idx: np.ndarray) -> np.ndarray:
+        """(len(idx), T, C) float32 samples of windows idx (a copy)."""
+        heldout = self._split(idx)
+        out = self.data.raw[idx]  # fancy indexing copies: writable, never the cache itself
+        if heldout.any():
+            out[heldout] = self.view.raw[self.view.positions(idx[heldout])]
+        return out
+
+    def windows(self, idx: np.ndarray) -> list[WindowTokens]:
+        """The tokens of windows idx."""
+        heldout = self._split(idx)
+        stored = self.data.tokens
+        from_view = iter(self.view.windows(idx[heldout]) if heldout.any() else [])
+        return [next(from_view) if h else stored[i] for i, h in zip(idx.tolist(), heldout.tolist())]
+
     def token_inputs(self, idx: np.ndarray) -> dict[str, torch.Tensor]:
-        return batch_to_torch(self.data.token_batch(idx, self.max_tokens))
+        return batch_to_torch(TokenBatch.collate(self.windows(idx), max_tokens=self.max_tokens))
 
     def raw_inputs(self, idx: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(self.data.raw[idx])  # fancy indexing copies: writable, never the cache itself
+        return torch.from_numpy(self.raw(idx))
+
+    def cached(self, name: str, compute: Callable[[np.ndarray], np.ndarray], idx: np.ndarray) -> np.ndarray:
+        """compute(...) of windows idx, computed once for the source rows and once per view for the held-out rows."""
+        source_key = f"{name}/source"
+        if source_key not in self.cache:
+            self.cache[source_key] = compute(self.source)
+        heldout = np.isin(idx, self.fold.heldout_idx)
+        if not heldout.any():
+            return self.cache[source_key][np.searchsorted(self.source, idx)]
+        self._split(idx)
+        view_key = f"{name}/view"
+        if self.cache.get(f"{view_key}/id") is not self.view:  # one view at a time: memory stays bounded
+            self.cache[view_key], self.cache[f"{view_key}/id"] = compute(self.view.rows), self.view
+        source_part = self.cache[source_key]
+        out = np.empty((idx.size, *source_part.shape[1:]), dtype=source_part.dtype)
+        out[~heldout] = source_part[np.searchsorted(self.source, idx[~heldout])]
+        out[heldout] = self.cache[view_key][self.view.positions(idx[heldout])]
+        return out
 
     def pretrained(self) -> AEMGModel:
         if not self.checkpoint:
@@ -98,57 +151,54 @@ class FeatureMethod(Method):
     """Fixed features of every window + a linear classifier refit with weighted calibration windows."""
 
     @abstractmethod
-    def features(self, ctx: FoldContext) -> np.ndarray:
+    def features(self, ctx: FoldContext, idx: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
     @abstractmethod
     def classifier(self, ctx: FoldContext, X: np.ndarray, y: np.ndarray, weight: np.ndarray | None) -> Any:
         raise NotImplementedError
 
-    def _features(self, ctx: FoldContext) -> np.ndarray:
-        key = f"features/{self.name}"
-        if key not in ctx.cache:
-            ctx.cache[key] = self.features(ctx)
-        return ctx.cache[key]
+    def _features(self, ctx: FoldContext, idx: np.ndarray) -> np.ndarray:
+        return ctx.cached(f"features/{self.name}", lambda rows: self.features(ctx, rows), idx)
 
     def source_model(self, ctx: FoldContext) -> Any:
-        X = self._features(ctx)
-        return self.classifier(ctx, X[ctx.source], ctx.data.y[ctx.source], None)
+        return self.classifier(ctx, self._features(ctx, ctx.source), ctx.data.y[ctx.source], None)
 
     def calibrated(self, ctx: FoldContext, base: Any, calib: np.ndarray, seed: int) -> Any:
-        X, rows = self._features(ctx), np.concatenate([ctx.source, calib])
+        rows = np.concatenate([ctx.source, calib])
         weight = calibration_weights(ctx.source.size, calib.size, ctx.train.calib_share)
-        return self.classifier(ctx, X[rows], ctx.data.y[rows], weight)
+        return self.classifier(ctx, self._features(ctx, rows), ctx.data.y[rows], weight)
 
     def predict(self, ctx: FoldContext, model: Any, idx: np.ndarray) -> np.ndarray:
-        return np.asarray(model.predict(self._features(ctx)[idx]))
+        return np.asarray(model.predict(self._features(ctx, idx)))
 
 
 class TDLDA(FeatureMethod):
     name = "td_lda"
 
-    def features(self, ctx: FoldContext) -> np.ndarray:
-        raw = ctx.data.raw  # in chunks: td_features holds a few float64 copies of its input
-        return np.concatenate([td_features(raw[i:i + 2048]) for i in range(0, len(raw), 2048)])
+    def features(self, ctx: FoldContext, idx: np.ndarray) -> np.ndarray:
+        # in chunks: td_features holds a few float64 copies of its input
+        return np.concatenate([td_features(ctx.raw(idx[i:i + 2048])) for i in range(0, idx.size, 2048)])
 
     def classifier(self, ctx: FoldContext, X: np.ndarray, y: np.ndarray, weight: np.ndarray | None) -> LDA:
         return LDA().fit(X, y, sample_weight=weight)
 
 
-def pretrained_features(ctx: FoldContext) -> np.ndarray:
-    """The frozen pretrained encoder's pooled window features of every window (computed once per fold)."""
-    if "pretrained_features" not in ctx.cache:
-        model = ctx.pretrained()
-        ctx.cache["pretrained_features"] = apply_in_batches(lambda batch: model.encode(batch)[0], ctx.token_inputs,
-                                                            np.arange(len(ctx.data)))
-    return ctx.cache["pretrained_features"]
+def pretrained_features(ctx: FoldContext, idx: np.ndarray) -> np.ndarray:
+    """The frozen pretrained encoder's pooled window features of windows idx (once per fold and view)."""
+    def encode(rows: np.ndarray) -> np.ndarray:
+        if "pretrained_model" not in ctx.cache:
+            ctx.cache["pretrained_model"] = ctx.pretrained()
+        model = ctx.cache["pretrained_model"]
+        return apply_in_batches(lambda batch: model.encode(batch)[0], ctx.token_inputs, rows)
+    return ctx.cached("pretrained_features", encode, idx)
 
 
 class AEMGProbe(FeatureMethod):
     name = "aemg_probe"
 
-    def features(self, ctx: FoldContext) -> np.ndarray:
-        return pretrained_features(ctx)
+    def features(self, ctx: FoldContext, idx: np.ndarray) -> np.ndarray:
+        return pretrained_features(ctx, idx)
 
     def classifier(self, ctx: FoldContext, X: np.ndarray, y: np.ndarray, weight: np.ndarray | None) -> LinearProbe:
         return LinearProbe(l2=ctx.train.probe_l2).fit(X, y, ctx.n_classes, sample_weight=weight)
@@ -193,7 +243,7 @@ class AEMGFinetune(NeuralMethod):
     def build(self, ctx: FoldContext) -> nn.Module:
         model = AEMGClassifier(ctx.pretrained().train(), ctx.n_classes)
         if ctx.train.probe_init:
-            X = pretrained_features(ctx)[ctx.source]
+            X = pretrained_features(ctx, ctx.source)
             probe = LinearProbe(l2=ctx.train.probe_l2).fit(X, ctx.data.y[ctx.source], ctx.n_classes)
             with torch.no_grad():  # the probe standardizes its input: fold that into the head's weights
                 weight = probe.weight_ / probe.scale_[:, None]
@@ -240,7 +290,7 @@ def _self_supervised(model: nn.Module, objective: str, ctx: FoldContext, name: s
     """Pretrain `model` in place with raw_models.<objective> on the fold's unlabeled training windows."""
     from aemg_dist.evaluation import raw_models
 
-    getattr(raw_models, objective)(model, ctx.data.raw[ctx.source], steps=ctx.train.pretrain_steps,
+    getattr(raw_models, objective)(model, ctx.raw(ctx.source), steps=ctx.train.pretrain_steps,
                                    batch_size=max(ctx.train.batch_size, 64), seed=ctx.seed(name, "pretrain"))
     return model
 

@@ -5,16 +5,22 @@
    the features it was trained on). Every method then uses these rows: the AEMG models their
    tokens, the raw-signal baselines the corpus samples of the same spans.
 2. Folds: leave-one-subject-out within each dataset (leave-one-session-out for a single-subject
-   dataset), optionally restricted to some held-out subjects or `max_folds` per dataset.
-3. Pretraining guard: with `require_unseen` (the default), a fold is only scored with a checkpoint
-   whose pretraining excluded the held-out subject (`data.exclude_subjects`) or its whole dataset
-   (`data.exclude_datasets`, leave-one-dataset-out); several checkpoints can be given, e.g. two
-   pretrainings that each exclude half of the subjects, and each fold takes one that never saw it.
-   Each row records which kind of exclusion held (`pretraining`: unseen_subject / unseen_dataset /
-   seen).
+   dataset), optionally restricted to some held-out subjects or `max_folds` per dataset. With a
+   `splits` file (splits.py) a fold is a development or a test fold and `role` picks which to run:
+   choices are made on development folds, numbers reported on test folds.
+3. Pretraining guard by lineage: with `require_unseen` (the default), a fold is only scored with a
+   checkpoint that never trained on the held-out subject. What a checkpoint trained on is read, not
+   trusted: the recordings of its token folder's manifest minus its exclusions, and the same for every
+   run it started from (`run.init_from`), matched by (dataset, subject). A checkpoint whose lineage
+   never saw the fold's dataset (e.g. pretrained on another corpus) scores it as `unseen_dataset`.
+   Several checkpoints can be given, e.g. pretrainings that each exclude a group of subjects, and each
+   fold takes one that never saw it. Each row records the relation (`pretraining`: unseen_subject /
+   unseen_dataset / seen).
 4. Trials: one Ray task per fold (or in-process with workers=1) fits every method on the source
-   subjects and adapts it per (budget, seed); results are appended to OUT/trials.jsonl as folds
-   finish, so an interrupted evaluation re-run with the same config skips finished folds.
+   subjects, then per (budget, seed) rebuilds the held-out subject's windows from its reference
+   windows only (`normalization=strict`, heldout.py), adapts every method to the calibration windows
+   and scores the test windows; results are appended to OUT/trials.jsonl as folds finish, so an
+   interrupted evaluation re-run with the same config skips finished folds.
 5. Report: summary.csv, report.md and plots (report.py).
 
 Every path may be a URI (`s3://...`, see storage.py). OUT on an object store is staged in a local
@@ -40,8 +46,10 @@ from aemg_dist import storage
 from aemg_dist.config import ConfigError, config_from_dict, load_config, save_config
 from aemg_dist.evaluation.classifiers import FinetuneConfig
 from aemg_dist.evaluation.data import DatasetWindows, load_labeled_windows
-from aemg_dist.evaluation.folds import Fold, calibration_split, loso_folds
+from aemg_dist.evaluation.folds import Fold, calibration_seconds, calibration_split, loso_folds, reference_split
+from aemg_dist.evaluation.heldout import NORMALIZATIONS, heldout_view
 from aemg_dist.evaluation.methods import AEMG_METHODS, BASELINE_METHODS, METHODS, FoldContext
+from aemg_dist.evaluation.splits import ROLES, fold_role, load_splits
 from aemg_dist.evaluation.td_lda import balanced_accuracy, macro_f1
 from aemg_dist.model import ModelConfig
 from aemg_dist.windows import WindowConfig
@@ -60,6 +68,12 @@ class EvaluateConfig:
     budgets: list[float] = field(default_factory=lambda: [0.0, 1.0, 5.0, 10.0, 100.0])  # % of the subject's labels
     seeds: list[int] = field(default_factory=lambda: [0])  # calibration draws (and adaptation seeds)
     test_percent: float = 33.0  # of each held-out label's repetitions, scored at every budget
+    # strict: the held-out subject's statistics (normalization, noise floor, channels) come from its reference
+    # windows only; transductive: from its whole recordings, as the corpus stores them (heldout.py)
+    normalization: str = "strict"
+    reference_percent: float = 1.0  # at 0 %: the windows this budget would calibrate with, used without labels
+    splits: str = ""  # YAML of development subjects per dataset (splits.py); the others are test subjects
+    role: str = "all"  # which folds to run with a splits file: development, test or all
     methods: list[str] = field(default_factory=lambda: [*AEMG_METHODS, *BASELINE_METHODS])
     datasets: list[str] = field(default_factory=list)  # empty = every dataset of the corpus
     subjects: list[str] = field(default_factory=list)  # held-out "dataset/subject" (or session) to score; empty = all
@@ -86,38 +100,86 @@ class EvaluateConfig:
             raise ValueError("need at least one seed, max_folds >= 0 and test_percent in (0, 100)")
         if self.windows.kind != "labeled":
             raise ValueError("evaluation windows must be windows.kind=labeled")
+        if self.normalization not in NORMALIZATIONS:
+            raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {self.normalization!r}")
+        if not 0 < self.reference_percent <= 100:
+            raise ValueError(f"reference_percent must be in (0, 100], got {self.reference_percent}")
+        if self.role not in ROLES or (self.role != "all" and not self.splits):
+            raise ValueError(f"role must be one of {ROLES} (development/test need a splits file), got {self.role!r}")
+
+    @property
+    def gap_s(self) -> float:
+        """Least distance between calibration and test windows cut from one segment: a window plus the margin."""
+        return self.windows.length_s + self.windows.margin_s
 
 
 # ---------------------------------------------------------------- checkpoints and the pretraining guard
 
+MAX_LINEAGE = 32  # stages followed through run.init_from before a loop is assumed
+
+
 @dataclass(frozen=True)
 class Checkpoint:
-    """A pretraining run as evaluation sees it: where its weights are and what it never saw."""
+    """A pretraining run as evaluation sees it: where its weights are and which subjects its lineage trained on.
+
+    `seen` is every (dataset, subject) whose windows reached the run or any run it started from
+    (`run.init_from`, followed stage by stage): the recordings its token folder's manifest lists, minus its
+    exclusions. Validation recordings count as seen (the validation loss read them)."""
 
     run: str
     export: str
     tokens: str
-    exclude_subjects: tuple[str, ...]
-    exclude_datasets: tuple[str, ...]
+    seen: frozenset[tuple[str, str]]
 
     @classmethod
-    def from_run(cls, path: str | Path) -> "Checkpoint":
+    def from_run(cls, path: str | Path, _depth: int = 0) -> "Checkpoint":
         """The run folder (a local path or a URI), or its export/."""
         path = storage.absolute(path)
-        parent, name = posixpath.split(path)
+        parent, name = posixpath.split(path.rstrip("/"))
         run = parent if name == "export" else path
         export, config = storage.join(run, "export"), storage.join(run, "config.yaml")
         if not storage.exists(storage.join(export, "model.safetensors")) or not storage.exists(config):
             raise FileNotFoundError(f"{path} is not a finished `aemg pretrain` run (needs config.yaml and "
                                     "export/model.safetensors)")
-        data = OmegaConf.create(storage.read_text(config)).data
-        return cls(run, export, str(data.tokens), tuple(data.exclude_subjects), tuple(data.exclude_datasets))
+        settings = OmegaConf.create(storage.read_text(config))
+        data = settings.data
+        seen = _trained_on(str(data.tokens), set(data.exclude_subjects), set(data.exclude_datasets), run)
+        init_from = str(settings.run.get("init_from") or "")
+        if init_from:  # stage 2 of two-stage training: it also holds what its stage 1 saw
+            if _depth >= MAX_LINEAGE:
+                raise ConfigError(f"{run}: run.init_from goes more than {MAX_LINEAGE} stages deep (a loop?)")
+            try:
+                seen |= cls.from_run(init_from, _depth + 1).seen
+            except FileNotFoundError as err:
+                raise ConfigError(f"{run} started from {init_from}, whose run cannot be read ({err}); the guard cannot "
+                                  "tell which subjects it saw") from None
+        return cls(run, export, str(data.tokens), frozenset(seen))
+
+    @property
+    def datasets(self) -> frozenset[str]:
+        return frozenset(d for d, _ in self.seen)
 
     def relation(self, dataset: str, subject: str) -> str:
         """How pretraining relates to a held-out subject: unseen_dataset, unseen_subject or seen."""
-        if dataset in self.exclude_datasets:
+        if dataset not in self.datasets:
             return "unseen_dataset"
-        return "unseen_subject" if f"{dataset}/{subject}" in self.exclude_subjects else "seen"
+        return "seen" if (dataset, subject) in self.seen else "unseen_subject"
+
+
+def _trained_on(tokens: str, exclude_subjects: set[str], exclude_datasets: set[str], run: str) -> set[tuple[str, str]]:
+    """(dataset, subject) of every recording in a token folder's manifest that the exclusions keep."""
+    from aemg_dist.data import TOKENS_MANIFEST
+
+    manifest = storage.join(tokens, TOKENS_MANIFEST)
+    if not storage.exists(manifest):
+        raise ConfigError(f"{run} was pretrained on {tokens}, which has no {TOKENS_MANIFEST} any more; the guard "
+                          "cannot tell which subjects it saw")
+    seen = set()
+    for key in json.loads(storage.read_text(manifest))["recordings"]:
+        dataset, subject, _ = key.split("/")
+        if dataset not in exclude_datasets and f"{dataset}/{subject}" not in exclude_subjects:
+            seen.add((dataset, subject))
+    return seen
 
 
 def assign_checkpoints(checkpoints: list[Checkpoint], folds: list[tuple[str, str]],
@@ -132,7 +194,7 @@ def assign_checkpoints(checkpoints: list[Checkpoint], folds: list[tuple[str, str
         else:
             uncovered.append("/".join(fold))
     if uncovered:
-        raise ConfigError(f"no checkpoint's pretraining excluded the held-out subject of {len(uncovered)} fold(s): "
+        raise ConfigError(f"every checkpoint's lineage trained on the held-out subject of {len(uncovered)} fold(s): "
                           f"{uncovered[:6]}{' ...' if len(uncovered) > 6 else ''}. Pretrain with "
                           "data.exclude_subjects=[dataset/subject,...] (or data.exclude_datasets), give several "
                           "--checkpoint runs that together exclude every held-out subject, or set require_unseen=false")
@@ -188,9 +250,12 @@ def labeled_tokens(cfg: EvaluateConfig, checkpoints: list[Checkpoint], progress:
 
 
 def select_folds(data: DatasetWindows, cfg: EvaluateConfig) -> list[Fold]:
-    folds = loso_folds(data.table, data.dataset)
+    folds = loso_folds(data.table, data.dataset, cfg.gap_s)
     if cfg.subjects:
         folds = [f for f in folds if f"{data.dataset}/{f.held_out}" in cfg.subjects]
+    if cfg.role != "all":
+        splits = load_splits(cfg.splits)
+        folds = [f for f in folds if fold_role(splits, data.dataset, f.held_out) == cfg.role]
     if cfg.max_folds and len(folds) > cfg.max_folds:
         folds = [folds[i] for i in np.linspace(0, len(folds) - 1, cfg.max_folds).round().astype(int)]
     return folds
@@ -218,41 +283,61 @@ def _dataset(tokens: str, corpus: str, dataset: str) -> DatasetWindows:
 
 
 def run_fold(job: FoldJob, cfg_dict: dict[str, Any], tokens: str) -> list[dict[str, Any]]:
-    """Every method x budget x seed of one fold; returns one result dict per trial (runs as a Ray task)."""
+    """Every method x budget x seed of one fold; returns one result dict per trial (runs as a Ray task).
+
+    Each method is fitted once on the other subjects. Then, per (budget, seed), the held-out windows are
+    rebuilt from that split's reference windows (`heldout_view`) and every method is adapted to the
+    calibration windows and scored on the test windows of that view."""
     import torch
 
+    fold_started = time.perf_counter()
     cfg = config_from_dict(EvaluateConfig, cfg_dict)
     # one thread: folds run side by side, and on a busy machine torch's extra threads make a step 10-20x slower
     torch.set_num_threads(1)
     # a URI export is fetched by the task itself (once per node): the driver's disk is not on every node
     checkpoint = str(storage.local_copy(job.checkpoint)) if job.checkpoint else ""
     data = _dataset(tokens, cfg.corpus, job.dataset)
-    fold = next(f for f in loso_folds(data.table, job.dataset) if f.held_out == job.held_out)
-    splits = {(b, s): calibration_split(fold, b, s, cfg.test_percent) for b in cfg.budgets for s in cfg.seeds}
+    fold = next(f for f in loso_folds(data.table, job.dataset, cfg.gap_s) if f.held_out == job.held_out)
     ctx = FoldContext(data=data, fold=fold, train=cfg.train, max_tokens=cfg.max_tokens,
                       model_config=_scratch_config(cfg, checkpoint, data), checkpoint=checkpoint)
     held_out_kind = "session" if len(set(data.table.column("subject").to_pylist())) == 1 else "subject"
-    results = []
-    for name in cfg.methods:
-        method, started = METHODS[name](), time.perf_counter()
-        base = method.source_model(ctx)
-        base_pred = dict(zip(fold.heldout_idx.tolist(), method.predict(ctx, base, fold.heldout_idx)))
-        for (budget, seed), (calib, test) in splits.items():
-            if calib.size:
-                pred = method.predict(ctx, method.calibrated(ctx, base, calib, seed), test)
-            else:
-                pred = np.array([base_pred[i] for i in test.tolist()])
+    role = fold_role(load_splits(cfg.splits), job.dataset, job.held_out) if cfg.splits else ""
+    methods = {name: METHODS[name]() for name in cfg.methods}
+    seconds = dict.fromkeys(methods, 0.0)
+    bases = {}
+    for name, method in methods.items():  # the other subjects only: no view, no held-out window
+        started = time.perf_counter()
+        bases[name] = method.source_model(ctx)
+        seconds[name] += time.perf_counter() - started
+    results, view, view_reference = [], None, None
+    for seed in cfg.seeds:
+        for budget in cfg.budgets:
+            calib, test = calibration_split(fold, budget, seed, cfg.test_percent)
+            reference = reference_split(fold, budget, seed, cfg.test_percent, cfg.reference_percent)
+            if view_reference is None or not np.array_equal(reference, view_reference):
+                view, view_reference = heldout_view(data, fold.heldout_idx, reference, cfg.normalization), reference
+            split_ctx = ctx.with_view(view)
             truth = data.y[test]
-            confusion = np.zeros((ctx.n_classes, ctx.n_classes), dtype=np.int64)
-            np.add.at(confusion, (truth, pred), 1)
-            results.append({
-                "method": name, "dataset": job.dataset, "subject": job.held_out, "budget": budget, "seed": seed,
-                "balanced_accuracy": balanced_accuracy(truth, pred), "macro_f1": macro_f1(truth, pred),
-                "n_train": int(fold.train_idx.size + calib.size), "n_test": int(test.size),
-                "n_calib": int(calib.size), "pretraining": job.pretraining if name in AEMG_METHODS else "",
-                "held_out_kind": held_out_kind, "classes": data.class_names, "confusion": confusion.tolist(),
-                "seconds": time.perf_counter() - started,
-            })
+            for name, method in methods.items():
+                started = time.perf_counter()
+                model = method.calibrated(split_ctx, bases[name], calib, seed) if calib.size else bases[name]
+                pred = method.predict(split_ctx, model, test)
+                seconds[name] += time.perf_counter() - started
+                confusion = np.zeros((ctx.n_classes, ctx.n_classes), dtype=np.int64)
+                np.add.at(confusion, (truth, pred), 1)
+                results.append({
+                    "method": name, "dataset": job.dataset, "subject": job.held_out, "budget": budget, "seed": seed,
+                    "balanced_accuracy": balanced_accuracy(truth, pred), "macro_f1": macro_f1(truth, pred),
+                    "n_train": int(fold.train_idx.size + calib.size), "n_test": int(test.size),
+                    "n_calib": int(calib.size), "pretraining": job.pretraining if name in AEMG_METHODS else "",
+                    "calib_seconds_per_class": calibration_seconds(data.starts[calib], data.stops[calib],
+                                                                   data.keys[calib], data.y[calib], data.fs),
+                    "normalization": cfg.normalization, "role": role,
+                    "held_out_kind": held_out_kind, "classes": data.class_names, "confusion": confusion.tolist(),
+                })
+    fold_seconds = time.perf_counter() - fold_started
+    for r in results:  # a method's time for the whole fold (its source model, every budget and seed), and the fold's
+        r["seconds"], r["fold_seconds"] = seconds[r["method"]], fold_seconds
     return results
 
 
