@@ -43,7 +43,8 @@ from aemg_dist.tokens import TokenBatch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODEL_PRESETS = REPO_ROOT / "configs" / "model"
-METRICS = ("loss", "recon_loss", "commit_loss", "mtm_loss", "mtm_accuracy", "codebook_usage", "perplexity", "lr")
+METRICS = ("loss", "recon_loss", "commit_loss", "mtm_loss", "mtm_accuracy", "feature_loss", "codebook_usage",
+           "perplexity", "lr")
 
 
 @dataclass

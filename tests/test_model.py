@@ -353,6 +353,22 @@ def test_masked_prediction_beats_chance_after_training(trained):
     assert float(out["mtm_accuracy"]) > 2 * majority, (float(out["mtm_accuracy"]), majority)
 
 
+def test_masked_feature_regression_learns_the_masked_features_and_stays_off_by_default():
+    assert AEMGModel(tiny()).feature_head is None and "feature_loss" not in AEMGModel(tiny())(
+        synthetic_batch(np.random.default_rng(0)))
+    torch.manual_seed(0)
+    model = AEMGModel(tiny(feature_weight=1.0))
+    history = train(model, steps=150)
+    first, last = early_late(history, "feature_loss")
+    # the masked tokens' features are their channel's prototype under the window's gesture: predictable from context
+    variance = float(np.var(PROTOTYPES[GESTURE_PROTOTYPE].reshape(-1, N_FEATURES), axis=0).mean())
+    assert last < 0.5 * first and last < 0.5 * variance, (first, last, variance)
+    # the feature head's gradient comes from the feature loss only, and it is frozen for fine-tuning
+    from aemg_dist.evaluation.classifiers import AEMGClassifier
+
+    assert not any(p.requires_grad for p in AEMGClassifier(model, 4).backbone.feature_head.parameters())
+
+
 def test_two_stage_training_freezes_what_it_should():
     torch.manual_seed(0)
     stage1 = AEMGModel(tiny(objective="tokenizer"))

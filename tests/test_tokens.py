@@ -189,3 +189,30 @@ def test_tokenize_rejects_bad_metadata():
         tokenize_window(x, FS, ring(2), 0.0)
     with pytest.raises(ValueError):
         TokenConfig(n_envelope_points=1)
+
+
+def test_window_summary_is_group_zero_over_the_whole_window_and_shifts_the_events():
+    spans = [[(100, 300), (600, 900)], [(150, 400)], [], []]
+    plain = tokens_of(spans)
+    summary_cfg = TokenConfig(window_summary=True)
+    both = tokens_of(spans, tok_cfg=summary_cfg)
+    first = both.group == 0
+    assert sorted(both.channel[first].tolist()) == [0, 1, 2, 3]  # one token per good channel
+    assert both.active[first].tolist() == [True, True, False, False]  # active in some event: by onset, first
+    for name in ("features", "channel", "rank", "active", "onset_s", "duration_s"):  # the events, unchanged
+        np.testing.assert_array_equal(getattr(both, name)[~first], getattr(plain, name))
+    np.testing.assert_array_equal(both.group[~first], plain.group + 1)
+    # a quiet channel's summary spans the window; an active one spans its first onset to its last offset
+    duration = dict(zip(both.channel[first].tolist(), both.duration_s[first].tolist()))
+    assert duration[2] == duration[3] == pytest.approx(1.0) and duration[0] == pytest.approx(0.8, abs=0.01)
+    x = square_bursts(1000, spans)
+    rms = dict(zip(both.channel[first].tolist(), column(both, "log_rms", summary_cfg)[first].tolist()))
+    for ch in range(4):
+        assert rms[ch] == pytest.approx(np.log(np.sqrt(np.mean(x[:, ch].astype(np.float64) ** 2))), abs=1e-3)
+
+
+def test_a_window_without_events_keeps_its_summary_tokens():
+    quiet = [[], [], []]
+    assert tokens_of(quiet).empty
+    tokens = tokens_of(quiet, tok_cfg=TokenConfig(window_summary=True), channel_ok=np.array([True, False, True]))
+    assert tokens.channel.tolist() in ([0, 2], [2, 0]) and not tokens.active.any() and set(tokens.group) == {0}

@@ -161,6 +161,8 @@ class AEMGClassifier(nn.Module):
             part.requires_grad_(True)
         backbone.tokenizer.requires_grad_(False)  # not on the classification path
         backbone.head.requires_grad_(False)
+        if backbone.feature_head is not None:
+            backbone.feature_head.requires_grad_(False)
         self.head = nn.Linear(backbone.cfg.d_model, n_classes)
 
     def features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:

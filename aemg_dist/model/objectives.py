@@ -15,7 +15,9 @@
     their content embedding becomes a learned [MASK] vector and their active flag is hidden, while
     their spatial, temporal, order and group conditioning stays, so the model knows where and when
     to predict. The Transformer predicts the masked tokens' codebook indices (cross-entropy); the
-    targets are integer codes, so no gradient of (b) reaches the tokenizer.
+    targets are integer codes, so no gradient of (b) reaches the tokenizer. With `feature_weight`
+    > 0 it also regresses the masked tokens' features themselves (MSE, a second linear head): a
+    target that does not move with the codebook and keeps the detail a code rounds away.
 
 The objective (ModelConfig.objective) picks what trains: "joint" sums both losses (their parameter
 sets are disjoint, so this is both stages at once with moving targets); "tokenizer" (stage 1) trains
@@ -95,16 +97,21 @@ class AEMGModel(nn.Module):
         self.embed = TokenEmbedding(cfg)
         self.encoder = Transformer(cfg)
         self.head = nn.Linear(cfg.d_model, cfg.codebook_size)  # logits over the codebook
+        self.feature_head = nn.Linear(cfg.d_model, cfg.n_features) if cfg.feature_weight > 0 else None
         # nanoGPT's init for the residual stream; the tokenizer keeps PyTorch's fan-in init, because
         # std 0.02 would make its encoder outputs tiny and their l2 normalization would amplify the gradients
-        for part in (self.embed, self.encoder, self.head):
+        for part in self._context_parts():
             part.apply(_init_weights)
         for name, p in self.encoder.named_parameters():
             if name.endswith("proj.weight"):  # projections into the residual stream, scaled per GPT-2
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layers))
         self.tokenizer.requires_grad_(cfg.objective != "masked")
-        for part in (self.embed, self.encoder, self.head):
+        for part in self._context_parts():
             part.requires_grad_(cfg.objective != "tokenizer")
+
+    def _context_parts(self) -> list[nn.Module]:
+        """What masked token modeling trains: embeddings, Transformer and its prediction heads."""
+        return [self.embed, self.encoder, self.head] + ([self.feature_head] if self.feature_head is not None else [])
 
     def forward(self, batch: dict[str, torch.Tensor],
                 generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
@@ -112,9 +119,11 @@ class AEMGModel(nn.Module):
 
         loss = recon_weight * recon_loss + commitment * commit_loss   (objectives joint, tokenizer)
              + mtm_weight * mtm_loss                                   (objectives joint, masked)
+             + feature_weight * feature_loss                           (when feature_weight > 0)
         Always present: recon_loss, commit_loss (in stage 2 they monitor the frozen tokenizer),
         codebook_usage and perplexity (of this batch's codes), ema_perplexity (of the codebook's
-        EMA counts). With masked token modeling: mtm_loss, mtm_accuracy, mask_fraction.
+        EMA counts). With masked token modeling: mtm_loss, mtm_accuracy, mask_fraction (and
+        feature_loss with feature regression).
         In training mode (and unless the objective is "masked") the codebook buffers are updated.
         Masks are drawn from `generator`, or from the global torch RNG when it is None.
         """
@@ -129,6 +138,8 @@ class AEMGModel(nn.Module):
         if cfg.objective != "tokenizer":
             parts.update(self._masked_token_modeling(batch, q.codes, generator))
             loss = loss + cfg.mtm_weight * parts["mtm_loss"]
+            if self.feature_head is not None:
+                loss = loss + cfg.feature_weight * parts["feature_loss"]
         return {"loss": loss, **{name: value.detach() for name, value in parts.items()}}
 
     def _masked_token_modeling(self, batch: dict[str, torch.Tensor], targets: torch.Tensor,
@@ -138,12 +149,17 @@ class AEMGModel(nn.Module):
         positions = torch.arange(real.shape[1], device=real.device).expand_as(real)
         masked = mask_tokens(real, batch["group"] if self.cfg.mask_whole_groups else positions, self.cfg.mask_ratio,
                              generator)
-        logits = self.head(self.encoder(*self.embed(batch, masked))[:, 1:])  # (B, T, K), window token dropped
+        hidden = self.encoder(*self.embed(batch, masked))[:, 1:]  # (B, T, d_model), window token dropped
+        logits = self.head(hidden)  # (B, T, K)
         # the targets are integer codes: no gradient of this loss can reach the tokenizer
         loss = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
         hit = (logits.argmax(dim=-1) == targets).float()
-        return {"mtm_loss": masked_mean(loss, masked), "mtm_accuracy": masked_mean(hit, masked),
-                "mask_fraction": masked.sum() / real.sum().clamp_min(1)}
+        out = {"mtm_loss": masked_mean(loss, masked), "mtm_accuracy": masked_mean(hit, masked),
+               "mask_fraction": masked.sum() / real.sum().clamp_min(1)}
+        if self.feature_head is not None:
+            error = (self.feature_head(hidden) - batch["features"]).pow(2).mean(dim=-1)
+            out["feature_loss"] = masked_mean(error, masked)
+        return out
 
     def encode(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Unmasked forward -> (window (B, d_model), tokens (B, T, d_model)).

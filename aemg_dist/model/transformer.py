@@ -54,6 +54,8 @@ class ModelConfig:
     # masked token modeling
     mask_ratio: float = 0.3  # fraction of real tokens (or of groups) masked per window
     mask_whole_groups: bool = False
+    # masked feature regression: also predict the masked tokens' features (MSE), weighted by this; 0 = off
+    feature_weight: float = 0.0
     # objective
     objective: str = "joint"
     recon_weight: float = 1.0
@@ -86,7 +88,7 @@ class ModelConfig:
             raise ValueError(f"mask_ratio must be in [0, 1), got {self.mask_ratio}")
         if self.mask_ratio == 0 and self.objective != "tokenizer":
             raise ValueError(f"objective {self.objective!r} predicts masked tokens: mask_ratio must be > 0")
-        for name in ("commitment", "recon_weight", "mtm_weight"):
+        for name in ("commitment", "recon_weight", "mtm_weight", "feature_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
