@@ -104,10 +104,14 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
+    if args.what == "prototypes":
+        return _plot_prototypes(args)
     from aemg_dist.data import TokenizeConfig
     from aemg_dist.plots import plot_events
     from preprocessing.corpus import Corpus
 
+    if not args.corpus:
+        raise CommandError("plot events needs --corpus CORPUS.zarr")
     config = load_config(TokenizeConfig, args.config, args.overrides)
     key = args.key or Corpus(args.corpus).keys()[0]
     if key not in Corpus(args.corpus):
@@ -116,6 +120,26 @@ def cmd_plot(args: argparse.Namespace) -> int:
     path = plot_events(args.corpus, key, out, start_s=args.start, duration_s=args.duration,
                        ev_cfg=config.events, tok_cfg=config.tokens)
     print(f"wrote {path}")
+    return 0
+
+
+def _plot_prototypes(args: argparse.Namespace) -> int:
+    from aemg_dist.prototypes import codebook_prototypes, plot_prototypes, write_prototypes_csv
+
+    if not args.checkpoint or not args.tokens:
+        raise CommandError("plot prototypes needs --checkpoint RUN (or its export/) and --tokens TOKENS/")
+    run = Path(args.checkpoint)
+    export = run if (run / "model.safetensors").is_file() else run / "export"
+    try:
+        protos = codebook_prototypes(export, args.tokens, max_windows=args.windows)
+    except (FileNotFoundError, ValueError) as err:
+        raise CommandError(str(err)) from None
+    out = Path(args.out or "prototypes.png")
+    png = plot_prototypes(protos, out, top=args.top)
+    table = write_prototypes_csv(protos, out.with_suffix(".csv"))
+    used = int((protos.counts > 0).sum())
+    print(f"{used} of {protos.counts.size} codes used by {int(protos.counts.sum())} tokens of {protos.n_windows} windows")
+    print(f"wrote {png} and {table}")
     return 0
 
 
@@ -590,18 +614,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="run: key=value overrides, e.g. out=runs/scaling2 steps=[100,200]")
     p.set_defaults(func=cmd_scaling)
 
-    p = sub.add_parser("plot", help="draw a recording's signal, envelope, thresholds, events and token groups",
+    p = sub.add_parser("plot", help="draw a recording's events and tokens, or a model's codebook prototypes",
                        description="events: one panel per channel with the harmonized signal, its envelope, the noise "
                                    "floor thresholds, detected events and token groups (recruitment ranks), under the "
-                                   "labeled segments; to check the detector by eye.")
-    p.add_argument("what", choices=["events"])
-    p.add_argument("--corpus", required=True, help="CORPUS.zarr")
-    p.add_argument("--key", help="recording dataset/subject/session (default: the first one)")
-    p.add_argument("--start", type=float, default=0.0, help="start time in s (default 0)")
-    p.add_argument("--duration", type=float, default=20.0, help="seconds to draw (default 20)")
-    p.add_argument("--out", help="PNG path (default events_<key>.png)")
-    p.add_argument("--config", help="YAML with a TokenizeConfig (its events and tokens sections are used)")
-    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. events.high=2.5")
+                                   "labeled segments; to check the detector by eye. prototypes: what the codebook of "
+                                   "a pretrained model learned: per code (most used first) the envelope shape over the "
+                                   "event, band powers, share of active tokens, amplitude, duration and use, over a "
+                                   "sample of token windows; also writes a CSV of every code.",
+                       epilog="examples:\n  aemg plot events --corpus corpus.zarr --key 3dc/Participant1/train\n"
+                              "  aemg plot prototypes --checkpoint runs/pt --tokens runs/tokens --out prototypes.png",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("what", choices=["events", "prototypes"])
+    p.add_argument("--corpus", help="events: CORPUS.zarr")
+    p.add_argument("--key", help="events: recording dataset/subject/session (default: the first one)")
+    p.add_argument("--start", type=float, default=0.0, help="events: start time in s (default 0)")
+    p.add_argument("--duration", type=float, default=20.0, help="events: seconds to draw (default 20)")
+    p.add_argument("--checkpoint", help="prototypes: an `aemg pretrain` run folder (or its export/)")
+    p.add_argument("--tokens", help="prototypes: a token folder (`aemg tokenize` output) to assign codes over")
+    p.add_argument("--windows", type=int, default=4000, help="prototypes: windows sampled (default 4000)")
+    p.add_argument("--top", type=int, default=24, help="prototypes: codes drawn, most used first (default 24)")
+    p.add_argument("--out", help="PNG path (default events_<key>.png / prototypes.png)")
+    p.add_argument("--config", help="events: YAML with a TokenizeConfig (its events and tokens sections are used)")
+    p.add_argument("overrides", nargs="*", help="events: key=value overrides, e.g. events.high=2.5")
     p.set_defaults(func=cmd_plot)
 
     p = sub.add_parser("corpus", help="inspect or validate a corpus",
