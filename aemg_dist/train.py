@@ -43,8 +43,8 @@ from aemg_dist.tokens import TokenBatch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODEL_PRESETS = REPO_ROOT / "configs" / "model"
-METRICS = ("loss", "recon_loss", "commit_loss", "mtm_loss", "mtm_accuracy", "feature_loss", "codebook_usage",
-           "perplexity", "lr")
+METRICS = ("loss", "recon_loss", "commit_loss", "mtm_loss", "mtm_accuracy", "feature_loss", "contrast_loss",
+           "codebook_usage", "perplexity", "lr")
 
 
 @dataclass
@@ -130,6 +130,27 @@ def load_pretrain_config(path: str | Path | None = None, overrides: Sequence[str
 
 
 # ---------------------------------------------------------------- data
+
+GAIN_FEATURES = ("log_peak", "log_rms", "log_snr")  # the token features a channel gain shifts
+
+
+def check_token_features(cfg: PretrainConfig) -> None:
+    """The model reads as many features as the tokens carry, and the view augmentation's gain columns are the
+    log amplitudes (ConfigError naming the token folder otherwise); before anything is written."""
+    from aemg_dist.data import TOKENS_MANIFEST
+
+    manifest = storage.join(cfg.data.tokens, TOKENS_MANIFEST)
+    if not storage.exists(manifest):
+        return  # split_tables names the folder that holds no tokens
+    names = json.loads(storage.read_text(manifest))["feature_names"]
+    if len(names) != cfg.model.n_features:
+        raise ConfigError(f"{cfg.data.tokens} holds tokens of {len(names)} features; set model.n_features={len(names)} "
+                          f"(it is {cfg.model.n_features})")
+    if cfg.model.contrast_weight > 0 and any(names[i] not in GAIN_FEATURES for i in cfg.model.gain_features):
+        wanted = [names.index(n) for n in GAIN_FEATURES if n in names]
+        raise ConfigError(f"model.gain_features={cfg.model.gain_features} are {[names[i] for i in cfg.model.gain_features]} "
+                          f"in {cfg.data.tokens}, not log amplitudes; set model.gain_features={wanted}")
+
 
 def split_tables(cfg: DataConfig) -> tuple[pa.Table, pa.Table]:
     """(train, validation) token rows after the exclusions; validation = whole recordings."""
@@ -457,6 +478,7 @@ def pretrain(cfg: PretrainConfig, callbacks: Sequence[Any] = ()) -> PretrainResu
     if storage.is_uri(cfg.run.out) and not cfg.dist.ray:
         raise ConfigError(f"run.out={cfg.run.out}: --no-ray keeps its checkpoints on a local disk; give a local "
                           "run.out or run on Ray")
+    check_token_features(cfg)
     files = storage.StagedFolder(cfg.run.out)
     save_config(cfg, files.local / "config.yaml")
     files.sync("config.yaml")

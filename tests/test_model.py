@@ -458,3 +458,36 @@ def test_load_refuses_unknown_versions_and_mismatched_shapes(tmp_path):
         load_inference(tmp_path)
     with pytest.raises(ValueError, match="does not fit"):
         export_inference(AEMGModel(cfg), replace(cfg, codebook_size=16), tmp_path / "other")
+
+
+def test_augmented_views_change_gains_layout_and_tokens_but_not_the_input():
+    from aemg_dist.model.augment import augment
+
+    batch = synthetic_batch(np.random.default_rng(3), p_empty=0.0)
+    before = {k: v.clone() for k, v in batch.items()}
+    view = augment(batch, gain_features=[0, 1], gain_std=0.5, rotation=0.4, drop=0.2, noise=0.0,
+                   generator=torch.Generator().manual_seed(0))
+    assert all(torch.equal(before[k], batch[k]) for k in batch)  # the input stays
+    kept = view["mask"]
+    assert (kept <= batch["mask"]).all() and 0.6 < kept.sum() / batch["mask"].sum() < 0.95
+    shift = view["features"] - batch["features"]
+    assert torch.allclose(shift[kept][:, 2:], torch.zeros(1)) and shift[kept][:, :2].abs().max() > 0.1
+    assert torch.allclose(shift[kept][:, 0], shift[kept][:, 1])  # one gain per (window, channel) on both columns
+    for w in range(batch["mask"].shape[0]):  # the same channel of a window gets the same gain in every group
+        for ch in batch["channel"][w][kept[w]].unique():
+            gains = shift[w][kept[w] & (batch["channel"][w] == ch), 0]
+            assert torch.allclose(gains, gains[0].expand_as(gains))
+    radius = lambda c: c[..., :2].norm(dim=-1)
+    assert torch.allclose(radius(view["coords"]), radius(batch["coords"]), atol=1e-6)
+    assert torch.equal(view["coords"][..., 2], batch["coords"][..., 2])
+
+
+def test_view_consistency_trains_the_pooled_features():
+    from aemg_dist.evaluation.classifiers import AEMGClassifier
+
+    torch.manual_seed(0)
+    model = AEMGModel(tiny(contrast_weight=1.0, gain_features=[0, 1, 2]))
+    history = train(model, steps=60)
+    first, last = early_late(history, "contrast_loss")
+    assert last < 0.8 * first, (first, last)
+    assert not any(p.requires_grad for p in AEMGClassifier(model, 4).backbone.projection.parameters())

@@ -108,3 +108,12 @@ def test_zero_stages_run_with_two_workers(tokens, tmp_path, ray_local, stage, mo
     rows = _metrics(tmp_path / "run")
     assert result.steps == 10 and np.isfinite(rows[-1]["loss"])
     assert (tmp_path / "run" / "export" / "model.safetensors").exists()
+
+
+def test_token_features_are_checked_against_the_model_before_anything_is_written(tokens, tmp_path):
+    with pytest.raises(ConfigError, match="holds tokens of 32 features; set model.n_features=32"):
+        pretrain(_config(tokens, tmp_path / "a", "dist.ray=false", "model.n_features=30"))
+    with pytest.raises(ConfigError, match=r"not log amplitudes; set model.gain_features=\[16, 17, 18\]"):
+        pretrain(_config(tokens, tmp_path / "b", "dist.ray=false", "model.contrast_weight=1.0",
+                         "model.gain_features=[0,1]"))
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

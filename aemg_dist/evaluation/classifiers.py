@@ -160,9 +160,9 @@ class AEMGClassifier(nn.Module):
         for part in (backbone.embed, backbone.encoder):
             part.requires_grad_(True)
         backbone.tokenizer.requires_grad_(False)  # not on the classification path
-        backbone.head.requires_grad_(False)
-        if backbone.feature_head is not None:
-            backbone.feature_head.requires_grad_(False)
+        for head in (backbone.head, backbone.feature_head, backbone.projection):  # pretraining heads
+            if head is not None:
+                head.requires_grad_(False)
         self.head = nn.Linear(backbone.cfg.d_model, n_classes)
 
     def features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -19,6 +19,11 @@
     > 0 it also regresses the masked tokens' features themselves (MSE, a second linear head): a
     target that does not move with the codebook and keeps the detail a code rounds away.
 
+(c) View consistency (optional, `contrast_weight`): two views of each window with what differs
+    between users changed (channel gains, a turned layout, dropped tokens; augment.py) are encoded
+    without masking, and InfoNCE pulls the pooled outputs of the two views of a window together and
+    apart from the other windows: pooled features a linear probe can separate on unseen users.
+
 The objective (ModelConfig.objective) picks what trains: "joint" sums both losses (their parameter
 sets are disjoint, so this is both stages at once with moving targets); "tokenizer" (stage 1) trains
 the tokenizer only; "masked" (stage 2) freezes the tokenizer and its codebook and trains the rest.
@@ -33,6 +38,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .augment import augment, info_nce
 from .embeddings import TokenEmbedding
 from .quantizer import Quantized, VectorQuantizer
 from .transformer import MLP, ModelConfig, Transformer
@@ -98,6 +104,7 @@ class AEMGModel(nn.Module):
         self.encoder = Transformer(cfg)
         self.head = nn.Linear(cfg.d_model, cfg.codebook_size)  # logits over the codebook
         self.feature_head = nn.Linear(cfg.d_model, cfg.n_features) if cfg.feature_weight > 0 else None
+        self.projection = MLP(cfg.d_model, cfg.d_model, cfg.d_model) if cfg.contrast_weight > 0 else None
         # nanoGPT's init for the residual stream; the tokenizer keeps PyTorch's fan-in init, because
         # std 0.02 would make its encoder outputs tiny and their l2 normalization would amplify the gradients
         for part in self._context_parts():
@@ -111,7 +118,7 @@ class AEMGModel(nn.Module):
 
     def _context_parts(self) -> list[nn.Module]:
         """What masked token modeling trains: embeddings, Transformer and its prediction heads."""
-        return [self.embed, self.encoder, self.head] + ([self.feature_head] if self.feature_head is not None else [])
+        return [self.embed, self.encoder, self.head] + [m for m in (self.feature_head, self.projection) if m is not None]
 
     def forward(self, batch: dict[str, torch.Tensor],
                 generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
@@ -120,6 +127,7 @@ class AEMGModel(nn.Module):
         loss = recon_weight * recon_loss + commitment * commit_loss   (objectives joint, tokenizer)
              + mtm_weight * mtm_loss                                   (objectives joint, masked)
              + feature_weight * feature_loss                           (when feature_weight > 0)
+             + contrast_weight * contrast_loss                         (when contrast_weight > 0)
         Always present: recon_loss, commit_loss (in stage 2 they monitor the frozen tokenizer),
         codebook_usage and perplexity (of this batch's codes), ema_perplexity (of the codebook's
         EMA counts). With masked token modeling: mtm_loss, mtm_accuracy, mask_fraction (and
@@ -140,6 +148,9 @@ class AEMGModel(nn.Module):
             loss = loss + cfg.mtm_weight * parts["mtm_loss"]
             if self.feature_head is not None:
                 loss = loss + cfg.feature_weight * parts["feature_loss"]
+            if self.projection is not None:
+                parts["contrast_loss"] = self._view_consistency(batch, generator)
+                loss = loss + cfg.contrast_weight * parts["contrast_loss"]
         return {"loss": loss, **{name: value.detach() for name, value in parts.items()}}
 
     def _masked_token_modeling(self, batch: dict[str, torch.Tensor], targets: torch.Tensor,
@@ -160,6 +171,13 @@ class AEMGModel(nn.Module):
             error = (self.feature_head(hidden) - batch["features"]).pow(2).mean(dim=-1)
             out["feature_loss"] = masked_mean(error, masked)
         return out
+
+    def _view_consistency(self, batch: dict[str, torch.Tensor], generator: torch.Generator | None) -> torch.Tensor:
+        cfg = self.cfg
+        views = [augment(batch, cfg.gain_features, cfg.augment_gain_std, cfg.augment_rotation, cfg.augment_drop,
+                         cfg.augment_noise, generator) for _ in range(2)]
+        first, second = (self.projection(self.encode(view)[0]) for view in views)
+        return info_nce(first, second, cfg.contrast_temperature)
 
     def encode(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Unmasked forward -> (window (B, d_model), tokens (B, T, d_model)).

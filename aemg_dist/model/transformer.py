@@ -8,7 +8,7 @@ embeddings.py), never from its index in the row.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
@@ -56,6 +56,14 @@ class ModelConfig:
     mask_whole_groups: bool = False
     # masked feature regression: also predict the masked tokens' features (MSE), weighted by this; 0 = off
     feature_weight: float = 0.0
+    # view consistency (augment.py): InfoNCE between the pooled outputs of two augmented views; 0 = off
+    contrast_weight: float = 0.0
+    contrast_temperature: float = 0.1
+    augment_gain_std: float = 0.3  # std of the log gain per channel
+    augment_rotation: float = 0.4  # radians: the layout turns by up to this around the forearm
+    augment_drop: float = 0.15  # share of tokens dropped
+    augment_noise: float = 0.05  # std of the noise on every feature
+    gain_features: list[int] = field(default_factory=lambda: [16, 17, 18])  # log_peak, log_rms, log_snr (default tokens)
     # objective
     objective: str = "joint"
     recon_weight: float = 1.0
@@ -88,7 +96,12 @@ class ModelConfig:
             raise ValueError(f"mask_ratio must be in [0, 1), got {self.mask_ratio}")
         if self.mask_ratio == 0 and self.objective != "tokenizer":
             raise ValueError(f"objective {self.objective!r} predicts masked tokens: mask_ratio must be > 0")
-        for name in ("commitment", "recon_weight", "mtm_weight", "feature_weight"):
+        if self.contrast_temperature <= 0 or not 0 <= self.augment_drop < 1:
+            raise ValueError("contrast_temperature must be > 0 and augment_drop in [0, 1)")
+        if any(i < 0 or i >= self.n_features for i in self.gain_features):
+            raise ValueError(f"gain_features {self.gain_features} must be feature columns in [0, {self.n_features})")
+        for name in ("commitment", "recon_weight", "mtm_weight", "feature_weight", "contrast_weight",
+                     "augment_gain_std", "augment_rotation", "augment_noise"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
