@@ -238,3 +238,31 @@ def test_balanced_accuracy_and_macro_f1_hand_made():
     assert balanced_accuracy([2, 2, 5], [2, 2, 5]) == 1.0 and macro_f1([2, 2, 5], [2, 2, 5]) == 1.0
     # a class only predicted (never true) lowers macro F1 but not balanced accuracy
     assert balanced_accuracy([0, 0], [0, 3]) == 0.5 and macro_f1([0, 0], [0, 3]) == pytest.approx((2 / 3) / 2)
+
+
+def test_layer_decay_gives_each_depth_its_own_rate():
+    import torch
+
+    from aemg_dist.evaluation.classifiers import AEMGClassifier, FinetuneConfig, train_classifier
+    from aemg_dist.model import AEMGModel, ModelConfig
+
+    model = AEMGClassifier(AEMGModel(ModelConfig(d_model=16, n_layers=3, n_heads=2, tokenizer_hidden=8,
+                                                 codebook_dim=4)), n_classes=2)
+    groups = model.layer_groups()
+    assert len(groups) == 3 + 2  # head + final norm, three blocks, embeddings
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    assert {id(p) for g in groups for p in g} >= trainable  # every trained parameter has a depth
+    captured = {}
+    original = torch.optim.AdamW.__init__
+
+    def capture(self, params, **kwargs):
+        captured["lrs"] = [g["lr"] for g in params]
+        original(self, params, **kwargs)
+
+    torch.optim.AdamW.__init__ = capture
+    try:
+        train_classifier(model, lambda idx: None, np.zeros(4, int), np.arange(4), np.zeros(0, int), 0, 1e-3, FinetuneConfig(),
+                         seed=0, layer_decay=0.5)  # zero steps: the optimizer is made, inputs never read
+    finally:
+        torch.optim.AdamW.__init__ = original
+    assert captured["lrs"] == pytest.approx([1e-3, 5e-4, 2.5e-4, 1.25e-4, 6.25e-5])

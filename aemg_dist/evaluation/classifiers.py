@@ -38,6 +38,9 @@ class FinetuneConfig:
     calib_share: float = 0.5  # share of calibration windows in adaptation batches / LDA and probe weights
     probe_l2: float = 1e-3  # ridge of the linear probe (logistic regression on standardized features)
     probe_init: bool = True  # aemg_finetune: start the head from the linear probe (LP-FT) instead of random
+    # aemg_finetune: layer-wise learning-rate decay, lr x layer_decay^depth from the head down (1 = one rate). The
+    # pretrained layers near the input change least; a model from scratch always trains with one rate
+    layer_decay: float = 1.0
     pretrain_steps: int = 300  # SimCLR / MAE pretraining on the fold's unlabeled training windows
 
     def __post_init__(self) -> None:
@@ -47,6 +50,8 @@ class FinetuneConfig:
             raise ValueError(f"calib_share must be in (0, 1], got {self.calib_share}")
         if self.lr <= 0 or self.adapt_lr <= 0 or self.probe_l2 < 0:
             raise ValueError("lr and adapt_lr must be > 0, probe_l2 >= 0")
+        if not 0 < self.layer_decay <= 1:
+            raise ValueError(f"layer_decay must be in (0, 1], got {self.layer_decay}")
 
 
 Inputs = Callable[[np.ndarray], Any]  # row indices -> the model's input for those windows
@@ -72,19 +77,23 @@ def _batch_indices(rng: np.random.Generator, source: np.ndarray, calib: np.ndarr
 
 
 def train_classifier(model: nn.Module, inputs: Inputs, y: np.ndarray, source: np.ndarray, calib: np.ndarray,
-                     steps: int, lr: float, cfg: FinetuneConfig, seed: int) -> list[float]:
+                     steps: int, lr: float, cfg: FinetuneConfig, seed: int, layer_decay: float = 1.0) -> list[float]:
     """Train `model` (inputs -> logits) in place with AdamW, warmup + cosine; returns the step losses.
 
     Batches draw `calib_share` of their windows from `calib` (with replacement) when it is not
-    empty, the rest from `source`; the draws depend only on `seed`.
+    empty, the rest from `source`; the draws depend only on `seed`. With layer_decay < 1 and a model
+    that has `layer_groups`, each depth gets lr x layer_decay^depth.
     """
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+    groups = model.layer_groups() if layer_decay < 1 and hasattr(model, "layer_groups") else [list(model.parameters())]
+    param_groups = [{"params": [p for p in group if p.requires_grad], "lr": lr * layer_decay ** depth}
+                    for depth, group in enumerate(groups)]
+    params = [p for g in param_groups for p in g["params"]]
+    optimizer = torch.optim.AdamW([g for g in param_groups if g["params"]], lr=lr, weight_decay=cfg.weight_decay)
     warmup = max(1, int(cfg.warmup_fraction * steps))
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (
-        1 + math.cos(math.pi * min(1.0, s / steps))))
+        1 + math.cos(math.pi * min(1.0, s / max(steps, 1)))))
     labels = torch.as_tensor(y, dtype=torch.long)
     model.train()
     losses = []
@@ -167,6 +176,12 @@ class AEMGClassifier(nn.Module):
 
     def features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.backbone.encode(batch)[0]
+
+    def layer_groups(self) -> list[list[nn.Parameter]]:
+        """Parameters from the output down: head and final norm, each block from the top, then the embeddings."""
+        encoder = self.backbone.encoder
+        blocks = [list(block.parameters()) for block in reversed(encoder.blocks)]
+        return [[*self.head.parameters(), *encoder.ln_f.parameters()], *blocks, list(self.backbone.embed.parameters())]
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.head(self.features(batch))

@@ -214,18 +214,24 @@ class NeuralMethod(Method):
     def inputs(self, ctx: FoldContext):
         return ctx.raw_inputs
 
+    def layer_decay(self, ctx: FoldContext) -> float:
+        """Learning-rate decay per depth (1: every layer at one rate); only pretrained layers get less."""
+        return 1.0
+
     def source_model(self, ctx: FoldContext) -> nn.Module:
         torch.manual_seed(ctx.seed(self.name, "init"))
         model = self.build(ctx)
         train_classifier(model, self.inputs(ctx), ctx.data.y, ctx.source, np.zeros(0, dtype=np.int64),
-                         ctx.train.base_steps, ctx.train.lr, ctx.train, ctx.seed(self.name, "source"))
+                         ctx.train.base_steps, ctx.train.lr, ctx.train, ctx.seed(self.name, "source"),
+                         self.layer_decay(ctx))
         return model
 
     def calibrated(self, ctx: FoldContext, base: nn.Module, calib: np.ndarray, seed: int) -> nn.Module:
         model = adapted_copy(base)
         if ctx.train.adapt_steps:
             train_classifier(model, self.inputs(ctx), ctx.data.y, ctx.source, calib, ctx.train.adapt_steps,
-                             ctx.train.adapt_lr, ctx.train, ctx.seed(self.name, "calibrate", calib.size, seed))
+                             ctx.train.adapt_lr, ctx.train, ctx.seed(self.name, "calibrate", calib.size, seed),
+                             self.layer_decay(ctx))
         return model
 
     def predict(self, ctx: FoldContext, model: nn.Module, idx: np.ndarray) -> np.ndarray:
@@ -254,14 +260,21 @@ class AEMGFinetune(NeuralMethod):
     def inputs(self, ctx: FoldContext):
         return ctx.token_inputs
 
+    def layer_decay(self, ctx: FoldContext) -> float:
+        return ctx.train.layer_decay
+
 
 class AEMGScratch(AEMGFinetune):
-    """The fine-tuned architecture from random weights (its head starts at random too: no features to probe)."""
+    """The fine-tuned architecture from random weights (its head starts at random too: no features to probe), at one
+    learning rate for every layer: there is nothing pretrained to keep."""
 
     name = "aemg_scratch"
 
     def build(self, ctx: FoldContext) -> nn.Module:
         return AEMGClassifier(AEMGModel(ctx.model_config), ctx.n_classes)
+
+    def layer_decay(self, ctx: FoldContext) -> float:
+        return 1.0
 
 
 def _raw_shape(ctx: FoldContext) -> int:
