@@ -195,6 +195,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return _run_evaluation(args, [*AEMG_METHODS, *BASELINE_METHODS])
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from aemg_dist.evaluation.runner import combine
+
+    result = combine(args.runs, args.out)
+    print(f"{len(result.rows)} trials of {len({r['method'] for r in result.rows})} methods from {len(args.runs)} runs")
+    print(f"wrote {result.out} (report.md, summary.csv, paired.csv, plots, sources.json)")
+    return 0
+
+
 def cmd_baselines(args: argparse.Namespace) -> int:
     from aemg_dist.evaluation.methods import BASELINE_METHODS
 
@@ -532,6 +541,17 @@ def build_parser() -> argparse.ArgumentParser:
          "aemg baselines --corpus corpus.zarr --methods td_lda,cnn --budgets 0,10,100 --max-folds 5 --out results/"])
     _add_evaluation_options(p, "every baseline")
     p.set_defaults(func=cmd_baselines)
+
+    p = _subcommand(
+        sub, "report", "one report over several evaluations of the same folds",
+        "Combine the trials of `aemg evaluate` / `aemg baselines` outputs made with the same protocol (corpus, "
+        "windows, budgets, seeds, normalization, splits), e.g. a new checkpoint's AEMG methods against baselines "
+        "measured once, into one report.md, summary.csv and paired tables. Settings that decide the folds must "
+        "match; each method must come from one run.",
+        ["aemg report runs/baselines runs/aemg-v2 --out runs/report-v2"])
+    p.add_argument("runs", nargs="+", help="evaluation output folders")
+    p.add_argument("--out", required=True, help="folder for the combined report")
+    p.set_defaults(func=cmd_report)
 
     p = _subcommand(
         sub, "splits", "development / test subjects per dataset (where choices are made / numbers reported)",

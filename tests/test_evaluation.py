@@ -334,3 +334,22 @@ def test_guard_for_a_leave_one_session_out_dataset():
     assert unseen.relation("md", "1") == "unseen_subject" and unseen.relation("xx", "1") == "unseen_dataset"
     with pytest.raises(ConfigError, match="md/1"):
         assign_checkpoints([seen], [("md", "1")], True)
+
+
+def test_report_combines_evaluations_of_the_same_protocol(setup, tmp_path):
+    from aemg_dist.evaluation.runner import combine
+
+    root, runs = setup
+    baselines = evaluate(_config(root, tmp_path / "baselines", "methods=[td_lda]", "workers=1"), progress=False).rows
+    aemg = evaluate(_config(root, tmp_path / "aemg", f"checkpoints=[{runs['unseen']}]", "methods=[aemg_probe]",
+                            "workers=1"), progress=False).rows
+    result = combine([tmp_path / "baselines", tmp_path / "aemg"], tmp_path / "both")
+    assert len(result.rows) == len(baselines) + len(aemg)
+    report = (tmp_path / "both" / "report.md").read_text()
+    assert "aemg_probe vs td_lda" in report and "| td_lda |" in report
+    with pytest.raises(ConfigError, match="method td_lda is in both"):
+        combine([tmp_path / "baselines", tmp_path / "baselines"], tmp_path / "twice")
+    evaluate(_config(root, tmp_path / "other", "methods=[td_lda]", "workers=1", "budgets=[0,10]"), progress=False)
+    with pytest.raises(ConfigError, match="other budgets"):
+        combine([tmp_path / "aemg", tmp_path / "other"], tmp_path / "mixed")
+    assert cli.main(["report", str(tmp_path / "baselines"), str(tmp_path / "aemg"), "--out", str(tmp_path / "c")]) == 0

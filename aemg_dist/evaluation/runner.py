@@ -442,6 +442,46 @@ def heldout_subject(data: DatasetWindows, fold: Fold) -> tuple[str, str]:
     return data.dataset, subjects[0]
 
 
+# what may differ between evaluations whose rows one report combines (everything else decides the folds, windows,
+# budgets and statistics, and must match)
+COMBINABLE = ("out", "checkpoints", "methods", "train", "workers", "address", "windows_tokens", "max_folds", "subjects",
+              "datasets", "require_unseen", "scratch_preset")
+
+
+def combine(runs: list[str | Path], out: str | Path) -> EvaluationResult:
+    """One report over the trials of several `aemg evaluate` outputs of the same protocol (e.g. AEMG checkpoints
+    evaluated apart from baselines measured once). Settings that decide folds, windows, budgets or statistics must
+    match (ConfigError naming the first that differs); a method may come from one run only."""
+    from aemg_dist.evaluation.report import write_report
+
+    started = time.perf_counter()
+    if len(runs) < 2:
+        raise ConfigError("give at least two evaluation folders to combine")
+    configs, rows, source = [], [], {}
+    for run in map(Path, runs):
+        if not (run / CONFIG_FILE).is_file() or not (run / TRIALS_FILE).is_file():
+            raise ConfigError(f"{run} is not an `aemg evaluate` output (needs {CONFIG_FILE} and {TRIALS_FILE})")
+        cfg = load_config(EvaluateConfig, [run / CONFIG_FILE], [])
+        if configs:
+            first, now = asdict(configs[0]), asdict(cfg)
+            differs = [k for k in now if k not in COMBINABLE and now[k] != first[k]]
+            if differs:
+                raise ConfigError(f"{run} was evaluated with other {differs[0]} than {runs[0]} "
+                                  f"({now[differs[0]]!r} vs {first[differs[0]]!r}); its rows are not comparable")
+        configs.append(cfg)
+        mine = _read_trials(run)
+        for method in sorted({r["method"] for r in mine}):
+            if method in source:
+                raise ConfigError(f"method {method} is in both {source[method]} and {run}: combine each method once")
+            source[method] = str(run)
+        rows += mine
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "sources.json").write_text(json.dumps({"runs": [str(r) for r in runs], "methods": source}, indent=1))
+    report = write_report(rows, out, configs[0])
+    return EvaluationResult(out=out, rows=rows, report=str(report), seconds=time.perf_counter() - started, folds_run=0)
+
+
 def _read_trials(out: Path, drop_partial: bool = False) -> list[dict[str, Any]]:
     """Trial rows of OUT/trials.jsonl: one line per finished fold. A line cut by a crash is ignored
     (its fold runs again); with drop_partial it is also removed from the file, so appending is safe."""
