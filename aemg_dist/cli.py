@@ -276,13 +276,22 @@ def _scaling_run(args: argparse.Namespace) -> int:
 
 def cmd_folds(args: argparse.Namespace) -> int:
     from aemg_dist.evaluation.runner import exclusion_groups
+    from aemg_dist.evaluation.splits import fold_role, load_splits
     from preprocessing.corpus import Corpus
 
+    if bool(args.splits) != bool(args.role):
+        raise CommandError("--splits and --role go together")
     chosen = args.datasets.split(",") if args.datasets else None
+    entries = [e for e in Corpus(args.corpus).entries if not chosen or e.dataset in chosen]
     subjects: dict[str, list[str]] = {}
-    for entry in Corpus(args.corpus).entries:
-        if not chosen or entry.dataset in chosen:
-            subjects.setdefault(entry.dataset, []).append(entry.subject)
+    if args.splits:
+        splits = load_splits(args.splits)
+        single = {d for d in {e.dataset for e in entries} if len({e.subject for e in entries if e.dataset == d}) == 1}
+        # a fold holds out a subject, or a session of a single-subject dataset: a subject whose folds have the role
+        entries = [e for e in entries if fold_role(splits, e.dataset, e.session if e.dataset in single else e.subject)
+                   == args.role]
+    for entry in entries:
+        subjects.setdefault(entry.dataset, []).append(entry.subject)
     if not subjects:
         raise CommandError(f"{args.corpus} has no recordings of {chosen}")
     groups = exclusion_groups(subjects, args.groups)
@@ -581,6 +590,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--groups", type=int, default=2, help="number of groups (default 2)")
     p.add_argument("--group", type=int, default=None, help="print only this group's override (0-based)")
     p.add_argument("--datasets", help="comma-separated datasets (default: all)")
+    p.add_argument("--splits", help="with --role: group only the subjects of that role in this splits file")
+    p.add_argument("--role", choices=["development", "test"], help="with --splits: development or test subjects")
     p.set_defaults(func=cmd_folds)
 
     p = _subcommand(

@@ -353,3 +353,15 @@ def test_report_combines_evaluations_of_the_same_protocol(setup, tmp_path):
     with pytest.raises(ConfigError, match="other budgets"):
         combine([tmp_path / "aemg", tmp_path / "other"], tmp_path / "mixed")
     assert cli.main(["report", str(tmp_path / "baselines"), str(tmp_path / "aemg"), "--out", str(tmp_path / "c")]) == 0
+
+
+def test_folds_of_one_role(setup, capsys):
+    root, _ = setup
+    splits = Path(__file__).resolve().parents[1] / "configs" / "splits" / "synthetic.yaml"
+    argv = ["folds", "--corpus", str(root / "corpus.zarr"), "--groups", "1", "--group", "0", "--splits", str(splits)]
+    assert cli.main([*argv, "--role", "development"]) == 0
+    excluded = capsys.readouterr().out.strip().split("=", 1)[1].strip("[]").split(",")
+    assert excluded == ["synth_3dc/s01", "synth_bipolar4/s01", "synth_hdgrid/s01", "synth_myo/s01"]
+    assert cli.main([*argv, "--role", "test"]) == 0
+    assert "synth_myo/s02" in capsys.readouterr().out
+    assert cli.main(argv) == 2  # --splits without --role
