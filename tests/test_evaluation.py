@@ -365,3 +365,21 @@ def test_folds_of_one_role(setup, capsys):
     assert cli.main([*argv, "--role", "test"]) == 0
     assert "synth_myo/s02" in capsys.readouterr().out
     assert cli.main(argv) == 2  # --splits without --role
+
+
+def test_windows_tokenized_unlike_the_checkpoints_tokens_are_refused(setup, tmp_path):
+    root, runs = setup
+    other = tmp_path / "windows"
+    from aemg_dist.data import TokenizeConfig
+    from aemg_dist.tokens import TokenConfig
+    from aemg_dist.windows import WindowConfig
+
+    tokenize_corpus(root / "corpus.zarr", other, TokenizeConfig(tokens=TokenConfig(window_summary=True),
+                                                                windows=WindowConfig(kind="labeled", length_s=0.2,
+                                                                                     stride_s=0.1, margin_s=0.1)),
+                    keys=[k for k in Corpus(root / "corpus.zarr").keys() if k.startswith("synth_myo/")], workers=1,
+                    progress=False)
+    cfg = _config(root, tmp_path / "eval", f"checkpoints=[{runs['unseen']}]", "methods=[aemg_probe]", "workers=1",
+                  f"windows_tokens={other}")
+    with pytest.raises(ConfigError, match="other tokens settings"):
+        evaluate(cfg, progress=False)

@@ -229,9 +229,18 @@ def labeled_tokens(cfg: EvaluateConfig, checkpoints: list[Checkpoint], progress:
     """OUT/windows (made here when missing) or cfg.windows_tokens, absolute: the labeled token rows of the corpus."""
     from aemg_dist.data import TokenizeConfig, tokenize_corpus
 
-    if cfg.windows_tokens:
-        return storage.absolute(cfg.windows_tokens)
     layers = sorted({storage.join(c.tokens, "tokenize.yaml") for c in checkpoints})
+    if cfg.windows_tokens:
+        windows = storage.absolute(cfg.windows_tokens)
+        given = load_config(TokenizeConfig, [storage.join(windows, "tokenize.yaml")], [])
+        for layer in layers:  # the encoder must read tokens made the way it was pretrained on
+            pretrained = load_config(TokenizeConfig, [layer], [])
+            for part in ("events", "tokens"):
+                if getattr(pretrained, part) != getattr(given, part):
+                    raise ConfigError(f"windows_tokens={windows} was tokenized with other {part} settings than the "
+                                      f"checkpoint's tokens ({posixpath.dirname(layer)}): {getattr(given, part)} vs "
+                                      f"{getattr(pretrained, part)}")
+        return windows
     if len(layers) > 1:
         raise ConfigError(f"the checkpoints were pretrained on tokens from different folders {layers}; "
                           "evaluate them separately or give windows_tokens")
