@@ -525,14 +525,17 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation_help = (
         "Leave-one-subject-out evaluation on labeled windows (leave-one-session-out for a single-subject dataset): "
         "each method learns from the other subjects, then adapts with a calibration budget (% of the held-out "
-        "subject's labeled repetitions) and is scored on the same test repetitions at every budget. Writes "
-        "summary.csv, report.md (mean ± std, paired Wilcoxon tests), low_label.png and confusion matrices. "
-        "Finished folds are kept in trials.jsonl: re-running the same command resumes.")
+        "subject's calibration pool in labeled time) and is scored on the same test repetitions at every budget. "
+        "The held-out subject's normalization, noise floor and channels come from its calibration windows only "
+        "(strict statistics; at 0 % an unlabeled warm-up). With --splits, --role picks development folds (for "
+        "choices) or test folds (for reporting). Writes summary.csv, report.md (mean ± std and 95 % CI, paired "
+        "Wilcoxon tests against the same model from scratch and every baseline), low_label.png and confusion "
+        "matrices. Finished folds are kept in trials.jsonl: re-running the same command resumes.")
     p = _subcommand(
         sub, "evaluate", "pretrained checkpoint(s) -> LOSO x calibration budgets, with the baselines",
-        evaluation_help + " By default a fold is only scored with a checkpoint whose pretraining excluded the "
-        "held-out subject (data.exclude_subjects) or its dataset (data.exclude_datasets); give several "
-        "--checkpoint runs that together exclude every held-out subject.",
+        evaluation_help + " By default a fold is only scored with a checkpoint whose lineage never trained on the "
+        "held-out subject: the subjects of its token folder's manifest minus its exclusions, following "
+        "run.init_from; give several --checkpoint runs that together leave out every held-out subject.",
         ["aemg evaluate --checkpoint runs/pt --corpus corpus.zarr --protocol loso --budgets 0,1,5,10,100 --out results/",
          "aemg evaluate --checkpoint runs/pt-a --checkpoint runs/pt-b --corpus corpus.zarr --seeds 0,1,2 --out results/",
          "aemg evaluate --checkpoint runs/pt --corpus corpus.zarr --methods aemg_probe,td_lda --datasets 3dc "

@@ -116,7 +116,8 @@ def write_sweep_report(rows: list[dict[str, Any]], runs: list["PretrainRun"], co
         f"{len({r.group for r in runs})} time(s), each run without one group of the evaluated subjects, and every "
         "fold is scored with the run that never saw its held-out subject.",
         f"Protocol: {evaluation.protocol}, calibration budgets {', '.join(map(budget_label, evaluation.budgets))} of the "
-        f"held-out subject's labeled repetitions, seeds {list(evaluation.seeds)}, methods {list(evaluation.methods)}. "
+        f"held-out subject's calibration pool in labeled time, {evaluation.normalization} statistics, seeds "
+        f"{list(evaluation.seeds)}, methods {list(evaluation.methods)}. "
         "Cells: mean ± std over held-out subjects (seeds averaged first) [95 % t-interval], best configuration per "
         "budget in bold.", "",
         "## Pretraining runs", "",
