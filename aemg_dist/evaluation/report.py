@@ -52,14 +52,14 @@ def t_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
 
 
 def aggregate(rows: list[dict[str, Any]], metric: str = "balanced_accuracy") -> list[dict[str, Any]]:
-    """Mean, std, 95 % t-interval and count over held-out subjects per (method, dataset, budget)."""
+    """Mean, std, 95 % t-interval (clipped to [0, 1]) and count over held-out subjects per (method, dataset, budget)."""
     out = []
     for (method, dataset, budget), subjects in sorted(per_subject(rows, metric).items()):
         values = np.array(list(subjects.values()))
-        low, high = t_interval(values)
+        low, high = np.clip(t_interval(values), 0.0, 1.0)  # accuracies: an interval over few subjects can leave [0, 1]
         out.append({"method": method, "dataset": dataset, "budget": budget, "mean": float(values.mean()),
                     "std": float(values.std(ddof=1)) if values.size > 1 else 0.0, "n": int(values.size),
-                    "ci_low": low, "ci_high": high})
+                    "ci_low": float(low), "ci_high": float(high)})
     return out
 
 
