@@ -24,12 +24,14 @@ Fields (required ones first):
                     file) and `rep` (its repetition index); `label`, `rep` and every field a
                     `derived` expression reads must be integers.
   reader            `{kind: ..., options}`; kinds and options are listed in readers.py
-                    (delimited, binary, label_column)
-  fs                sampling rate in Hz (50 to 100,000)
+                    (delimited, binary, label_column, mat, hdf5, numpy, wfdb, edf)
+  fs                sampling rate in Hz (50 to 100,000); may be left out when the reader takes it
+                    from the file (wfdb, edf, hdf5 with timestamps); when both are given they must
+                    agree within 0.5 %, and the manifest's nominal rate is kept
   units             units of the stored values, e.g. "ADC counts", "uV"
   electrodes        file name of an electrodes.json in `folder`, or an inline dict of the
                     same form (see geometry.py); its channel count is the data's
-  labels            class id -> name
+  labels            class id -> name (for a NinaPro-style label vector: every id it holds)
   rest_label        id of the rest class (optional, null when the protocol has none)
   subject, session  id templates over the fields, e.g. `"{split}-{who}"` or a constant
                     `"day1"`; default `"{subject}"` and `"{session}"`. Ids keep letters,
@@ -48,15 +50,24 @@ Fields (required ones first):
   notch_hz          mains lines the recordings carry, e.g. [60]: notched wherever they fall inside
                     the valid band. Declared, not detected, so the filter never depends on the data
                     (a held-out subject's test samples must not decide how its signal is filtered)
+  channels          which columns of each file are the layout's channels, in its order: indices,
+                    a "start:stop" range, names the file gives (wfdb, edf) or a map file (see
+                    channel_map.py). Default: every column, which must be the layout's count
+  file_channels     how many columns each file holds, when `channels` selects some of them
+                    (needed by raw binary, checked for the others)
+  events, cue       label sources beside the file name and the reader: an events table per data
+                    file (BIDS events.tsv style) or a cue protocol's timing (see labels.py)
   device, license   free text carried into the corpus
   description       notes for people (provenance, quirks)
   exclude           glob patterns (fnmatch; `*` also crosses `/`) of files under `folder`
                     that are not data. A file with the pattern's extension that neither
                     matches the pattern nor is excluded is an error, never skipped silently.
 
-One recording (RawRecording) per group: one Segment per file, or, for a label-column
-reader, one per run of equal labels (rep = how many runs of that label came before it in
-the recording); `joins` holds the first sample of every file after the first.
+One recording (RawRecording) per group: one Segment per file, or, for a reader with per-sample
+labels, one per run of equal (label, repetition) (rep = the file's repetition value where it has a
+repetition vector and the value is > 0; else how many runs of that label came before it in the
+recording: NinaPro marks rest 0), or one per event / cue span; `joins` holds the first sample of every
+file after the first.
 """
 
 from __future__ import annotations
@@ -77,21 +88,25 @@ from typing import Any, Mapping
 import numpy as np
 import yaml
 
+from .channel_map import ChannelMap
 from .errors import DataError, ManifestError
 from .geometry import ElectrodeLayout
-from .readers import Reader, make_reader
+from .labels import CueProtocol, EventsTable, Span
+from .readers import BinaryReader, Reader, make_reader
 from .recording import RawRecording, Segment, validate_segments
 
 DATA_ROOT_ENV = "AEMG_DATA"
 DEFAULT_DATA_ROOT = "../shared/data"  # relative to the current directory (the project root)
 MIN_FS_HZ, MAX_FS_HZ = 50.0, 100_000.0
+FS_TOLERANCE = 0.005  # a file's own rate may differ from the manifest's nominal one by this fraction
 DEFAULT_FIELD_REGEX = r"[^/]+?"
 SAFE_ID = re.compile(r"[A-Za-z0-9._-]+")
 
 _FIELD = re.compile(r"\{([A-Za-z_]\w*)\}")
-_REQUIRED = ("name", "folder", "pattern", "reader", "fs", "units", "electrodes", "labels")
-_OPTIONAL = ("rest_label", "subject", "session", "derived", "field_regex", "group_by", "label_names_from",
-             "adc_range", "notch_hz", "device", "license", "description", "exclude")
+_REQUIRED = ("name", "folder", "pattern", "reader", "units", "electrodes", "labels")
+_OPTIONAL = ("fs", "rest_label", "subject", "session", "derived", "field_regex", "group_by", "label_names_from",
+             "adc_range", "notch_hz", "device", "license", "description", "exclude", "channels", "file_channels",
+             "events", "cue")
 
 
 @dataclass
@@ -102,7 +117,7 @@ class DatasetManifest:
     folder: str
     pattern: str
     reader: Reader
-    fs: float
+    fs: float | None  # None: every file declares its own rate (reader.provides_fs)
     units: str
     electrodes: str | dict[str, Any]
     labels: dict[int, str]
@@ -119,6 +134,10 @@ class DatasetManifest:
     license: str = ""
     description: str = ""
     exclude: tuple[str, ...] = ()
+    channels: ChannelMap | None = None
+    file_channels: int | None = None
+    events: EventsTable | None = None
+    cue: CueProtocol | None = None
     source: str = "<dict>"  # where the manifest came from, for error messages
 
     @classmethod
@@ -168,20 +187,29 @@ class DatasetManifest:
         label_names_from = spec.get("label_names_from")
         if label_names_from is not None and not (isinstance(label_names_from, str) and "/" not in label_names_from):
             raise ManifestError(f"field `label_names_from`: must be a file name, got {label_names_from!r}")
-        _check_label_source(reader, "label" in known, label_names_from)
         labels = _labels(spec["labels"])
         rest = spec.get("rest_label")
         if rest is not None and (isinstance(rest, bool) or not isinstance(rest, int) or rest not in labels):
             raise ManifestError(f"field `rest_label`: {rest!r} is not one of the labels {sorted(labels)}")
+        events = EventsTable.from_spec(spec["events"], known) if spec.get("events") is not None else None
+        cue = CueProtocol.from_spec(spec["cue"], labels, rest) if spec.get("cue") is not None else None
+        _check_label_source(reader, "label" in known, label_names_from)
+        _check_other_label_sources(reader, "label" in known or bool(label_names_from), events, cue)
+        channels, file_channels = _channels(spec, reader)
+        if spec.get("fs") is None and not reader.provides_fs:
+            raise ManifestError("missing required field(s) ['fs'] (this reader kind does not read the rate from "
+                                "the file)")
         manifest = cls(
             name=name, folder=_relative_path(spec, "folder"), pattern=pattern, reader=reader,
-            fs=_sampling_rate(spec["fs"]), units=_text(spec, "units"), electrodes=_electrodes(spec["electrodes"]),
+            fs=None if spec.get("fs") is None else _sampling_rate(spec["fs"]), units=_text(spec, "units"),
+            electrodes=_electrodes(spec["electrodes"]),
             labels=labels, rest_label=rest, subject=subject, session=session, derived=derived,
             field_regex=field_regex, group_by=_group_by(spec.get("group_by"), known, subject, session),
             label_names_from=label_names_from, adc_range=_adc_range(spec.get("adc_range")),
             notch_hz=_notch_hz(spec.get("notch_hz")),
             device=_text(spec, "device"), license=_text(spec, "license"), description=_text(spec, "description"),
-            exclude=_globs(spec.get("exclude") or []), source=source,
+            exclude=_globs(spec.get("exclude") or []), channels=channels, file_channels=file_channels,
+            events=events, cue=cue, source=source,
         )
         manifest.regex()  # compile now so a bad field_regex fails here, not mid-walk
         return manifest
@@ -247,32 +275,48 @@ class ManifestJob:
         folder = Path(self.root) / m.folder
         layout = m.layout(folder)
         metadata = _MetadataLabels(m) if m.label_names_from else None
+        channels = m.channels.resolved(folder, layout) if m.channels else None
         pieces: list[np.ndarray] = []
         segments: list[Segment] = []
         runs_seen: Counter[int] = Counter()  # label -> runs so far, the rep of label-column segments
         start = 0
+        fs = m.fs
         for source in self.files:
             path = folder / source.path
-            data = m.reader.read(path, layout.n_channels)
-            n = data.emg.shape[0]
+            data = m.reader.read(path, m.file_channels if channels else layout.n_channels)
+            emg = channels.select(data, path) if channels else data.emg
+            fs = _agreed_rate(fs, data.fs, m, path)
+            n = emg.shape[0]
             if data.labels is not None:
-                for a, b, label in _label_runs(data.labels, m.labels, path):
-                    segments.append(Segment(start + a, start + b, label, m.labels[label], runs_seen[label]))
+                for a, b, label, rep in _label_runs(data.labels, m.labels, path, data.reps):
+                    segments.append(Segment(start + a, start + b, label, m.labels[label],
+                                            rep if rep > 0 else runs_seen[label]))
                     runs_seen[label] += 1
+            elif m.events or m.cue:
+                for a, b, label, rep in self._spans(folder, path, n, fs):
+                    segments.append(Segment(start + a, start + b, label, m.labels[label], rep))
             else:
                 label = metadata.label(path, source.label) if metadata else source.label
                 segments.append(Segment(start, start + n, label, m.labels[label], source.rep))
-            pieces.append(data.emg)
+            pieces.append(emg)
             start += n
         emg = np.concatenate(pieces) if len(pieces) > 1 else pieces[0]
         validate_segments(segments, emg.shape[0], self.key)
         return RawRecording(
-            dataset=m.name, subject=self.subject, session=self.session, fs=m.fs, emg=emg, units=m.units,
+            dataset=m.name, subject=self.subject, session=self.session, fs=fs, emg=emg, units=m.units,
             layout=layout, segments=segments, joins=np.cumsum([p.shape[0] for p in pieces[:-1]]).tolist(),
             rest_label=m.rest_label, device=m.device, license=m.license,
             source_files=[f"{m.folder}/{f.path}" for f in self.files], adc_range=m.adc_range, notch_hz=m.notch_hz,
             label_names=dict(m.labels),
         )
+
+    def _spans(self, folder: Path, path: Path, n_samples: int, fs: float) -> list[Span]:
+        """A file's labeled spans from the manifest's events table or cue protocol."""
+        m = self.manifest
+        if m.cue:
+            return m.cue.spans(path, n_samples, fs, m.rest_label)
+        values = m.file_values(path.relative_to(folder).as_posix(), path) or {}
+        return m.events.spans(m.events.file_for(path, folder, values), n_samples, fs, m.labels)
 
 
 def manifest_jobs(manifest: DatasetManifest, data_root: str | Path) -> list[ManifestJob]:
@@ -444,9 +488,48 @@ def _check_label_source(reader: Reader, has_label_field: bool, label_names_from:
     if reader.provides_labels and (has_label_field or label_names_from):
         raise ManifestError("field `reader`: a label-column reader supplies the labels; "
                             "do not also name a `label` field or `label_names_from`")
-    if not (reader.provides_labels or has_label_field or label_names_from):
+
+
+def _check_other_label_sources(reader: Reader, file_label: bool, events: EventsTable | None,
+                               cue: CueProtocol | None) -> None:
+    """Exactly one label source: the file name (or metadata), the reader, an events table or a cue protocol."""
+    sources = [name for name, present in (("a {label} field or label_names_from", file_label),
+                                          ("the reader's labels", reader.provides_labels),
+                                          ("`events`", events is not None), ("`cue`", cue is not None)) if present]
+    if len(sources) > 1:
+        raise ManifestError(f"more than one label source: {' and '.join(sources)}; keep one")
+    if not sources:
         raise ManifestError("field `pattern`: no label source; add a {label} field, a derived `label`, "
-                            "`label_names_from` or a label_column reader")
+                            "`label_names_from`, a reader with labels (label_column, or `labels` of a mat/hdf5/"
+                            "numpy reader), `events` or `cue`")
+
+
+def _channels(spec: Mapping[str, Any], reader: Reader) -> tuple[ChannelMap | None, int | None]:
+    """The manifest's channel map and the column count of its files."""
+    channels = ChannelMap.from_spec(spec["channels"]) if spec.get("channels") is not None else None
+    count = spec.get("file_channels")
+    if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
+        raise ManifestError(f"field `file_channels`: expected a positive number of columns, got {count!r}")
+    if count is not None and channels is None:
+        raise ManifestError("field `file_channels`: only meaningful with `channels` (without it every column is "
+                            "a channel of the layout)")
+    if channels is not None and count is None and isinstance(reader, BinaryReader):
+        raise ManifestError("field `file_channels`: raw binary with a `channels` map needs the number of "
+                            "interleaved channels")
+    return channels, count
+
+
+def _agreed_rate(rate: float | None, file_rate: float | None, manifest: DatasetManifest, path: Path) -> float:
+    """The recording's rate: the manifest's (checked against the file's own, if it declares one), else the first
+    file's; every file of a recording must agree."""
+    if file_rate is None:
+        return float(rate)  # the manifest requires `fs` for readers without a file rate
+    if not MIN_FS_HZ <= file_rate <= MAX_FS_HZ:
+        raise DataError(path, f"declares a sampling rate of {file_rate:g} Hz, absurd for surface EMG")
+    if rate is not None and abs(file_rate - rate) > FS_TOLERANCE * rate:
+        source = f"the manifest's fs ({manifest.source})" if manifest.fs == rate else "the recording's other files"
+        raise DataError(path, f"declares {file_rate:g} Hz but {source} says {rate:g} Hz")
+    return rate if rate is not None else file_rate
 
 
 def _labels(spec: Any) -> dict[int, str]:
@@ -604,15 +687,17 @@ def _safe_id(raw: str, what: str, where: Path) -> str:
     return safe
 
 
-def _label_runs(labels: np.ndarray, known: Mapping[int, str], path: Path) -> list[tuple[int, int, int]]:
-    """(start, stop, label) of every run of equal labels in a label column."""
+def _label_runs(labels: np.ndarray, known: Mapping[int, str], path: Path,
+                reps: np.ndarray | None = None) -> list[Span]:
+    """(start, stop, label, rep) of every run of equal (label, rep) in a label vector; rep -1 without a rep vector."""
     unknown = np.setdiff1d(np.unique(labels), np.fromiter(known, dtype=np.int64))
     if unknown.size:
         row = int(np.flatnonzero(labels == unknown[0])[0])
         raise DataError(path, f"label {int(unknown[0])} (sample {row}) is not one of the dataset's labels {sorted(known)}")
-    cuts = np.flatnonzero(np.diff(labels)) + 1
+    reps = np.full(labels.shape, -1, dtype=np.int64) if reps is None else reps
+    cuts = np.flatnonzero((np.diff(labels) != 0) | (np.diff(reps) != 0)) + 1
     starts, stops = np.r_[0, cuts], np.r_[cuts, labels.size]
-    return list(zip(starts.tolist(), stops.tolist(), labels[starts].tolist()))
+    return list(zip(starts.tolist(), stops.tolist(), labels[starts].tolist(), reps[starts].tolist()))
 
 
 class _MetadataLabels:

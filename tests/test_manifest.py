@@ -295,7 +295,7 @@ def test_validate_segments() -> None:
     ({"rest_label": 3}, "field `rest_label`: 3 is not one of the labels"),
     ({"labels": {"zero": "Rest"}}, "field `labels`: id 'zero' is not an integer"),
     ({"labels": {0: ""}}, "field `labels`: id 0 needs a name"),
-    ({"reader": {"kind": "hdf5"}}, "field `reader`: unknown reader kind 'hdf5'"),
+    ({"reader": {"kind": "parquet"}}, "field `reader`: unknown reader kind 'parquet'"),
     ({"reader": {"kind": "delimited", "sep": ","}}, "field `reader`: reader kind 'delimited' takes options"),
     ({"reader": {"kind": "delimited", "delimiter": ",,"}}, "reader.delimiter must be one character"),
     ({"reader": {"kind": "binary", "dtype": "str"}}, "reader.dtype must be a numpy integer or float type"),
