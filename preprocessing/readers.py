@@ -360,17 +360,23 @@ class WFDBReader:
         if path.suffix != ".hea":
             raise DataError(path, "a WFDB record is read from its .hea header (make the pattern end in .hea)")
         with library_errors(path, "WFDB"):
+            if not path.read_bytes().endswith(b"\n"):  # every header line ends in one: a cut line still parses
+                raise DataError(path, "header does not end with a line break (truncated?)")
             header = wfdb.rdheader(str(path.with_suffix("")))
             declared = int(header.sig_len or 0) * int(header.n_sig or 0)
             if declared > MAX_ELEMENTS:
                 raise DataError(path, f"header declares {header.sig_len} samples x {header.n_sig} signals, "
                                       f"beyond {MAX_ELEMENTS} values")
             _check_wfdb_sizes(path, header)
-            record = wfdb.rdrecord(str(path.with_suffix("")), physical=self.physical)
-            signal = record.p_signal if self.physical else record.d_signal
-            if signal is None or signal.ndim != 2 or signal.shape != (header.sig_len, header.n_sig):
-                raise DataError(path, f"signal files hold {None if signal is None else signal.shape}, "
+            record = wfdb.rdrecord(str(path.with_suffix("")), physical=False)
+            digital = record.d_signal
+            if digital is None or digital.ndim != 2 or digital.shape != (header.sig_len, header.n_sig):
+                raise DataError(path, f"signal files hold {None if digital is None else digital.shape}, "
                                       f"not the {header.sig_len} x {header.n_sig} the header declares")
+            declared = [c for c in (record.checksum or []) if c is not None]
+            if len(declared) == header.n_sig and list(record.calc_checksum()) != declared:
+                raise DataError(path, "samples do not match the header's checksums (a corrupt signal file)")
+            signal = record.dac(return_res=64) if self.physical else digital
             emg = oriented_emg(path, signal, "signals", "samples_channels", n_channels)
         return FileData(_checked_emg(path, emg), fs=_file_rate(path, record.fs),
                         channel_names=tuple(str(n) for n in record.sig_name))
@@ -418,7 +424,8 @@ def oriented_emg(path: Path, array: np.ndarray, name: str, orientation: str, n_c
     if n_channels is not None and emg.shape[1] != n_channels:
         raise DataError(path, f"{name!r} has shape {array.shape}: read as {orientation}, {emg.shape[1]} channels, but "
                               f"the electrode layout needs {n_channels} (is reader.orientation right?)")
-    return np.ascontiguousarray(emg, dtype=np.float32)
+    with np.errstate(over="ignore"):  # a float64 beyond float32's range becomes inf: harmonization repairs it
+        return np.ascontiguousarray(emg, dtype=np.float32)
 
 
 def integer_vector(path: Path, array: np.ndarray, name: str, n_samples: int) -> np.ndarray:
