@@ -4,6 +4,7 @@ non-zero with a one-line reason on bad input."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import textwrap
 import sys
@@ -413,6 +414,75 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from aemg_dist.finetune import PersonalConfig, finetune_personal, summary
+
+    options = [f"pretrained={args.pretrained}", f"subject={args.subject}", f"out={args.out}",
+               f"workers={args.workers}", *(f"{k}={v}" for k, v in (("corpus", args.corpus), ("manifest", args.manifest),
+                                                                      ("data_root", args.source), ("work", args.work))
+                                            if v)]
+    result = finetune_personal(load_config(PersonalConfig, args.config, [*options, *args.overrides]),
+                               progress=not args.quiet)
+    print(summary(result))
+    print(f"wrote {result.out} (model.safetensors, config.json: weights, classes, harmonization, token settings and "
+          f"the calibration statistics) in {result.seconds:.0f} s")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import numpy as np
+    import yaml
+
+    from aemg_dist import predict
+    from aemg_dist.decoder import Decoder
+
+    try:
+        decoder = Decoder.load(args.model)
+        dtype_ok = args.dtype == predict.TEXT or np.dtype(args.dtype).kind in "iuf"
+    except (ValueError, TypeError) as err:
+        raise CommandError(str(err)) from None
+    if not dtype_ok:
+        raise CommandError(f"--dtype {args.dtype!r} is not a numeric sample type or 'text'")
+    if args.stream or args.listen:
+        out = sys.stdout if args.out in (None, "-") else open(args.out, "w", newline="")
+        try:
+            with (predict.listening(args.listen) if args.listen else _stdin_bytes()) as source:
+                n = predict.stream_to_csv(decoder, source, out, dtype=args.dtype, source_fs=args.fs)
+        finally:
+            if out is not sys.stdout:
+                out.close()
+        print(f"{n} decisions written to {args.out or 'standard output'}", file=sys.stderr)
+        return 0
+    if args.corpus and args.key:
+        decisions = predict.decisions_of_corpus_key(decoder, args.corpus, args.key)
+    elif args.manifest and args.key:
+        raw = predict.manifest_recording(args.manifest, args.key, args.source)
+        decisions = predict.decisions_of_recording(decoder, raw, zero_phase=args.zero_phase)
+    elif args.file and args.reader:
+        raw = predict.file_recording(decoder, args.file, yaml.safe_load(args.reader))
+        decisions = predict.decisions_of_recording(decoder, raw, zero_phase=args.zero_phase)
+    else:
+        raise CommandError("give --corpus C --key K, --manifest M --key K, --file F --reader SPEC, or --stream")
+    if not args.out:
+        raise CommandError("give --out PREDICTIONS.csv (or - for standard output)")
+    out = sys.stdout if args.out == "-" else open(args.out, "w", newline="")
+    try:
+        predict.write_csv(out, decoder, decisions)
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    counts = np.bincount(decisions.labels, minlength=len(decoder.config.class_ids)) if decisions.labels.size else []
+    print(", ".join(f"{name}: {int(c)}" for name, c in zip(decoder.config.class_names, counts)) or "no window",
+          file=sys.stderr if args.out == "-" else sys.stdout)
+    print(f"wrote {args.out} ({decisions.end_s.size} decisions)", file=sys.stderr if args.out == "-" else sys.stdout)
+    return 0
+
+
+@contextlib.contextmanager
+def _stdin_bytes():
+    yield sys.stdin.buffer
+
+
 # ---------------------------------------------------------------- parser
 
 def _add_synthetic_options(p: argparse.ArgumentParser) -> None:
@@ -671,6 +741,59 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="events: YAML with a TokenizeConfig (its events and tokens sections are used)")
     p.add_argument("overrides", nargs="*", help="events: key=value overrides, e.g. events.high=2.5")
     p.set_defaults(func=cmd_plot)
+
+    p = _subcommand(
+        sub, "finetune", "pretrained model + one person's labeled recordings -> a personal decoder folder",
+        "Calibrate a pretrained encoder to one subject with the evaluation's recipe: labeled windows tokenized as in "
+        "pretraining, a held-out slice of each label's repetitions kept aside, normalization, noise floor and usable "
+        "channels from the calibration windows only, LP-FT (a source model on the dataset's other subjects in the "
+        "corpus, adapted to the calibration windows; or the person alone). Prints the held-out slice's balanced "
+        "accuracy and confusion matrix and writes one self-contained model folder (safetensors weights, config.json "
+        "with classes, harmonization, token settings and the statistics), loadable without pickle. A --manifest's "
+        "recordings of the subject are prepared first.",
+        ["aemg finetune --pretrained runs/pt --manifest mylab.yaml --source /data --subject mylab/07 --out me/",
+         "aemg finetune --pretrained runs/pt --corpus corpus.zarr --subject synth_hdgrid/s01 --out grid-s01/ "
+         "train.base_steps=200 other_subjects=false"])
+    p.add_argument("--pretrained", required=True, help="an `aemg pretrain` run folder (or its export/)")
+    p.add_argument("--subject", required=True, help="dataset/subject to calibrate to")
+    p.add_argument("--corpus", help="a prepared corpus holding the subject")
+    p.add_argument("--manifest", help="a dataset manifest (instead of --corpus)")
+    p.add_argument("--source", help="with --manifest: the data root holding the dataset's folder")
+    p.add_argument("--out", required=True, help="the model folder to write")
+    p.add_argument("--work", help="keep the prepared corpus and windows here (default: a temporary folder)")
+    p.add_argument("--config", help="YAML with a PersonalConfig (train.*, windows.*, test_percent, ...)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.base_steps=200 test_percent=25")
+    _add_runtime_options(p)
+    p.set_defaults(func=cmd_finetune, workers=1)
+
+    p = _subcommand(
+        sub, "predict", "personal decoder + a recording or a live stream -> per-window labels and probabilities (CSV)",
+        "Decode a recording (a corpus key, a manifest's recording, or one file with an inline reader spec) or a live "
+        "stream of raw samples (standard input, or a socket bound to 127.0.0.1) into one CSV row per hop: window end, "
+        "label, label name, one probability per class. Raw input goes through causal processing (filters that never "
+        "look ahead, the decoder's calibration statistics, online event detection), so a file gives the decisions "
+        "its live stream would; --zero-phase filters a raw recording as harmonization does instead.",
+        ["aemg predict --model me/ --manifest mylab.yaml --source /data --key mylab/07/day3 --out day3.csv",
+         "aemg predict --model me/ --file S1_E1_A1.mat --reader '{kind: mat, emg: emg}' --out s1.csv",
+         "aemg predict --model grid-s01/ --corpus corpus.zarr --key synth_hdgrid/s01/session1 --out - ",
+         "my_amplifier | aemg predict --model me/ --stream --dtype int16 > decisions.csv"])
+    p.add_argument("--model", required=True, help="a model folder written by `aemg finetune`")
+    p.add_argument("--corpus", help="a corpus, with --key")
+    p.add_argument("--manifest", help="a dataset manifest, with --key (and --source for its data root)")
+    p.add_argument("--source", help="with --manifest: the data root holding the dataset's folder")
+    p.add_argument("--key", help="the recording dataset/subject/session")
+    p.add_argument("--file", help="one source file, with --reader")
+    p.add_argument("--reader", help="with --file: a reader spec in YAML, e.g. '{kind: hdf5, emg: /emg}'")
+    p.add_argument("--zero-phase", action="store_true",
+                   help="raw input: harmonization's zero-phase filters instead of the causal path")
+    p.add_argument("--stream", action="store_true", help="read raw samples from standard input until it ends")
+    p.add_argument("--listen", type=int, metavar="PORT", help="read raw samples from the first client of "
+                                                               "127.0.0.1:PORT instead of standard input")
+    p.add_argument("--dtype", default="float32", help="stream sample type: a numpy dtype of interleaved binary "
+                                                      "frames (default float32) or 'text' (one sample per line)")
+    p.add_argument("--fs", type=float, help="stream rate in Hz (default: the decoder's device rate)")
+    p.add_argument("--out", help="CSV to write, '-' for standard output (the default with --stream)")
+    p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("corpus", help="inspect or validate a corpus",
                        description="info: datasets, subjects, sessions, hours, channels, source rates. "

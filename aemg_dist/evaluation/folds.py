@@ -134,6 +134,22 @@ def loso_folds(windows: Any, dataset: str, gap_s: float | None = None) -> list[F
     return folds
 
 
+def subject_fold(windows: Any, dataset: str, subject: str, gap_s: float | None = None,
+                 with_others: bool = True) -> Fold:
+    """The fold that holds out one subject of a dataset for a personal decoder (`aemg finetune`): its labeled
+    windows are the held-out rows (repetitions and guard windows as in `loso_folds`), the other subjects' of the
+    dataset the train rows (none with `with_others` False, or when the subject is the only one)."""
+    cols = _columns(windows)
+    rows = np.flatnonzero((cols["dataset"] == dataset) & (cols["label"] >= 0))
+    heldout = rows[cols["subject"][rows] == subject]
+    if heldout.size == 0:
+        raise ValueError(f"no labeled windows of subject {dataset}/{subject}")
+    train = rows[cols["subject"][rows] != subject] if with_others else rows[:0]
+    return Fold(dataset=dataset, held_out=subject, train_idx=train, heldout_idx=heldout,
+                heldout_label=cols["label"][heldout], heldout_unit=_units(cols, heldout, gap_s),
+                heldout_start=cols["start"][heldout])
+
+
 def _label_pools(fold: Fold, seed: int, test_percent: float) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per label (sorted): (pool positions in calibration order, test positions), as positions in heldout_idx."""
     if not 0 < test_percent < 100:
