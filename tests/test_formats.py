@@ -339,3 +339,24 @@ def _spec_cue(m: DatasetManifest) -> dict:
 def test_bad_manifest_fields(fields: dict, problem: str) -> None:
     with pytest.raises(ManifestError, match=f"^toy.yaml: .*{problem}"):
         manifest(**fields)
+
+
+def test_readme_matlab_manifest_reads_a_ninapro_layout(tmp_path: Path) -> None:
+    """The README's MATLAB example manifest, on files laid out as NinaPro DB2 lays them out."""
+    import re
+
+    import yaml
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = re.search(r"name: ninapro_db2\n.*?```", readme, re.S).group(0).rstrip("`")
+    m = DatasetManifest.from_dict(yaml.safe_load(block), source="README.md")
+    labels, reps = ninapro_protocol()
+    labels[labels == 2] = 3
+    for exercise in (1, 2):
+        ninapro_mat(tmp_path / "ninapro_db2" / "DB2_s1" / f"S1_E{exercise}_A1.mat", signal(labels.size, 12), labels,
+                    reps)
+    jobs = manifest_jobs(m, tmp_path)
+    assert [j.key for j in jobs] == ["ninapro_db2/1/E1", "ninapro_db2/1/E2"]
+    rec = jobs[0].load()
+    assert rec.emg.shape == (labels.size, 12) and [(s.label, s.rep) for s in rec.segments if s.label][:4] == [
+        (1, 1), (1, 2), (1, 3), (3, 1)]
