@@ -421,8 +421,11 @@ def cmd_finetune(args: argparse.Namespace) -> int:
                f"workers={args.workers}", *(f"{k}={v}" for k, v in (("corpus", args.corpus), ("manifest", args.manifest),
                                                                       ("data_root", args.source), ("work", args.work))
                                             if v)]
-    result = finetune_personal(load_config(PersonalConfig, args.config, [*options, *args.overrides]),
-                               progress=not args.quiet)
+    config = load_config(PersonalConfig, args.config, [*options, *args.overrides])
+    try:
+        result = finetune_personal(config, progress=not args.quiet)
+    except ValueError as err:  # no labeled windows of the subject, a model that does not fit its tokens, ...
+        raise CommandError(str(err)) from None
     print(summary(result))
     print(f"wrote {result.out} (model.safetensors, config.json: weights, classes, harmonization, token settings and "
           f"the calibration statistics) in {result.seconds:.0f} s")

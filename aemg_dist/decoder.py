@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from aemg_dist.config import config_from_dict
@@ -140,6 +141,6 @@ class Decoder:
         model = AEMGClassifier(AEMGModel(config.model), len(config.class_ids))
         try:
             model.load_state_dict(load_file(str(weights_path)))
-        except (RuntimeError, OSError, ValueError) as err:  # missing/unexpected tensors, wrong shapes, bad file
+        except (RuntimeError, OSError, ValueError, SafetensorError) as err:  # wrong tensors or shapes, a bad file
             raise ValueError(f"{weights_path}: weights do not fit {config_path} ({str(err).splitlines()[0]})") from None
         return cls(model, config)

@@ -18,7 +18,7 @@ import yaml
 from aemg_dist import cli, predict
 from aemg_dist.data import tokenize_corpus
 from aemg_dist.decoder import Decoder
-from aemg_dist.stream import causal_decisions, zero_phase_decisions, zero_phase_windows
+from aemg_dist.stream import zero_phase_decisions, zero_phase_windows
 from aemg_dist.train import load_pretrain_config, pretrain
 from preprocessing.prepare import prepare
 from preprocessing.synthetic import SyntheticConfig, generate_recording, synthetic_jobs
@@ -173,3 +173,42 @@ def test_a_bad_model_folder_is_one_line(decoder_folder, tmp_path, capsys, conten
     (bad / "config.json").write_text(content)
     assert cli.main(["predict", "--model", str(bad), "--stream"]) == 2
     assert problem in capsys.readouterr().err
+
+
+def test_finetune_errors_are_one_line(pretrained, capsys) -> None:
+    root, run, _ = pretrained
+    assert cli.main(["finetune", "--pretrained", str(run), "--corpus", str(root / "corpus.zarr"), "--subject",
+                     "synth_myo/s99", "--out", str(root / "nobody"), "--quiet"]) == 2
+    assert "has no recording of synth_myo/s99" in capsys.readouterr().err
+    assert cli.main(["finetune", "--pretrained", str(root), "--corpus", str(root / "corpus.zarr"), "--subject",
+                     "synth_myo/s01", "--out", str(root / "nobody"), "--quiet"]) == 2
+    assert "neither an `aemg pretrain` run nor its export/" in capsys.readouterr().err
+
+
+def test_predict_from_a_socket_on_localhost(decoder_folder) -> None:
+    import socket
+    import threading
+    import time
+
+    root, manifest, out = decoder_folder
+    decoder = Decoder.load(out)
+    raw = predict.manifest_recording(str(manifest), "mygrid/s01/gestures", str(root))
+    data = raw.emg[: int(raw.fs)].astype(np.float32).tobytes()  # 1 s
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+
+    def client() -> None:
+        for _ in range(200):  # until the server listens
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=5) as connection:
+                    connection.sendall(data)
+                return
+            except ConnectionRefusedError:
+                time.sleep(0.05)
+
+    sender = threading.Thread(target=client)
+    sender.start()
+    with predict.listening(port) as source:
+        assert predict.stream_to_csv(decoder, source, io.StringIO()) == 3  # windows ending at 0.5, 0.75, 1 s
+    sender.join(timeout=30)
