@@ -46,6 +46,7 @@ from ray.data.datasource import Datasink, Datasource, ReadTask
 from tqdm import tqdm
 
 from aemg_dist import storage
+from aemg_dist.config import check_ranges
 from aemg_dist.events import EventConfig, recording_floor
 from aemg_dist.parallel import ensure_shared, map_unordered
 from aemg_dist.tokens import TokenConfig, WindowTokens, feature_names, tokenize_window
@@ -69,8 +70,7 @@ class TokenizeConfig:
     #                        tasks amortize Ray's per-task cost, which dominates on short recordings
 
     def __post_init__(self) -> None:
-        if self.shard_s <= 0 or self.task_s <= 0:
-            raise ValueError(f"shard_s and task_s must be > 0, got {self.shard_s}, {self.task_s}")
+        check_ranges(self, shard_s="(0, inf)", task_s="(0, inf)")
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from aemg_dist import storage
-from aemg_dist.config import ConfigError, load_config, save_config
+from aemg_dist.config import ConfigError, check_ranges, load_config, save_config
 from aemg_dist.evaluation.runner import EvaluateConfig
 from aemg_dist.train import PretrainConfig, load_pretrain_config
 from tuning.scaling_fit import (MIN_DISTINCT, MIN_POINTS, PARAMS, bootstrap_scaling_law, load_fit, plot_scaling,
@@ -118,6 +118,9 @@ class FitConfig:
     seed: int = 0
     flop_budgets: list[float] = field(default_factory=list)  # compute-optimal table; empty = three spanning the runs
 
+    def __post_init__(self) -> None:
+        check_ranges(self, n_boot="[1, inf)", seed="[0, inf)", flop_budgets="(0, inf)")
+
 
 @dataclass
 class ScalingRunConfig:
@@ -140,7 +143,8 @@ class ScalingRunConfig:
         if not self.sizes or not self.steps:
             raise ValueError("give sizes (name -> model overrides) and steps (token budgets), e.g. "
                              "sizes: {tiny: [preset=tiny]}, steps: [250, 500, 1000]")
-        if min(self.steps) < 1 or len(set(self.steps)) < len(self.steps) or len(set(self.seeds)) < len(self.seeds):
+        check_ranges(self, steps="[1, inf)", seeds="[0, inf)")
+        if len(set(self.steps)) < len(self.steps) or len(set(self.seeds)) < len(self.seeds):
             raise ValueError(f"steps must be distinct positive integers and seeds distinct, got {self.steps}, "
                              f"{self.seeds}")
         taken = sorted({o.split("=", 1)[0] for overrides in self.sizes.values() for o in overrides} & set(GRID_KEYS))

@@ -52,7 +52,7 @@ from omegaconf import OmegaConf
 from ray import tune
 
 from aemg_dist import storage
-from aemg_dist.config import ConfigError, config_from_dict, load_config, save_config
+from aemg_dist.config import ConfigError, check_ranges, config_from_dict, load_config, save_config
 from aemg_dist.evaluation.methods import AEMG_METHODS
 from aemg_dist.evaluation.runner import (Checkpoint, EvaluateConfig, FoldJob, heldout_subject, assign_checkpoints,
                                          exclusion_groups, labeled_tokens, run_fold, select_folds)
@@ -71,6 +71,9 @@ RUNTIME_KEYS = ("address",)  # the settings a --resume may change
 class TrialResources:
     cpus: float = 1.0
     gpus: float = 0.0
+
+    def __post_init__(self) -> None:
+        check_ranges(self, cpus="[0, inf)", gpus="[0, inf)")
 
 
 @dataclass
@@ -92,6 +95,9 @@ class ConcurrencyConfig:
     pretrain: int = 1  # Ray Train jobs at once; 0 = as many as the cluster fits
     evaluate: int = 0  # evaluation trials at once; 0 = as many as the cluster fits
 
+    def __post_init__(self) -> None:
+        check_ranges(self, pretrain="[0, inf)", evaluate="[0, inf)")
+
 
 @dataclass
 class AshaConfig:
@@ -108,6 +114,11 @@ class AshaConfig:
     mode: str = "min"
     grace_period: int = 100  # pretraining steps before a configuration can be stopped
     reduction_factor: int = 2
+
+    def __post_init__(self) -> None:
+        check_ranges(self, grace_period="[1, inf)", reduction_factor="[2, inf)")
+        if self.mode not in ("min", "max"):
+            raise ValueError(f"asha.mode must be min or max, got {self.mode!r}")
 
 
 @dataclass
@@ -135,17 +146,10 @@ class SweepConfig:
         if repeated or reserved:
             raise ValueError(f"grid keys {reserved} are set by the sweep itself" if reserved else
                              f"grid values repeat for {repeated}")
-        if self.pretrain_groups < 1:
-            raise ValueError(f"pretrain_groups must be >= 1, got {self.pretrain_groups}")
+        check_ranges(self, pretrain_groups="[1, inf)")
         if not self.evaluation.corpus:
             raise ValueError("give evaluation.corpus (a CORPUS.zarr)")
         check_evaluation_unset(self.evaluation, "sweep")
-        if min(self.max_concurrent.pretrain, self.max_concurrent.evaluate) < 0 or min(
-                self.resources.pretrain.cpus, self.resources.pretrain.gpus, self.resources.evaluate.cpus,
-                self.resources.evaluate.gpus) < 0:
-            raise ValueError("resources and max_concurrent must be >= 0")
-        if self.asha.mode not in ("min", "max") or self.asha.grace_period < 1 or self.asha.reduction_factor < 2:
-            raise ValueError("asha.mode must be min or max, asha.grace_period >= 1, asha.reduction_factor >= 2")
 
 
 def check_evaluation_unset(evaluation: EvaluateConfig, driver: str) -> None:

@@ -43,7 +43,7 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from aemg_dist import storage
-from aemg_dist.config import ConfigError, config_from_dict, load_config, save_config
+from aemg_dist.config import ConfigError, check_ranges, config_from_dict, load_config, save_config
 from aemg_dist.evaluation.classifiers import FinetuneConfig
 from aemg_dist.evaluation.data import DatasetWindows, load_labeled_windows
 from aemg_dist.evaluation.folds import Fold, calibration_seconds, calibration_split, loso_folds, reference_split
@@ -52,6 +52,8 @@ from aemg_dist.evaluation.methods import AEMG_METHODS, BASELINE_METHODS, METHODS
 from aemg_dist.evaluation.splits import ROLES, fold_role, load_splits
 from aemg_dist.evaluation.td_lda import balanced_accuracy, macro_f1
 from aemg_dist.model import ModelConfig
+from aemg_dist.model.export import CheckpointError, check_inference, read_model_config
+from aemg_dist.train import MODEL_PRESETS, PretrainConfig
 from aemg_dist.windows import WindowConfig
 
 PROTOCOLS = ("loso",)
@@ -94,16 +96,14 @@ class EvaluateConfig:
         unknown = sorted(set(self.methods) - set(METHODS))
         if unknown or not self.methods:
             raise ValueError(f"unknown methods {unknown}; choose from {sorted(METHODS)}")
-        if not self.budgets or any(not 0 <= b <= 100 for b in self.budgets):
-            raise ValueError(f"budgets must be percentages in [0, 100], got {self.budgets}")
-        if not self.seeds or self.max_folds < 0 or not 0 < self.test_percent < 100:
-            raise ValueError("need at least one seed, max_folds >= 0 and test_percent in (0, 100)")
+        check_ranges(self, budgets="[0, 100]", seeds="[0, inf)", test_percent="(0, 100)", reference_percent="(0, 100]",
+                     max_folds="[0, inf)", max_tokens="[1, 16384]", workers="[0, 4096]")
+        if not self.budgets or not self.seeds:
+            raise ValueError(f"need at least one budget and one seed, got budgets={self.budgets}, seeds={self.seeds}")
         if self.windows.kind != "labeled":
             raise ValueError("evaluation windows must be windows.kind=labeled")
         if self.normalization not in NORMALIZATIONS:
             raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {self.normalization!r}")
-        if not 0 < self.reference_percent <= 100:
-            raise ValueError(f"reference_percent must be in (0, 100], got {self.reference_percent}")
         if self.role not in ROLES or (self.role != "all" and not self.splits):
             raise ValueError(f"role must be one of {ROLES} (development/test need a splits file), got {self.role!r}")
 
@@ -141,10 +141,14 @@ class Checkpoint:
         if not storage.exists(storage.join(export, "model.safetensors")) or not storage.exists(config):
             raise FileNotFoundError(f"{path} is not a finished `aemg pretrain` run (needs config.yaml and "
                                     "export/model.safetensors)")
-        settings = OmegaConf.create(storage.read_text(config))
+        check_inference(export)  # a damaged or hostile export fails here, before any window is tokenized
+        try:
+            settings = load_config(PretrainConfig, [config])
+        except ConfigError as err:
+            raise CheckpointError(f"{config}: not the config of an `aemg pretrain` run ({err})") from None
         data = settings.data
         seen = _trained_on(str(data.tokens), set(data.exclude_subjects), set(data.exclude_datasets), run)
-        init_from = str(settings.run.get("init_from") or "")
+        init_from = settings.run.init_from
         if init_from:  # stage 2 of two-stage training: it also holds what its stage 1 saw
             if _depth >= MAX_LINEAGE:
                 raise ConfigError(f"{run}: run.init_from goes more than {MAX_LINEAGE} stages deep (a loop?)")
@@ -353,9 +357,7 @@ def run_fold(job: FoldJob, cfg_dict: dict[str, Any], tokens: str) -> list[dict[s
 def _scratch_config(cfg: EvaluateConfig, checkpoint: str, data: DatasetWindows) -> ModelConfig:
     """aemg_scratch's architecture: the checkpoint's, else the `scratch_preset` for these token features."""
     if checkpoint:
-        return ModelConfig(**json.loads((Path(checkpoint) / "config.json").read_text())["model"])
-    from aemg_dist.train import MODEL_PRESETS
-
+        return read_model_config(checkpoint)
     n_features = int(data.tokens[0].features.shape[1])  # (T, F) even for a window without tokens
     preset = OmegaConf.to_container(OmegaConf.load(MODEL_PRESETS / f"{cfg.scratch_preset}.yaml"))
     return ModelConfig(**{**preset, "n_features": n_features})
