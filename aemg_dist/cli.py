@@ -316,11 +316,13 @@ def cmd_folds(args: argparse.Namespace) -> int:
 
 def cmd_splits(args: argparse.Namespace) -> int:
     from aemg_dist.evaluation.splits import make_splits, write_splits
+    from aemg_dist.validate import require_output
     from preprocessing.corpus import Corpus
 
     if Path(args.out).exists() and not args.force:
         raise CommandError(f"{args.out} exists: a splits file is the record of which subjects are for development; "
                            "keep it, or pass --force to draw a new one")
+    require_output(args.out, "--out", kind="file")
     chosen = args.datasets.split(",") if args.datasets else None
     units: dict[str, dict[str, set[str]]] = {}
     for entry in Corpus(args.corpus).entries:

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from aemg_dist import storage
 from aemg_dist.cli import CommandError, _subcommand, format_table
 from preprocessing.errors import first_line
 
@@ -28,7 +29,6 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # uploaded working directory (a temporary folder on the head node), never where the user meant.
 PATH_OPTIONS = ("--corpus", "--out", "--config", "--checkpoint", "--manifest", "--source")
 PATH_KEYS = ("data.tokens", "run.out", "run.init_from")
-URI_SCHEMES = ("s3://", "gs://", "gcs://", "abfs://", "hdfs://", "file://")
 NO_AGENT = "No available agent to submit job"  # the job server's answer until the head's job agent is up
 AGENT_WAIT_S = 120.0
 
@@ -68,7 +68,10 @@ def _check_paths(args: Sequence[str], uploaded: bool) -> None:
             name, value = arg.split("=", 1)
         else:
             continue
-        if not value or value.startswith(URI_SCHEMES) or Path(value).is_absolute():
+        if "://" in value:
+            storage.check_scheme(value)  # a URI, on shared storage: fine unless no filesystem knows its scheme
+            continue
+        if not value or Path(value).is_absolute():
             continue
         if name == "--source" and "/" not in value:
             continue  # a dataset name (3dc, synthetic), not a path

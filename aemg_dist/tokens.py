@@ -58,6 +58,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from scipy import fft
 
+from .config import check_ranges
 from .events import EventConfig, Events, detect_events
 
 _EPS = 1e-6  # amplitude floor for logs and ratios; signals are z-scored, so rest is ~1

@@ -36,7 +36,7 @@ from omegaconf import OmegaConf
 
 from aemg_dist import storage
 from aemg_dist.config import ConfigError, check_ranges, config_from_dict, config_layer, load_config, save_config
-from aemg_dist.data import read_token_table, table_to_windows
+from aemg_dist.data import read_token_table, read_tokens_manifest, table_to_windows
 from aemg_dist.model import AEMGModel, ModelConfig, batch_to_torch
 from aemg_dist.model.export import check_inference, export_inference, load_inference
 from aemg_dist.tokens import TokenBatch
@@ -150,13 +150,9 @@ GAIN_FEATURES = ("log_peak", "log_rms", "log_snr")  # the token features a chann
 
 def check_token_features(cfg: PretrainConfig) -> None:
     """The model reads as many features as the tokens carry, and the view augmentation's gain columns are the
-    log amplitudes (ConfigError naming the token folder otherwise); before anything is written."""
-    from aemg_dist.data import TOKENS_MANIFEST
-
-    manifest = storage.join(cfg.data.tokens, TOKENS_MANIFEST)
-    if not storage.exists(manifest):
-        return  # split_tables names the folder that holds no tokens
-    names = json.loads(storage.read_text(manifest))["feature_names"]
+    log amplitudes (ConfigError naming the token folder otherwise); before anything is written. The folder must
+    hold a finished tokenization."""
+    names = read_tokens_manifest(cfg.data.tokens, "data.tokens")["feature_names"]
     if len(names) != cfg.model.n_features:
         raise ConfigError(f"{cfg.data.tokens} holds tokens of {len(names)} features; set model.n_features={len(names)} "
                           f"(it is {cfg.model.n_features})")
@@ -179,6 +175,9 @@ def split_tables(cfg: DataConfig) -> tuple[pa.Table, pa.Table]:
     if train.num_rows == 0:
         raise ConfigError(f"no training windows left in {cfg.tokens} after the exclusions (data.exclude_subjects, "
                           "data.exclude_datasets, data.val_fraction)")
+    if train.num_rows < cfg.batch_size:  # no full batch could ever be drawn: the loop would wait forever
+        raise ConfigError(f"data.batch_size={cfg.batch_size} is more than the {train.num_rows} training windows in "
+                          f"{cfg.tokens}; lower data.batch_size")
     return train, val
 
 
@@ -536,7 +535,7 @@ def check_resumable_run(cfg: PretrainConfig) -> None:
                           "run.out") from None
     now = _dotted(asdict(cfg))
     differs = [f"{k} {before.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(before) | set(now))
-               if k not in RESUMABLE_KEYS and before.get(k) != now.get(k)]
+               if k not in (*RESUMABLE_KEYS, "run.out") and before.get(k) != now.get(k)]  # a moved run is the same
     if differs:
         raise ConfigError(f"run.out={cfg.run.out} holds a run with other settings ({'; '.join(differs[:3])}"
                           f"{' ...' if len(differs) > 3 else ''}); continue it with its settings (only "

@@ -37,21 +37,25 @@ def require_input(path: str | Path, what: str, kind: str = "folder") -> None:
         raise StorageError(f"{what} {path} is a {'file' if kind == 'folder' else 'folder'}; expected a {kind}")
 
 
-def require_output(path: str | Path, what: str) -> None:
-    """Refuse an output folder that cannot be made or written: an unknown URI scheme, a file at the path or at
-    one of its parents, or a read-only (or not permitted) place: the folder itself and the folders directly
-    in it, or, for a new one, the nearest existing parent."""
+def require_output(path: str | Path, what: str, kind: str = "folder") -> None:
+    """Refuse an output `kind` ("folder" or "file") that cannot be made or written: an unknown URI scheme, a path
+    of the other kind, a file at one of its parents, or a read-only (or not permitted) place: a folder itself
+    and the folders directly in it, or, for a new output, the nearest existing parent."""
     if not str(path):
         raise StorageError(f"give {what}")
     storage.check_scheme(path)
     if storage.is_uri(path):
         return
     folder = Path(path).absolute()
+    if kind == "file":
+        if folder.is_dir():
+            raise StorageError(f"{what} {path} is a folder; expected a file")
+        folder = folder.parent
     for place in (folder, *folder.parents):
         if place.exists():
             break
     if not place.is_dir():
-        shown = "it" if place == folder else str(place)
+        shown = "it" if place == folder and kind == "folder" else str(place)
         raise StorageError(f"{what} {path}: {shown} is a file; expected a folder (choose another path)")
     places = [place, *(p for p in place.iterdir() if p.is_dir() and not p.is_symlink())] if place == folder \
         else [place]
@@ -66,12 +70,14 @@ def claim(path: str | Path, what: str) -> Iterator[None]:
     refused while the first runs (StorageError naming the holder).
 
     The lock is an flock on OUT/.aemg-lock, which the kernel releases when the holder dies however it dies, so
-    a killed command never leaves the folder locked; the file is removed when the command ends. URIs are not
-    locked (see the module docstring)."""
+    a killed command never leaves the folder locked; the file is removed when the command ends, and so is the
+    folder when this call made it and the command left it empty (refused before writing). URIs are not locked
+    (see the module docstring)."""
     if storage.is_uri(path):
         yield
         return
     folder = Path(path)
+    made = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     lock = folder / LOCK_FILE
     while True:
@@ -97,3 +103,5 @@ def claim(path: str | Path, what: str) -> Iterator[None]:
     finally:
         lock.unlink(missing_ok=True)
         os.close(fd)
+        if made and not any(folder.iterdir()):
+            folder.rmdir()

@@ -141,6 +141,7 @@ class Corpus:
     def __init__(self, path: str | Path):
         # a local folder or a URI (s3://bucket/corpus.zarr): read through aemg_dist.storage
         self.path = path if storage.is_uri(path) else Path(path)
+        storage.check_scheme(path)
         manifest = storage.join(path, MANIFEST_FILE)
         if not storage.exists(storage.join(path, "zarr.json")):
             raise CorpusError(f"{self.path} is not a corpus (no zarr.json); run `aemg prepare` first")
@@ -252,7 +253,11 @@ def check_corpus(path: str | Path) -> list[str]:
     except (CorpusError, json.JSONDecodeError) as err:
         return [str(err)]
     problems = []
-    on_disk = set(_recording_keys(corpus.root))
+    try:
+        on_disk = set(_recording_keys(corpus.root))
+    except (ValueError, KeyError, TypeError) as err:  # a group's zarr.json that is not zarr metadata
+        problems.append(f"the recording groups cannot be listed ({first_line(err)}); damaged group metadata")
+        on_disk = {key for key in corpus.keys() if _group_is_complete(corpus.root, key)}
     for key in sorted(on_disk - set(corpus.keys())):
         state = "incomplete (an interrupted write; re-run prepare)" if not _group_is_complete(corpus.root, key) \
             else "complete but missing from the manifest (re-run prepare)"
@@ -260,8 +265,8 @@ def check_corpus(path: str | Path) -> list[str]:
     for entry in corpus.entries:
         try:
             problems.extend(f"{entry.key}: {p}" for p in _check_recording(corpus, entry, on_disk))
-        except (CorpusError, KeyError, TypeError, ValueError) as err:  # metadata that is not what prepare writes
-            problems.append(f"{entry.key}: damaged metadata ({first_line(err)})")
+        except (CorpusError, KeyError, TypeError, ValueError) as err:  # samples or metadata not as prepare wrote them
+            problems.append(f"{entry.key}: damaged ({first_line(err)})")
     return problems
 
 
@@ -294,7 +299,7 @@ def _check_recording(corpus: Corpus, entry: RecordingEntry, on_disk: set[str]) -
         problems.append(f"valid band {band} is not inside (0, fs/2]")
     step = max(1, int(CHUNK_SECONDS * entry.fs))
     for start in range(0, entry.n_samples, step):  # chunk by chunk: bounded memory on long recordings
-        if not np.isfinite(emg[start:start + step]).all():
+        if not np.isfinite(corpus.read(entry.key, start, min(start + step, entry.n_samples))).all():
             problems.append(f"non-finite samples in [{start}, {min(start + step, entry.n_samples)})")
             break
     return problems

@@ -44,20 +44,24 @@ import json
 import os
 import re
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from omegaconf import OmegaConf
 from ray import tune
 
 from aemg_dist import storage
 from aemg_dist.config import ConfigError, check_ranges, config_from_dict, load_config, save_config
+from aemg_dist.data import read_tokens_manifest
 from aemg_dist.evaluation.methods import AEMG_METHODS
 from aemg_dist.evaluation.runner import (Checkpoint, EvaluateConfig, FoldJob, heldout_subject, assign_checkpoints,
                                          exclusion_groups, labeled_tokens, run_fold, select_folds)
 from aemg_dist.model.export import CONFIG_FILE as EXPORT_CONFIG_FILE
 from aemg_dist.train import PretrainConfig, last_metrics, load_pretrain_config, pretrain
+from aemg_dist.validate import claim, require_output
+from preprocessing.corpus import Corpus
 
 CONFIG_FILE = "sweep.yaml"
 SELECTED_FILE = "selected.json"  # the configuration selected on the development subjects
@@ -339,30 +343,44 @@ def sweep(cfg: SweepConfig, resume: bool = False, progress: bool = True) -> Swee
     out = Path(cfg.out)
     grid = configurations(cfg.grid)
     configs = pretrain_configs(cfg, grid)
-    check_resumable(cfg, out / CONFIG_FILE, resume)
-    save_config(cfg, out / CONFIG_FILE)
-    log_execution(out, "resume" if resume else "begin", "sweep", "")
     tokens = storage.absolute(next(iter(configs.values())).data.tokens)  # one folder: data.tokens is not a grid key
-    ensure_shared([("out", out)], address=cfg.address or None)  # trials on every node write run folders and rows there
-    evaluation = replace(cfg.evaluation, out=str(out))  # OUT/windows: the labeled windows
-    windows, folds, groups = evaluated_folds(evaluation, tokens, cfg.pretrain_groups, progress)
-    runs = pretrain_runs(configs, out, groups)
-    pretrain_phase(runs, out, resume, progress, cfg.resources.pretrain, cfg.max_concurrent.pretrain, cfg.asha)
-    finished = {r.key for r in runs if exported(Path(r.config.run.out))}
-    stopped = [c.name for c in grid if any(r.key not in finished for r in runs if r.configuration == c.name)]
-    scored = [c for c in grid if c.name not in stopped]
-    rows, errors = evaluate_phase(evaluation, scored, runs, folds, windows, out, resume, progress,
-                                  cfg.resources.evaluate, cfg.max_concurrent.evaluate)
-    values = {c.name: c.values for c in grid}
-    rows = [{**r, **values[r["configuration"]]} for r in rows]
-    cells, report, selected = write_sweep_report(rows, runs, grid, stopped, evaluation, out)
-    # the choice, for scripts that go on with it (e.g. benchmarks/eval_real.sh pretrains it again)
-    (out / SELECTED_FILE).write_text(json.dumps({"selected": selected, "splits": evaluation.splits}) + "\n")
+    with driving(cfg, out, tokens, cfg.evaluation.corpus, resume, "sweep"):
+        ensure_shared([("out", out)], address=cfg.address or None)  # trials on every node write runs and rows there
+        evaluation = replace(cfg.evaluation, out=str(out))  # OUT/windows: the labeled windows
+        windows, folds, groups = evaluated_folds(evaluation, tokens, cfg.pretrain_groups, progress)
+        runs = pretrain_runs(configs, out, groups)
+        pretrain_phase(runs, out, resume, progress, cfg.resources.pretrain, cfg.max_concurrent.pretrain, cfg.asha)
+        finished = {r.key for r in runs if exported(Path(r.config.run.out))}
+        stopped = [c.name for c in grid if any(r.key not in finished for r in runs if r.configuration == c.name)]
+        scored = [c for c in grid if c.name not in stopped]
+        rows, errors = evaluate_phase(evaluation, scored, runs, folds, windows, out, resume, progress,
+                                      cfg.resources.evaluate, cfg.max_concurrent.evaluate)
+        values = {c.name: c.values for c in grid}
+        rows = [{**r, **values[r["configuration"]]} for r in rows]
+        cells, report, selected = write_sweep_report(rows, runs, grid, stopped, evaluation, out)
+        # the choice, for scripts that go on with it (e.g. benchmarks/eval_real.sh pretrains it again)
+        (out / SELECTED_FILE).write_text(json.dumps({"selected": selected, "splits": evaluation.splits}) + "\n")
     if errors:
         raise SweepError(f"{len(errors)} evaluation trial(s) failed ({', '.join(list(errors)[:4])}): "
                          f"{next(iter(errors.values()))}; the report in {out} lacks them: run again with --resume")
     return SweepResult(out=out, rows=rows, cells=cells, report=report, stopped_early=stopped,
                        seconds=time.perf_counter() - started, selected=selected)
+
+
+@contextmanager
+def driving(cfg: Any, out: Path, tokens: str, corpus: str, resume: bool, what: str) -> Iterator[None]:
+    """What a sweep or a scaling run does before its work: check its inputs (the tokens its runs pretrain on, the
+    corpus it evaluates on, "" for none) and its out folder (writable; a fresh run needs an unused one, --resume
+    the same settings), all before anything is written; then hold out, save the config and log the start."""
+    read_tokens_manifest(tokens, "data.tokens")
+    if corpus:
+        Corpus(corpus)
+    require_output(out, "out")
+    check_resumable(cfg, out / CONFIG_FILE, resume, what)
+    with claim(out, "out"):
+        save_config(cfg, out / CONFIG_FILE)
+        log_execution(out, "resume" if resume else "begin", what.split()[0], "")
+        yield
 
 
 def absolute_paths(cfg: Any, what: str) -> Any:

@@ -54,7 +54,9 @@ from aemg_dist.evaluation.td_lda import balanced_accuracy, macro_f1
 from aemg_dist.model import ModelConfig
 from aemg_dist.model.export import CheckpointError, check_inference, read_model_config
 from aemg_dist.train import MODEL_PRESETS, PretrainConfig
+from aemg_dist.validate import claim, require_input, require_output
 from aemg_dist.windows import WindowConfig
+from preprocessing.corpus import Corpus
 
 PROTOCOLS = ("loso",)
 TRIALS_FILE = "trials.jsonl"
@@ -172,15 +174,16 @@ class Checkpoint:
 
 def _trained_on(tokens: str, exclude_subjects: set[str], exclude_datasets: set[str], run: str) -> set[tuple[str, str]]:
     """(dataset, subject) of every recording in a token folder's manifest that the exclusions keep."""
-    from aemg_dist.data import TOKENS_MANIFEST
+    from aemg_dist.data import read_tokens_manifest
 
-    manifest = storage.join(tokens, TOKENS_MANIFEST)
-    if not storage.exists(manifest):
-        raise ConfigError(f"{run} was pretrained on {tokens}, which has no {TOKENS_MANIFEST} any more; the guard "
-                          "cannot tell which subjects it saw")
+    try:
+        recordings = read_tokens_manifest(tokens, "data.tokens")["recordings"]
+    except FileNotFoundError:
+        raise ConfigError(f"{run} was pretrained on {tokens}, which has no tokens.json any more; the guard "
+                          "cannot tell which subjects it saw") from None
     seen = set()
-    for key in json.loads(storage.read_text(manifest))["recordings"]:
-        dataset, subject, _ = key.split("/")
+    for key in recordings:
+        dataset, subject, _ = (key.split("/") + ["", ""])[:3]
         if dataset not in exclude_datasets and f"{dataset}/{subject}" not in exclude_subjects:
             seen.add((dataset, subject))
     return seen
@@ -376,52 +379,70 @@ class EvaluationResult:
 
 def evaluate(cfg: EvaluateConfig, progress: bool = True) -> EvaluationResult:
     """Run every fold (skipping those already in OUT/trials.jsonl) and write the report."""
-    from tqdm import tqdm
-
-    from aemg_dist.evaluation.report import write_report
-    from aemg_dist.parallel import ensure_shared, map_unordered
-
     started = time.perf_counter()
     if not cfg.corpus:
         raise ConfigError("give the corpus (--corpus CORPUS.zarr)")
     cfg = replace(cfg, corpus=storage.absolute(cfg.corpus))  # the caller's config stays as given
+    # every input is checked before anything is tokenized or written: the corpus, each checkpoint (its export's
+    # config and weights header), the given windows, the splits file and the output folder
+    Corpus(cfg.corpus)
     checkpoints = [Checkpoint.from_run(c) for c in cfg.checkpoints]
     needs_checkpoint = sorted(set(cfg.methods) & set(AEMG_METHODS))
     if needs_checkpoint and not checkpoints:
         raise ConfigError(f"methods {needs_checkpoint} need a pretrained checkpoint (--checkpoint RUN); "
                           "`aemg baselines` runs the others")
-    files = storage.StagedFolder(storage.absolute(cfg.out))  # trials.jsonl, evaluate.yaml and the report
+    if cfg.windows_tokens:
+        require_input(cfg.windows_tokens, "windows_tokens")
+    if cfg.splits:
+        load_splits(cfg.splits)
+    out = storage.absolute(cfg.out)
+    require_output(out, "--out")
+    files = storage.StagedFolder(out)  # trials.jsonl, evaluate.yaml and the report
     try:
         for name in (TRIALS_FILE, CONFIG_FILE):
             files.fetch(name)
         _check_resumable(cfg, files.local)
-        save_config(cfg, files.local / CONFIG_FILE)
-        files.sync(CONFIG_FILE)
-        tokens = labeled_tokens(cfg, checkpoints, progress)
-        folds, jobs = _fold_jobs(cfg, tokens, checkpoints, files.local)
-        if len(jobs) < len(folds):
-            print(f"resuming: {len(folds) - len(jobs)} fold(s) already in {storage.join(files.path, TRIALS_FILE)}, "
-                  f"{len(jobs)} to run", flush=True)
-        if jobs:  # else no Ray to start
-            # the fold tasks read these wherever they run (OUT/windows was checked when it was tokenized)
-            ensure_shared([("--corpus", cfg.corpus), *(("--checkpoint", c.run) for c in checkpoints),
-                           *([("windows_tokens", cfg.windows_tokens)] if cfg.windows_tokens else [])],
-                          cfg.workers, cfg.address or None)
-            with (files.local / TRIALS_FILE).open("a") as trials:
-                results = map_unordered(run_fold, jobs, asdict(cfg), tokens, workers=cfg.workers,
-                                        address=cfg.address or None)
-                for fold_rows in tqdm(results, total=len(jobs), desc="folds", unit="fold", disable=not progress):
-                    # one line per fold: a crash never leaves half a fold that looks finished
-                    trials.write(json.dumps({"trials": fold_rows}) + "\n")
-                    trials.flush()
-                    files.sync(TRIALS_FILE)  # an object store cannot append: the whole file again, one upload
-        rows = [r for r in _read_trials(files.local) if (r["dataset"], r["subject"]) in set(folds)]
-        report = write_report(rows, files.local, cfg)
-        files.sync(*sorted(p.name for p in files.local.iterdir() if p.is_file()))
+        with claim(out, "--out"):
+            rows, jobs, report = _evaluate_folds(cfg, checkpoints, files, progress)
     finally:
         files.close()
-    return EvaluationResult(out=files.path, rows=rows, report=storage.join(files.path, report.name),
+    return EvaluationResult(out=files.path, rows=rows, report=storage.join(files.path, report),
                             seconds=time.perf_counter() - started, folds_run=len(jobs))
+
+
+def _evaluate_folds(cfg: EvaluateConfig, checkpoints: list[Checkpoint], files: storage.StagedFolder,
+                    progress: bool) -> tuple[list[dict[str, Any]], list[FoldJob], str]:
+    """Tokenize the labeled windows, run the folds not yet in trials.jsonl and write the report: (rows, the fold
+    jobs run now, the report's file name)."""
+    from tqdm import tqdm
+
+    from aemg_dist.evaluation.report import write_report
+    from aemg_dist.parallel import ensure_shared, map_unordered
+
+    tokens = labeled_tokens(cfg, checkpoints, progress)
+    folds, jobs = _fold_jobs(cfg, tokens, checkpoints, files.local)
+    save_config(cfg, files.local / CONFIG_FILE)  # once the folds are known: a refused evaluation writes none
+    files.sync(CONFIG_FILE)
+    if len(jobs) < len(folds):
+        print(f"resuming: {len(folds) - len(jobs)} fold(s) already in {storage.join(files.path, TRIALS_FILE)}, "
+              f"{len(jobs)} to run", flush=True)
+    if jobs:  # else no Ray to start
+        # the fold tasks read these wherever they run (OUT/windows was checked when it was tokenized)
+        ensure_shared([("--corpus", cfg.corpus), *(("--checkpoint", c.run) for c in checkpoints),
+                       *([("windows_tokens", cfg.windows_tokens)] if cfg.windows_tokens else [])],
+                      cfg.workers, cfg.address or None)
+        with (files.local / TRIALS_FILE).open("a") as trials:
+            results = map_unordered(run_fold, jobs, asdict(cfg), tokens, workers=cfg.workers,
+                                    address=cfg.address or None)
+            for fold_rows in tqdm(results, total=len(jobs), desc="folds", unit="fold", disable=not progress):
+                # one line per fold: a crash never leaves half a fold that looks finished
+                trials.write(json.dumps({"trials": fold_rows}) + "\n")
+                trials.flush()
+                files.sync(TRIALS_FILE)  # an object store cannot append: the whole file again, one upload
+    rows = [r for r in _read_trials(files.local) if (r["dataset"], r["subject"]) in set(folds)]
+    report = write_report(rows, files.local, cfg)
+    files.sync(*sorted(p.name for p in files.local.iterdir() if p.is_file() and not p.name.startswith(".")))
+    return rows, jobs, report.name
 
 
 def _fold_jobs(cfg: EvaluateConfig, tokens: str, checkpoints: list[Checkpoint],
@@ -486,6 +507,7 @@ def combine(runs: list[str | Path], out: str | Path) -> EvaluationResult:
                 raise ConfigError(f"method {method} is in both {source[method]} and {run}: combine each method once")
             source[method] = str(run)
         rows += mine
+    require_output(out, "--out")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "sources.json").write_text(json.dumps({"runs": [str(r) for r in runs], "methods": source}, indent=1))
