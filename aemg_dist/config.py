@@ -117,7 +117,7 @@ def load_config(schema: type[T], path: str | Path | Sequence[str | Path | Mappin
     for where, layer in layers:
         try:
             merged = OmegaConf.merge(merged, layer)
-        except OmegaConfBaseException as err:
+        except (OmegaConfBaseException, TypeError) as err:  # TypeError: a mapping where a list belongs, or back
             key = getattr(err, "full_key", None)
             message = str(getattr(err, "msg", err)).splitlines()[0]
             raise ConfigError(f"bad {schema.__name__} in {where}: " + (f"{key}: " if key else "") + message) from None

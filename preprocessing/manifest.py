@@ -523,7 +523,7 @@ def _notch_hz(value: Any) -> tuple[float, ...]:
 
 
 def _globs(value: Any) -> tuple[str, ...]:
-    if isinstance(value, str) or not all(isinstance(v, str) for v in value):
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
         raise ManifestError(f"field `exclude`: expected a list of glob patterns, got {value!r}")
     return tuple(value)
 
