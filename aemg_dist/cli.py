@@ -27,7 +27,7 @@ EXIT_HELP = """exit status:
   0  done
   1  done, but some inputs were bad and are reported (prepare: recordings left out; corpus check: problems)
   2  usage or config error: a bad option, config value, manifest or path; nothing was started or written
-  3  data error: an input file cannot be used (a source file, a corpus, a checkpoint); nothing was written
+  3  data error: an input file cannot be used (a source file, a corpus, a token folder, a checkpoint)
   4  runtime failure: the run itself failed (a crashed worker, a full disk); the last line says why
 130  interrupted
 Errors are one line naming the culprit; --debug also prints the traceback."""
@@ -746,4 +746,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m aemg_dist.cli` (how `aemg submit` runs a checkout): run the imported module's main, so the errors
+    # other modules raise (aemg_dist.cli.CommandError) are the classes main maps to exit statuses
+    from aemg_dist.cli import main as module_main
+
+    sys.exit(module_main())

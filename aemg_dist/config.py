@@ -27,7 +27,7 @@ class ConfigError(ValueError):
     """A config file or override does not fit the config's schema or values."""
 
 
-class FieldError(ValueError):
+class FieldError(ConfigError):
     """A field's value is outside what it accepts. Raised by `check_ranges` with the field's own name;
     `load_config` finds the dotted key and who set it."""
 
@@ -104,7 +104,7 @@ def load_config(schema: type[T], path: str | Path | Sequence[str | Path | Mappin
     overrides into a `schema` instance.
 
     Unknown keys, wrong types, non-finite numbers and values outside a field's range raise ConfigError naming
-    the key, the value and who set it (an override, a file, or a built-in layer such as a model preset),
+    the key, the value and who set it (an override, a file or the default; a mapping layer is named by the caller),
     before any work starts.
     """
     bad = [o for o in overrides if "=" not in o]
@@ -120,12 +120,14 @@ def load_config(schema: type[T], path: str | Path | Sequence[str | Path | Mappin
         except (OmegaConfBaseException, TypeError) as err:  # TypeError: a mapping where a list belongs, or back
             key = getattr(err, "full_key", None)
             message = str(getattr(err, "msg", err)).splitlines()[0]
-            raise ConfigError(f"bad {schema.__name__} in {where}: " + (f"{key}: " if key else "") + message) from None
+            place = f" in {where}" if where else ""
+            raise ConfigError(f"bad {schema.__name__}{place}: " + (f"{key}: " if key else "") + message) from None
     try:
         config = OmegaConf.to_object(merged)
     except FieldError as err:
         key = _locate(merged, err)
-        raise ConfigError(f"bad {schema.__name__}: {key}={err.value!r} (from {_blame(key, layers)}): expected "
+        who = _blame(key, layers)
+        raise ConfigError(f"bad {schema.__name__}: {key}={err.value!r}{f' (from {who})' if who else ''}: expected "
                           f"{err.expected}") from None
     except OmegaConfBaseException as err:
         message = str(getattr(err, "msg", err)).splitlines()[0]
@@ -137,7 +139,9 @@ def load_config(schema: type[T], path: str | Path | Sequence[str | Path | Mappin
 
 
 def _source(layer: str | Path | Mapping) -> str:
-    return "a built-in layer (e.g. the model preset)" if isinstance(layer, Mapping) else str(layer)
+    """A layer as blamed in messages: a file by its path; a mapping (a preset, a checkpoint's settings) by nothing,
+    as the caller names its source."""
+    return "" if isinstance(layer, Mapping) else str(layer)
 
 
 def config_layer(layer: str | Path | Mapping) -> DictConfig:
@@ -206,7 +210,7 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def _blame(key: str, layers: list[tuple[str, DictConfig]]) -> str:
-    """Who set `key`: the last layer that holds it, or the dataclass's default."""
+    """Who set `key`: the last layer that holds it ("" for a mapping), or the dataclass's default."""
     for where, layer in reversed(layers):
         if OmegaConf.select(layer, key, default=None, throw_on_missing=False) is not None:
             return where
