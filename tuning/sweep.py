@@ -369,14 +369,14 @@ def sweep(cfg: SweepConfig, resume: bool = False, progress: bool = True) -> Swee
 
 @contextmanager
 def driving(cfg: Any, out: Path, tokens: str, corpus: str, resume: bool, what: str) -> Iterator[None]:
-    """What a sweep or a scaling run does before its work: check its inputs (the tokens its runs pretrain on, the
-    corpus it evaluates on, "" for none) and its out folder (writable; a fresh run needs an unused one, --resume
-    the same settings), all before anything is written; then hold out, save the config and log the start."""
+    """What a sweep or a scaling run does before its work: check its out folder (writable; a fresh run needs an
+    unused one, --resume the same settings) and its inputs (the tokens its runs pretrain on, the corpus it evaluates
+    on, "" for none), all before anything is written; then hold out, save the config and log the start."""
+    require_output(out, "out")
+    check_resumable(cfg, out / CONFIG_FILE, resume, what)
     read_tokens_manifest(tokens, "data.tokens")
     if corpus:
         Corpus(corpus)
-    require_output(out, "out")
-    check_resumable(cfg, out / CONFIG_FILE, resume, what)
     with claim(out, "out"):
         save_config(cfg, out / CONFIG_FILE)
         log_execution(out, "resume" if resume else "begin", what.split()[0], "")
