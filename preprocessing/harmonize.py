@@ -25,9 +25,9 @@ Channel health is decided from these statistics, not only from flags: a channel 
 `channel_ok`, so it gets no events or tokens) when it is flat, when more than `max_nan_fraction` of it
 was missing, or when more than `clip_dead_fraction` of it sits at the rails. Why these shares: a
 repaired stretch is a straight line that the band-pass turns into silence; were it counted, a channel
-missing one of its two files got a scale a thousand times too small and z-values in the tens of
+missing one of its two files got a scale thousands of times too small and z-values in the tens of
 thousands, and even at 45 % missing the median/MAD is the repair's more than the muscle's (peaks of
-|z| 150). Repaired samples are therefore left out of the statistics, and past a quarter of the channel
+|z| above 150). Repaired samples are therefore left out of the statistics, and past a quarter of the channel
 the quiet spells tokenization would see are as much invented as recorded. A channel that spends more
 than half its samples at the rails carries the converter's square wave, not an amplitude. A few clipped
 peaks (`clip_fraction`) only flag it. A recording without a usable channel is refused (DataError).
