@@ -154,7 +154,8 @@ class BinaryReader:
         if size % frame:
             raise DataError(path, f"truncated or corrupt: {size} bytes is not a whole number of samples "
                                   f"({n_channels} channels x {dtype.itemsize} bytes)")
-        emg = np.fromfile(path, dtype=dtype).reshape(-1, n_channels).astype(np.float32)
+        with np.errstate(over="ignore"):  # float64 beyond float32's range becomes Inf, repaired as a missing sample
+            emg = np.fromfile(path, dtype=dtype).reshape(-1, n_channels).astype(np.float32)
         return FileData(_checked_emg(path, emg))
 
 

@@ -12,6 +12,7 @@ benchmarks/bench_bad_inputs.py (every case in a subprocess with a time limit, to
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -652,22 +653,25 @@ def check_of_damaged_recording_metadata(w: World, tmp: Path) -> Expect:
                   untouched=[corpus])
 
 
-@case("corpus")
-def check_of_a_channel_ok_that_disagrees_with_its_flags(w: World, tmp: Path) -> Expect:
+def edited_attributes(w: World, tmp: Path, name: str, channel: int, value: object) -> Path:
+    """A copy of the corpus whose damaged recording has attributes[name][channel] = value."""
     corpus = copy(w.corpus, tmp / "c.zarr")
     meta = json.loads((corpus / KEY / "zarr.json").read_text())
-    meta["attributes"]["channel_quality"][1] = ["flat", "dead"]
+    meta["attributes"][name][channel] = value
     (corpus / KEY / "zarr.json").write_text(json.dumps(meta))
+    return corpus
+
+
+@case("corpus")
+def check_of_a_channel_ok_that_disagrees_with_its_flags(w: World, tmp: Path) -> Expect:
+    corpus = edited_attributes(w, tmp, "channel_quality", 1, ["flat", "dead"])
     return Expect(["corpus", "check", str(corpus)], 1, rf"PROBLEM {KEY}: channel_ok .* disagrees with the quality flags",
                   untouched=[corpus])
 
 
 @case("corpus")
 def info_counts_dead_channels(w: World, tmp: Path) -> Expect:
-    corpus = copy(w.corpus, tmp / "c.zarr")
-    meta = json.loads((corpus / KEY / "zarr.json").read_text())
-    meta["attributes"]["channel_ok"][4] = False
-    (corpus / KEY / "zarr.json").write_text(json.dumps(meta))
+    corpus = edited_attributes(w, tmp, "channel_ok", 4, False)
     return Expect(["corpus", "info", str(corpus)], 0, r"^tiny\s+3\s+3\s+3\s.*\s1$", untouched=[corpus])
 
 
@@ -762,58 +766,51 @@ def pretrain_argv(w: World, out: Path | str, *overrides: str, tokens: Path | str
             *overrides]
 
 
-@case("pretrain")
-def negative_learning_rate(w: World, tmp: Path) -> Expect:
-    return Expect(pretrain_argv(w, tmp / "r", "optim.lr=-1"), 2,
-                  r"optim.lr=-1.0 \(from the override optim.lr=-1\): expected a number in \(0, 1\]", absent=[tmp / "r"])
+def pretrain_refused(w: World, tmp: Path, override: str, message: str) -> Expect:
+    """pretrain with one bad override: a usage error, and no run folder made."""
+    return Expect(pretrain_argv(w, tmp / "r", override), 2, message, absent=[tmp / "r"])
 
 
-@case("pretrain")
-def nan_learning_rate(w: World, tmp: Path) -> Expect:
-    return Expect(pretrain_argv(w, tmp / "r", "optim.lr=nan"), 2, r"optim.lr=nan .*expected a finite number",
-                  absent=[tmp / "r"])
+# (case, the one bad override, the error line); the batch larger than the data drew no batch and waited forever
+for _name, _override, _message in [
+    ("negative_learning_rate", "optim.lr=-1",
+     r"optim.lr=-1.0 \(from the override optim.lr=-1\): expected a number in \(0, 1\]"),
+    ("nan_learning_rate", "optim.lr=nan",
+     r"optim.lr=nan .*expected a finite number"),
+    ("negative_max_steps_shows_the_value", "optim.max_steps=-5",
+     r"optim.max_steps=-5 .*expected a number in \[1, inf\)"),
+    ("absurd_model_size", "model.n_layers=1000000000",
+     r"model.n_layers=1000000000 .*expected a number in \[1, 192\]"),
+    ("unknown_key", "optim.learning_rate=0.1",
+     r"in the override optim.learning_rate=0.1: optim.learning_rate: Key 'learning_rate' not in"),
+    ("unknown_preset", "preset=huge",
+     r"unknown model preset 'huge'"),
+    ("batch_larger_than_the_data", "data.batch_size=4096",
+     r"data.batch_size=4096 is more than the \d+ training windows"),
+    ("exclusions_leave_nothing", "data.exclude_datasets=[tiny]",
+     r"no training windows left"),
+]:
+    CASES[f"pretrain:{_name}"] = functools.partial(pretrain_refused, override=_override, message=_message)
 
 
-@case("pretrain")
-def negative_max_steps_shows_the_value(w: World, tmp: Path) -> Expect:
-    return Expect(pretrain_argv(w, tmp / "r", "optim.max_steps=-5"), 2, r"optim.max_steps=-5 .*expected a number in \[1, inf\)",
-                  absent=[tmp / "r"])
+def pretrain_with_config(w: World, tmp: Path, text: str, message: str) -> Expect:
+    """pretrain given a --config file holding `text`; `message` may name the file as {config}."""
+    config = tmp / "p.yaml"
+    config.write_text(text)
+    argv = pretrain_argv(w, tmp / "r")
+    argv[argv.index("--config") + 1] = str(config)
+    return Expect(argv, 2, message.format(config=re.escape(str(config))), absent=[tmp / "r"])
 
 
 @case("pretrain")
 def value_from_the_config_file_blames_the_file(w: World, tmp: Path) -> Expect:
-    config = tmp / "p.yaml"
-    config.write_text("optim:\n  beta2: 1.5\n")
-    argv = pretrain_argv(w, tmp / "r")
-    argv[2] = str(config)
-    return Expect(argv, 2, rf"optim.beta2=1.5 \(from {config}\)", absent=[tmp / "r"])
-
-
-@case("pretrain")
-def absurd_model_size(w: World, tmp: Path) -> Expect:
-    return Expect(pretrain_argv(w, tmp / "r", "model.n_layers=1000000000"), 2,
-                  r"model.n_layers=1000000000 .*expected a number in \[1, 192\]", absent=[tmp / "r"])
-
-
-@case("pretrain")
-def unknown_key(w: World, tmp: Path) -> Expect:
-    return Expect(pretrain_argv(w, tmp / "r", "optim.learning_rate=0.1"), 2,
-                  r"in the override optim.learning_rate=0.1: optim.learning_rate: Key 'learning_rate' not in",
-                  absent=[tmp / "r"])
-
-
-@case("pretrain")
-def unknown_preset(w: World, tmp: Path) -> Expect:
-    return Expect(pretrain_argv(w, tmp / "r", "preset=huge"), 2, r"unknown model preset 'huge'", absent=[tmp / "r"])
+    return pretrain_with_config(w, tmp, "optim:\n  beta2: 1.5\n", r"optim.beta2=1.5 \(from {config}\)")
 
 
 @case("pretrain")
 def config_file_syntax_error(w: World, tmp: Path) -> Expect:
-    config = tmp / "p.yaml"
-    config.write_text("optim:\n  lr: 0.1\n   max_steps: 3\n")
-    argv = pretrain_argv(w, tmp / "r")
-    argv[2] = str(config)
-    return Expect(argv, 2, r"p.yaml: not valid YAML \(.*line 3, column 13\)", absent=[tmp / "r"])
+    return pretrain_with_config(w, tmp, "optim:\n  lr: 0.1\n   max_steps: 3\n",
+                                r"p.yaml: not valid YAML \(.*line 3, column 13\)")
 
 
 @case("pretrain")
@@ -841,18 +838,6 @@ def damaged_tokens_manifest(w: World, tmp: Path) -> Expect:
     tokens = copy(w.tokens, tmp / "t")
     (tokens / "tokens.json").write_text("[1, 2")
     return Expect(pretrain_argv(w, tmp / "r", tokens=tokens), 3, r"tokens.json: not a manifest of `aemg tokenize`",
-                  absent=[tmp / "r"])
-
-
-@case("pretrain")
-def batch_larger_than_the_data(w: World, tmp: Path) -> Expect:  # drew no batch and waited forever
-    return Expect(pretrain_argv(w, tmp / "r", "data.batch_size=4096"), 2,
-                  r"data.batch_size=4096 is more than the \d+ training windows", absent=[tmp / "r"])
-
-
-@case("pretrain")
-def exclusions_leave_nothing(w: World, tmp: Path) -> Expect:
-    return Expect(pretrain_argv(w, tmp / "r", "data.exclude_datasets=[tiny]"), 2, r"no training windows left",
                   absent=[tmp / "r"])
 
 
@@ -912,93 +897,55 @@ def evaluate_argv(w: World, checkpoint: Path | str, out: Path | str, *extra: str
             "1", "--quiet", "--methods", "aemg_probe", *extra]
 
 
-def hostile_run(w: World, tmp: Path, change: Callable[[Path], None]) -> Path:
+def hostile_checkpoint(w: World, tmp: Path, change: Callable[[Path], None], message: str) -> Expect:
+    """evaluate with a copy of the run whose export/ `change` damaged: a data error naming the file, before any
+    window is tokenized (OUT is never made)."""
     run = copy(w.run, tmp / "run")
     change(run / "export")
-    return run
+    return Expect(evaluate_argv(w, run, tmp / "out"), 3, message, absent=[tmp / "out"])
 
 
-def config_field(name: str, value: object) -> Callable[[Path], None]:
+def config_json(**changes: object) -> Callable[[Path], None]:
+    """Set model fields (or, under the key "format_version", the version) in an export's config.json."""
     def change(export: Path) -> None:
         meta = json.loads((export / "config.json").read_text())
-        meta["model"][name] = value
+        meta.update({k: v for k, v in changes.items() if k == "format_version"})
+        meta["model"].update({k: v for k, v in changes.items() if k != "format_version"})
         (export / "config.json").write_text(json.dumps(meta))
     return change
 
 
-@case("evaluate")
-def checkpoint_of_a_billion_layers(w: World, tmp: Path) -> Expect:  # the issue's hang
-    run = hostile_run(w, tmp, config_field("n_layers", 10**9))
-    return Expect(evaluate_argv(w, run, tmp / "out"), 3,
-                  r"export/config.json: bad ModelConfig: n_layers=1000000000: expected a number in \[1, 192\]",
-                  absent=[tmp / "out"])
-
-
-@case("evaluate")
-def checkpoint_of_a_huge_width(w: World, tmp: Path) -> Expect:
-    run = hostile_run(w, tmp, config_field("d_model", 10**9))
-    return Expect(evaluate_argv(w, run, tmp / "out"), 3, r"config.json: bad ModelConfig: d_model=1000000000: expected a number in \[1, 8192\]",
-                  absent=[tmp / "out"])
-
-
-@case("evaluate")
-def checkpoint_config_of_the_wrong_type(w: World, tmp: Path) -> Expect:
-    run = hostile_run(w, tmp, config_field("codebook_size", "many"))
-    return Expect(evaluate_argv(w, run, tmp / "out"), 3, r"config.json: bad ModelConfig: codebook_size: Value 'many'",
-                  absent=[tmp / "out"])
-
-
-@case("evaluate")
-def checkpoint_config_is_a_list(w: World, tmp: Path) -> Expect:
-    run = hostile_run(w, tmp, lambda export: (export / "config.json").write_text("[1, 2, 3]"))
-    return Expect(evaluate_argv(w, run, tmp / "out"), 3, r"config.json: expected an object with format_version",
-                  absent=[tmp / "out"])
-
-
-@case("evaluate")
-def checkpoint_config_is_not_json(w: World, tmp: Path) -> Expect:
-    run = hostile_run(w, tmp, lambda export: (export / "config.json").write_bytes(os.urandom(300)))
-    return Expect(evaluate_argv(w, run, tmp / "out"), 3, r"config.json: not valid JSON", absent=[tmp / "out"])
-
-
-@case("evaluate")
-def checkpoint_config_is_huge(w: World, tmp: Path) -> Expect:
-    run = hostile_run(w, tmp, lambda export: (export / "config.json").write_text(" " * 10**6 + "{}"))
-    return Expect(evaluate_argv(w, run, tmp / "out"), 3, r"config.json: 1000002 bytes is not an exported config",
-                  absent=[tmp / "out"])
-
-
-@case("evaluate")
-def checkpoint_of_another_format_version(w: World, tmp: Path) -> Expect:
+def write(name: str, content: Callable[[bytes], bytes]) -> Callable[[Path], None]:
+    """Replace an export file by content(its bytes)."""
     def change(export: Path) -> None:
-        meta = json.loads((export / "config.json").read_text())
-        meta["format_version"] = 7
-        (export / "config.json").write_text(json.dumps(meta))
-    return Expect(evaluate_argv(w, hostile_run(w, tmp, change), tmp / "out"), 3,
-                  r"config.json: format_version 7 is not supported", absent=[tmp / "out"])
+        (export / name).write_bytes(content((export / name).read_bytes()))
+    return change
 
 
-@case("evaluate")
-def random_bytes_as_weights(w: World, tmp: Path) -> Expect:
-    run = hostile_run(w, tmp, lambda export: (export / "model.safetensors").write_bytes(os.urandom(4096)))
-    return Expect(evaluate_argv(w, run, tmp / "out"), 3, r"model.safetensors: not a safetensors file of this model",
-                  absent=[tmp / "out"])
-
-
-@case("evaluate")
-def truncated_weights(w: World, tmp: Path) -> Expect:
-    def cut(export: Path) -> None:
-        path = export / "model.safetensors"
-        path.write_bytes(path.read_bytes()[:-1000])
-    return Expect(evaluate_argv(w, hostile_run(w, tmp, cut), tmp / "out"), 3,
-                  r"model.safetensors: the header describes \d+ bytes of data but the file holds", absent=[tmp / "out"])
-
-
-@case("evaluate")
-def weights_of_another_architecture(w: World, tmp: Path) -> Expect:
-    run = hostile_run(w, tmp, config_field("codebook_size", 32))
-    return Expect(evaluate_argv(w, run, tmp / "out"), 3, r"model.safetensors does not fit the model config: .*wrong shapes",
-                  absent=[tmp / "out"])
+# (case, how the export is damaged, the error line); a billion layers was the issue's hang
+for _name, _change, _message in [
+    ("checkpoint_of_a_billion_layers", config_json(n_layers=10**9),
+     r"export/config.json: bad ModelConfig: n_layers=1000000000: expected a number in \[1, 192\]"),
+    ("checkpoint_of_a_huge_width", config_json(d_model=10**9),
+     r"config.json: bad ModelConfig: d_model=1000000000: expected a number in \[1, 8192\]"),
+    ("checkpoint_config_of_the_wrong_type", config_json(codebook_size="many"),
+     r"config.json: bad ModelConfig: codebook_size: Value 'many'"),
+    ("checkpoint_config_is_a_list", write("config.json", lambda _: b"[1, 2, 3]"),
+     r"config.json: expected an object with format_version"),
+    ("checkpoint_config_is_not_json", write("config.json", lambda _: os.urandom(300)),
+     r"config.json: not valid JSON"),
+    ("checkpoint_config_is_huge", write("config.json", lambda _: b" " * 10**6 + b"{}"),
+     r"config.json: 1000002 bytes is not an exported config"),
+    ("checkpoint_of_another_format_version", config_json(format_version=7),
+     r"config.json: format_version 7 is not supported"),
+    ("random_bytes_as_weights", write("model.safetensors", lambda _: os.urandom(4096)),
+     r"model.safetensors: not a safetensors file of this model"),
+    ("truncated_weights", write("model.safetensors", lambda data: data[:-1000]),
+     r"model.safetensors: the header describes \d+ bytes of data but the file holds"),
+    ("weights_of_another_architecture", config_json(codebook_size=32),
+     r"model.safetensors does not fit the model config: .*wrong shapes"),
+]:
+    CASES[f"evaluate:{_name}"] = functools.partial(hostile_checkpoint, change=_change, message=_message)
 
 
 @case("evaluate")
