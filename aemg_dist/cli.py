@@ -6,12 +6,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import textwrap
 import sys
+import textwrap
+import traceback
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
-from aemg_dist.config import ConfigError, load_config, save_config
+from aemg_dist.config import ConfigError, load_config
 
 DEFAULT_DATA_ROOT = "../shared/data"
 T = TypeVar("T")
@@ -20,6 +21,17 @@ DEMO_HELD_OUT = ("synth_myo/s01", "synth_myo/s02", "synth_myo/s03")  # the demo'
 # demo corpus; by 1000 steps it predicts ~45 % of masked codes and the encoder's features help downstream
 DEMO_PRETRAIN_STEPS = 1000
 DEMO_EVALUATION = Path(__file__).resolve().parents[1] / "configs" / "evaluate" / "demo.yaml"
+
+
+EXIT_USAGE, EXIT_DATA, EXIT_RUNTIME = 2, 3, 4  # see `exit_status`; 1: finished, but found bad inputs (reported)
+EXIT_HELP = """exit status:
+  0  done
+  1  done, but some inputs were bad and are reported (prepare: recordings left out; corpus check: problems)
+  2  usage or config error: a bad option, config value, manifest or path; nothing was started or written
+  3  data error: an input file cannot be used (a source file, a corpus, a token folder, a checkpoint)
+  4  runtime failure: the run itself failed (a crashed worker, a full disk); the last line says why
+130  interrupted
+Errors are one line naming the culprit; --debug also prints the traceback."""
 
 
 class CommandError(RuntimeError):
@@ -63,16 +75,15 @@ def _source_jobs(args: argparse.Namespace) -> list:
 def cmd_prepare(args: argparse.Namespace) -> int:
     from aemg_dist import storage
     from preprocessing.harmonize import HarmonizeConfig
-    from preprocessing.prepare import prepare
+    from preprocessing.prepare import PREPARE_CONFIG, prepare
 
     overrides = list(args.overrides) + ([f"target_fs={args.target_fs}"] if args.target_fs else [])
     config = load_config(HarmonizeConfig, args.config, overrides)
     jobs = _source_jobs(args)
     print(f"preparing {len(jobs)} recordings into {args.out}", flush=True)
     report = prepare(jobs, args.out, config, workers=args.workers, address=args.address, progress=not args.quiet)
-    saved = save_config(config, storage.join(report.out, "prepare.yaml"))
     print(report.summary())
-    print(f"wrote {report.out} (resolved config: {saved})")
+    print(f"wrote {report.out} (resolved config: {storage.join(report.out, PREPARE_CONFIG)})")
     return 0 if report.ok else 1
 
 
@@ -243,17 +254,15 @@ def _print_law(result: dict) -> None:
 
 
 def _tune_driver(command: str, run: Callable[[], T]) -> T | None:
-    """run() of `aemg sweep` or `aemg scaling run`: None when interrupted (the message says to --resume), failed
-    trials as one-line command errors."""
-    from tuning.sweep import SweepError, SweepInterrupted
+    """run() of `aemg sweep` or `aemg scaling run`: None when interrupted (the message says to --resume). Failed
+    trials (SweepError) are a runtime failure, reported by `main` in one line."""
+    from tuning.sweep import SweepInterrupted
 
     try:
         return run()
     except SweepInterrupted as err:
         print(f"{command}: {err}", file=sys.stderr)
         return None
-    except SweepError as err:
-        raise CommandError(str(err)) from None
 
 
 def _scaling_run(args: argparse.Namespace) -> int:
@@ -308,11 +317,13 @@ def cmd_folds(args: argparse.Namespace) -> int:
 
 def cmd_splits(args: argparse.Namespace) -> int:
     from aemg_dist.evaluation.splits import make_splits, write_splits
+    from aemg_dist.validate import require_output
     from preprocessing.corpus import Corpus
 
     if Path(args.out).exists() and not args.force:
         raise CommandError(f"{args.out} exists: a splits file is the record of which subjects are for development; "
                            "keep it, or pass --force to draw a new one")
+    require_output(args.out, "--out", kind="file")
     chosen = args.datasets.split(",") if args.datasets else None
     units: dict[str, dict[str, set[str]]] = {}
     for entry in Corpus(args.corpus).entries:
@@ -373,7 +384,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"[1/4] prepare: synthetic ({args.scale}, seed {args.seed}) -> {corpus_path}", flush=True)
     report = prepare(synthetic_jobs(SyntheticConfig(seed=args.seed, scale=args.scale)), corpus_path, config,
                      workers=args.workers, progress=not args.quiet)
-    save_config(config, corpus_path / "prepare.yaml")
     print(report.summary())
     problems = check_corpus(corpus_path)
     if problems or not report.ok:
@@ -537,6 +547,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="AEMG-dist: harmonize sEMG corpora, tokenize contraction events, pretrain and evaluate "
                     "neuromuscular token models on Ray.",
     )
+    parser.add_argument("--debug", action="store_true", help="print the traceback of a failure")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("demo", help="synthetic data through the whole pipeline (no downloads)",
@@ -805,7 +816,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("corpus", help="CORPUS.zarr")
     p.set_defaults(func=cmd_corpus)
     __import__("aemg_dist.jobs").jobs.add_commands(sub)  # aemg submit / aemg jobs (imports cli: a late import)
+    for command in sub.choices.values():  # `aemg CMD ... --debug` as well as `aemg --debug CMD ...`
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                             help="print the traceback of a failure")
+        command.epilog = f"{command.epilog}\n\n{EXIT_HELP}" if command.epilog else EXIT_HELP
+        if command.formatter_class is not argparse.RawDescriptionHelpFormatter and command.description:
+            command.description = textwrap.fill(command.description, width=100)  # raw keeps the epilog's lines
+        command.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = EXIT_HELP
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     return parser
+
+
+def exit_status(err: BaseException) -> tuple[int, str]:
+    """(exit status, label) of a failure: EXIT_USAGE for a bad command line, config, manifest or path; EXIT_DATA
+    for input files whose content cannot be used (source files, a corpus, a checkpoint); EXIT_RUNTIME for
+    anything else (a failure of the run itself, not of what it was given)."""
+    from aemg_dist.model.export import CheckpointError
+    from preprocessing.corpus import CorpusError
+    from preprocessing.errors import DataError, ManifestError
+
+    if isinstance(err, (CommandError, ConfigError, ManifestError, FileNotFoundError, FileExistsError,
+                        NotADirectoryError, IsADirectoryError)):
+        return EXIT_USAGE, "error"
+    if isinstance(err, (DataError, CorpusError, CheckpointError)):
+        return EXIT_DATA, "data error"
+    return EXIT_RUNTIME, "failed"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -817,19 +853,30 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = [*args.overrides, *extra]
     func: Callable[[argparse.Namespace], int] = args.func
-    from preprocessing.corpus import CorpusError
-    from preprocessing.errors import DataError, ManifestError
+    from preprocessing.errors import first_line
 
     try:
         return func(args)
-    except (CommandError, ConfigError, CorpusError, DataError, ManifestError, FileNotFoundError,
-            FileExistsError) as err:
-        print(f"aemg {args.command}: error: {err}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print(f"aemg {args.command}: interrupted; complete recordings are kept, re-run to finish", file=sys.stderr)
         return 130
+    except Exception as err:  # noqa: BLE001 - every failure ends in one line and its exit status
+        if args.debug:
+            traceback.print_exc()
+        # a Ray task's error by its cause: Ray's own text holds the remote traceback
+        cause = err.cause if isinstance(getattr(err, "cause", None), BaseException) else err
+        status, label = exit_status(cause)
+        message = first_line(cause)
+        if status == EXIT_RUNTIME:
+            message = f"{type(cause).__name__}: {message}" + ("" if args.debug else
+                                                               " (run again with --debug for the traceback)")
+        print(f"aemg {args.command}: {label}: {message}", file=sys.stderr)
+        return status
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m aemg_dist.cli` (how `aemg submit` runs a checkout): run the imported module's main, so the errors
+    # other modules raise (aemg_dist.cli.CommandError) are the classes main maps to exit statuses
+    from aemg_dist.cli import main as module_main
+
+    sys.exit(module_main())

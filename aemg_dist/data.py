@@ -46,14 +46,18 @@ from ray.data.datasource import Datasink, Datasource, ReadTask
 from tqdm import tqdm
 
 from aemg_dist import storage
+from aemg_dist.config import check_ranges
 from aemg_dist.events import EventConfig, recording_floor
 from aemg_dist.parallel import ensure_shared, map_unordered
 from aemg_dist.tokens import TokenConfig, WindowTokens, feature_names, tokenize_window
+from aemg_dist.validate import claim, require_output
 from aemg_dist.windows import WindowConfig, Windows, cut_windows, recording_spans
-from preprocessing.corpus import Corpus
+from preprocessing.corpus import Corpus, CorpusError
+from preprocessing.errors import DataError
 from preprocessing.recording import Segment
 
 TOKENS_MANIFEST = "tokens.json"
+TOKENIZE_CONFIG = "tokenize.yaml"
 TOKENS_FORMAT = "aemg-tokens/1"
 
 
@@ -69,8 +73,7 @@ class TokenizeConfig:
     #                        tasks amortize Ray's per-task cost, which dominates on short recordings
 
     def __post_init__(self) -> None:
-        if self.shard_s <= 0 or self.task_s <= 0:
-            raise ValueError(f"shard_s and task_s must be > 0, got {self.shard_s}, {self.task_s}")
+        check_ranges(self, shard_s="(0, inf)", task_s="(0, inf)")
 
 
 @dataclass(frozen=True)
@@ -214,6 +217,27 @@ def table_to_windows(table: pa.Table) -> list[WindowTokens]:
             for i in range(table.num_rows)]
 
 
+def read_tokens_manifest(folder: str | Path, what: str) -> dict[str, Any]:
+    """tokens.json of a finished `aemg tokenize` output (written last): FileNotFoundError naming the folder when it
+    is missing, so nothing trains on the shards of an interrupted tokenization; DataError when it is damaged."""
+    storage.check_scheme(folder)
+    path = storage.join(folder, TOKENS_MANIFEST)
+    if not storage.exists(path):
+        state = "an unfinished tokenization" if storage.listdir(folder, ".parquet") else "no tokens"
+        raise FileNotFoundError(f"{what}={folder} holds {state} (no {TOKENS_MANIFEST}); run `aemg tokenize` "
+                                "(again, to finish it) first")
+    try:
+        manifest = json.loads(storage.read_text(path))
+        fine = (manifest.get("format") == TOKENS_FORMAT and isinstance(manifest.get("config"), dict)
+                and all(isinstance(manifest.get(k), list) and all(isinstance(v, str) for v in manifest[k])
+                        for k in ("feature_names", "recordings")))
+    except (ValueError, AttributeError):  # not JSON (JSONDecodeError, UnicodeDecodeError), or not an object
+        fine = False
+    if not fine:
+        raise DataError(path, f"not a manifest of `aemg tokenize` (format {TOKENS_FORMAT}); tokenize again")
+    return manifest
+
+
 def read_token_table(folder: str | Path, columns: list[str] | None = None) -> pa.Table:
     """All token rows of a `tokenize` output folder (a path or URI) as one table (in file order)."""
     files = storage.listdir(folder, ".parquet")
@@ -339,35 +363,44 @@ def tokenize_corpus(corpus_path: str | Path, out: str | Path, cfg: TokenizeConfi
     cfg = cfg or TokenizeConfig()
     start_time = time.perf_counter()
     corpus_path, out = storage.absolute(corpus_path), storage.absolute(out)
-    _claim_output(out, cfg)
-    ensure_shared([("--corpus", corpus_path), ("--out", out)], workers, address)  # read and written by the workers
-    plans = plan_corpus(corpus_path, cfg, keys=keys, workers=workers, address=address, progress=progress)
-    done = written_windows(out)
-    shards = [s for plan in plans.values() for s in make_shards(plan, cfg.shard_s, done.get(plan.key, ()))]
-    if shards and workers == 1:
-        _tokenize_local(corpus_path, plans, shards, cfg, out, progress)
-    elif shards:
-        _tokenize_ray_data(corpus_path, plans, shards, cfg, out)
-    report = _write_manifest(out, plans, cfg)
+    corpus = Corpus(corpus_path)  # the corpus, the output and its earlier contents are checked before any write
+    missing = sorted(set(keys or ()) - set(corpus.keys()))
+    if missing or not len(corpus):
+        raise CorpusError(f"{corpus_path} holds no recordings {missing[:3] if missing else ''}; nothing to tokenize")
+    require_output(out, "--out")
+    resolved = _check_output(out, cfg)
+    with claim(out, "--out"):
+        ensure_shared([("--corpus", corpus_path), ("--out", out)], workers, address)  # read and written by workers
+        plans = plan_corpus(corpus_path, cfg, keys=keys, workers=workers, address=address, progress=progress)
+        storage.write_text(storage.join(out, TOKENIZE_CONFIG), resolved)  # before any shard: a re-run finishes them
+        done = written_windows(out)
+        shards = [s for plan in plans.values() for s in make_shards(plan, cfg.shard_s, done.get(plan.key, ()))]
+        if shards and workers == 1:
+            _tokenize_local(corpus_path, plans, shards, cfg, out, progress)
+        elif shards:
+            _tokenize_ray_data(corpus_path, plans, shards, cfg, out)
+        report = _write_manifest(out, plans, cfg)
     report.resumed_windows = sum(len(starts) for starts in done.values())
     report.wall_seconds = time.perf_counter() - start_time
     return report
 
 
-def _claim_output(out: str, cfg: TokenizeConfig) -> None:
-    """Refuse a finished output or one made with another config; record this run's config first."""
+def _check_output(out: str, cfg: TokenizeConfig) -> str:
+    """Refuse a finished output or one made with another config (nothing is written); returns this run's
+    resolved config, the text of OUT/tokenize.yaml."""
     if storage.exists(storage.join(out, TOKENS_MANIFEST)):
         raise FileExistsError(f"{out} already holds a complete tokenization ({TOKENS_MANIFEST}); "
                               "choose a new --out or delete it")
-    config_path = storage.join(out, "tokenize.yaml")
+    config_path = storage.join(out, TOKENIZE_CONFIG)
     resolved = OmegaConf.to_yaml(OmegaConf.structured(cfg))
     if storage.listdir(out, ".parquet"):
         previous = storage.read_text(config_path) if storage.exists(config_path) else None
         if previous != resolved:
             raise FileExistsError(f"{out} holds token shards of another tokenization (its tokenize.yaml differs or "
                                   "is missing); re-run with the same config to finish it, or choose a new --out")
-    storage.makedirs(out)
-    storage.write_text(config_path, resolved)
+    elif storage.listdir(out) and not storage.exists(config_path):
+        raise FileExistsError(f"{out} holds other files and is not a token folder; choose a new --out")
+    return resolved
 
 
 def _tokenize_local(corpus_path: str, plans: dict[str, RecordingPlan], shards: list[Shard], cfg: TokenizeConfig,

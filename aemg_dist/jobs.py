@@ -20,14 +20,15 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from aemg_dist import storage
 from aemg_dist.cli import CommandError, _subcommand, format_table
+from preprocessing.errors import first_line
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # Path-valued arguments of aemg commands. On a cluster a relative path resolves inside the job's
 # uploaded working directory (a temporary folder on the head node), never where the user meant.
 PATH_OPTIONS = ("--corpus", "--out", "--config", "--checkpoint", "--manifest", "--source")
 PATH_KEYS = ("data.tokens", "run.out", "run.init_from")
-URI_SCHEMES = ("s3://", "gs://", "gcs://", "abfs://", "hdfs://", "file://")
 NO_AGENT = "No available agent to submit job"  # the job server's answer until the head's job agent is up
 AGENT_WAIT_S = 120.0
 
@@ -42,7 +43,7 @@ def submission_client(address: str | None) -> Any:
     try:
         return JobSubmissionClient(address)
     except (ConnectionError, RuntimeError, ValueError) as err:
-        raise CommandError(f"cannot reach the Ray job server at {address}: {_first_line(err)}") from None
+        raise CommandError(f"cannot reach the Ray job server at {address}: {first_line(err)}") from None
 
 
 def entrypoint(command: Sequence[str], installed: bool) -> str:
@@ -67,7 +68,10 @@ def _check_paths(args: Sequence[str], uploaded: bool) -> None:
             name, value = arg.split("=", 1)
         else:
             continue
-        if not value or value.startswith(URI_SCHEMES) or Path(value).is_absolute():
+        if "://" in value:
+            storage.check_scheme(value)  # a URI, on shared storage: fine unless no filesystem knows its scheme
+            continue
+        if not value or Path(value).is_absolute():
             continue
         if name == "--source" and "/" not in value:
             continue  # a dataset name (3dc, synthetic), not a path
@@ -102,7 +106,7 @@ def follow(client: Any, job_id: str) -> str:
     try:
         asyncio.run(tail())
     except RuntimeError as err:  # the log stream closed early (e.g. the head restarted): fall back to polling
-        print(f"(log stream ended: {_first_line(err)}; waiting for the job to finish)", flush=True)
+        print(f"(log stream ended: {first_line(err)}; waiting for the job to finish)", flush=True)
     status = client.get_job_status(job_id)
     while not status.is_terminal():
         time.sleep(2)
@@ -119,7 +123,7 @@ def submit(client: Any, job: dict[str, Any], agent_wait_s: float = AGENT_WAIT_S)
             return client.submit_job(**job)
         except RuntimeError as err:  # refused by the job server (duplicate id, upload failed, bad runtime env)
             if NO_AGENT not in str(err) or time.monotonic() > deadline:
-                raise CommandError(f"the job server refused the job: {_first_line(err)}") from None
+                raise CommandError(f"the job server refused the job: {first_line(err)}") from None
             time.sleep(2)
 
 
@@ -167,11 +171,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         print(client.get_job_logs(args.job_id), end="")
         return 0
     except RuntimeError as err:  # unknown job id, or the request failed
-        raise CommandError(f"{args.job_id}: {_first_line(err)}") from None
-
-
-def _first_line(err: BaseException) -> str:
-    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise CommandError(f"{args.job_id}: {first_line(err)}") from None
 
 
 def add_commands(sub: Any) -> None:

@@ -46,13 +46,10 @@ class Prototypes:
 def codebook_prototypes(export: str | Path, tokens: str | Path, max_windows: int = 4000, seed: int = 0,
                         batch_size: int = 256) -> Prototypes:
     """Code statistics of the export's tokenizer over up to `max_windows` random windows of a token folder."""
-    import json
+    from aemg_dist.data import read_token_table, read_tokens_manifest, table_to_windows
 
-    from aemg_dist import storage
-    from aemg_dist.data import TOKENS_MANIFEST, read_token_table, table_to_windows
-
+    names = read_tokens_manifest(tokens, "--tokens")["feature_names"]
     model = load_inference(export)
-    names = json.loads(storage.read_text(storage.join(str(tokens), TOKENS_MANIFEST)))["feature_names"]
     if len(names) != model.cfg.n_features:
         raise ValueError(f"{tokens} has {len(names)} token features, the model in {export} reads "
                          f"{model.cfg.n_features}: tokens of another tokenizer setting")

@@ -57,8 +57,18 @@ def join(base: str | Path, *names: str) -> str:
     return str(Path(base, *names))
 
 
+def check_scheme(path: str | Path) -> None:
+    """Refuse a URI whose scheme no fsspec filesystem knows (a typo such as `s4://`), naming it."""
+    if is_uri(path):
+        scheme = str(path).split("://", 1)[0]
+        if scheme not in fsspec.available_protocols():
+            raise StorageError(f"{path}: unknown URI scheme {scheme!r}; give a local path or a URI fsspec knows "
+                               "(s3://, gs://, ...)")
+
+
 def filesystem(path: str | Path) -> tuple[Any, str]:
     """(fsspec filesystem, path inside it) for a local path or URI."""
+    check_scheme(path)
     # no listing cache: other processes (Ray workers) write the folders this process lists
     options = {"use_listings_cache": False} if is_uri(path) else {}
     try:
@@ -70,6 +80,17 @@ def filesystem(path: str | Path) -> tuple[Any, str]:
 def exists(path: str | Path) -> bool:
     fs, inner = filesystem(path)
     return fs.exists(inner)
+
+
+def isdir(path: str | Path) -> bool:
+    fs, inner = filesystem(path)
+    return fs.isdir(inner)
+
+
+def size(path: str | Path) -> int:
+    """Bytes of a file."""
+    fs, inner = filesystem(path)
+    return int(fs.size(inner))
 
 
 def makedirs(path: str | Path) -> None:
@@ -196,6 +217,7 @@ def zarr_store(path: str | Path, read_only: bool) -> Any:
     """A zarr v3 store for a local folder or a URI."""
     from zarr.storage import FsspecStore, LocalStore
 
+    check_scheme(path)
     if not is_uri(path):
         return LocalStore(str(path), read_only=read_only)
     return FsspecStore.from_url(str(path), read_only=read_only)

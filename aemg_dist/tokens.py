@@ -58,6 +58,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from scipy import fft
 
+from .config import check_ranges
 from .events import EventConfig, Events, detect_events
 
 _EPS = 1e-6  # amplitude floor for logs and ratios; signals are z-scored, so rest is ~1
@@ -75,10 +76,8 @@ class TokenConfig:
     window_summary: bool = False  # group 0: one token per good channel over the whole window (module docstring)
 
     def __post_init__(self) -> None:
-        if self.n_envelope_points < 2:
-            raise ValueError(f"n_envelope_points must be >= 2, got {self.n_envelope_points}")
-        if self.n_bands < 1:
-            raise ValueError(f"n_bands must be >= 1, got {self.n_bands}")
+        # the upper bounds keep the feature count within the model's (ModelConfig size limits)
+        check_ranges(self, n_envelope_points="[2, 128]", n_bands="[1, 64]")
 
 
 def feature_names(cfg: TokenConfig) -> list[str]:

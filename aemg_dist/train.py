@@ -35,11 +35,12 @@ import torch
 from omegaconf import OmegaConf
 
 from aemg_dist import storage
-from aemg_dist.config import ConfigError, config_from_dict, load_config, save_config
-from aemg_dist.data import read_token_table, table_to_windows
+from aemg_dist.config import ConfigError, check_ranges, config_from_dict, config_layer, load_config, save_config
+from aemg_dist.data import read_token_table, read_tokens_manifest, table_to_windows
 from aemg_dist.model import AEMGModel, ModelConfig, batch_to_torch
-from aemg_dist.model.export import export_inference, load_inference
+from aemg_dist.model.export import check_inference, export_inference, load_inference
 from aemg_dist.tokens import TokenBatch
+from aemg_dist.validate import claim, require_output
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODEL_PRESETS = REPO_ROOT / "configs" / "model"
@@ -56,6 +57,10 @@ class DataConfig:
     exclude_datasets: list[str] = field(default_factory=list)  # datasets never seen (leave-one-dataset-out)
     val_fraction: float = 0.1  # recordings held out for the validation loss (chosen by a hash of the key)
 
+    def __post_init__(self) -> None:
+        # attention memory grows with batch x max_tokens^2: beyond these a step cannot fit any machine
+        check_ranges(self, batch_size="[1, 65536]", max_tokens="[1, 16384]", val_fraction="[0, 1)")
+
 
 @dataclass
 class OptimConfig:
@@ -67,6 +72,10 @@ class OptimConfig:
     warmup_steps: int = 20
     max_steps: int = 300
     grad_clip: float = 1.0
+
+    def __post_init__(self) -> None:
+        check_ranges(self, lr="(0, 1]", min_lr_ratio="[0, 1]", weight_decay="[0, inf)", beta1="[0, 1)",
+                     beta2="[0, 1)", warmup_steps="[0, inf)", max_steps="[1, inf)", grad_clip="(0, inf)")
 
 
 @dataclass
@@ -80,6 +89,10 @@ class RunConfig:
     init_from: str = ""  # an exported checkpoint to start from (stage 2 of two-stage training)
     fail_at_step: int = -1  # fault injection for tests: rank 1 (or 0 alone) raises once at this step
 
+    def __post_init__(self) -> None:
+        check_ranges(self, seed="[0, inf)", log_every="[1, inf)", checkpoint_every="[1, inf)", val_every="[1, inf)",
+                     val_batches="[1, inf)", fail_at_step="[-1, inf)")
+
 
 @dataclass
 class DistConfig:
@@ -90,6 +103,12 @@ class DistConfig:
     max_failures: int = 1
     address: str = ""
     cpus_per_worker: int = 1
+
+    def __post_init__(self) -> None:
+        check_ranges(self, num_workers="[1, 4096]", zero_stage="[0, 3]", max_failures="[-1, inf)",
+                     cpus_per_worker="[1, inf)")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"dist.precision must be auto, fp32 or bf16, got {self.precision!r}")
 
 
 @dataclass
@@ -102,26 +121,21 @@ class PretrainConfig:
     dist: DistConfig = field(default_factory=DistConfig)
 
     def __post_init__(self) -> None:
-        if self.data.batch_size < 1 or self.data.max_tokens < 1:
-            raise ValueError("data.batch_size and data.max_tokens must be >= 1")
         if self.dist.ray and self.data.batch_size % self.dist.num_workers:
             raise ValueError(f"data.batch_size {self.data.batch_size} must be divisible by dist.num_workers "
                              f"{self.dist.num_workers}")
-        if self.dist.zero_stage not in (0, 1, 2, 3):
-            raise ValueError(f"dist.zero_stage must be 0, 1, 2 or 3, got {self.dist.zero_stage}")
-        if self.dist.precision not in ("auto", "fp32", "bf16"):
-            raise ValueError(f"dist.precision must be auto, fp32 or bf16, got {self.dist.precision!r}")
-        if not 0 <= self.data.val_fraction < 1:
-            raise ValueError(f"data.val_fraction must be in [0, 1), got {self.data.val_fraction}")
-        if self.optim.max_steps < 1 or self.optim.warmup_steps < 0 or self.run.checkpoint_every < 1:
-            raise ValueError("optim.max_steps and run.checkpoint_every must be >= 1, optim.warmup_steps >= 0")
+
+
+# what may change when a run is continued (its config.yaml is rewritten with them); anything else would make the
+# checkpoints fail to load, or the run a mix of two trainings that its config.yaml does not describe
+RESUMABLE_KEYS = ("optim.max_steps", "run.log_every", "run.val_every", "run.val_batches", "run.checkpoint_every",
+                  "run.fail_at_step", "dist.address", "dist.max_failures", "dist.cpus_per_worker")
 
 
 def load_pretrain_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> PretrainConfig:
     """Defaults < model preset < YAML file < key=value overrides; validated before anything starts."""
-    chosen = OmegaConf.merge(OmegaConf.load(path) if path and Path(path).is_file() else {},
-                             OmegaConf.from_dotlist([o for o in overrides if o.startswith("preset=")]))
-    preset = str(chosen.get("preset", PretrainConfig.preset))
+    given = [o.split("=", 1)[1] for o in overrides if o.startswith("preset=")]
+    preset = str(given[-1] if given else (config_layer(path).get("preset") if path else None) or PretrainConfig.preset)
     preset_file = MODEL_PRESETS / f"{preset}.yaml"
     if not preset_file.is_file():
         raise ConfigError(f"unknown model preset {preset!r}; choose one of {sorted(p.stem for p in MODEL_PRESETS.glob('*.yaml'))}")
@@ -136,13 +150,9 @@ GAIN_FEATURES = ("log_peak", "log_rms", "log_snr")  # the token features a chann
 
 def check_token_features(cfg: PretrainConfig) -> None:
     """The model reads as many features as the tokens carry, and the view augmentation's gain columns are the
-    log amplitudes (ConfigError naming the token folder otherwise); before anything is written."""
-    from aemg_dist.data import TOKENS_MANIFEST
-
-    manifest = storage.join(cfg.data.tokens, TOKENS_MANIFEST)
-    if not storage.exists(manifest):
-        return  # split_tables names the folder that holds no tokens
-    names = json.loads(storage.read_text(manifest))["feature_names"]
+    log amplitudes (ConfigError naming the token folder otherwise); before anything is written. The folder must
+    hold a finished tokenization."""
+    names = read_tokens_manifest(cfg.data.tokens, "data.tokens")["feature_names"]
     if len(names) != cfg.model.n_features:
         raise ConfigError(f"{cfg.data.tokens} holds tokens of {len(names)} features; set model.n_features={len(names)} "
                           f"(it is {cfg.model.n_features})")
@@ -163,7 +173,11 @@ def split_tables(cfg: DataConfig) -> tuple[pa.Table, pa.Table]:
                       dtype=bool)
     train, val = table.filter(pa.array(keep & ~is_val)), table.filter(pa.array(keep & is_val))
     if train.num_rows == 0:
-        raise ValueError(f"no training windows left in {cfg.tokens} after the exclusions")
+        raise ConfigError(f"no training windows left in {cfg.tokens} after the exclusions (data.exclude_subjects, "
+                          "data.exclude_datasets, data.val_fraction)")
+    if train.num_rows < cfg.batch_size:  # no full batch could ever be drawn: the loop would wait forever
+        raise ConfigError(f"data.batch_size={cfg.batch_size} is more than the {train.num_rows} training windows in "
+                          f"{cfg.tokens}; lower data.batch_size")
     return train, val
 
 
@@ -478,28 +492,62 @@ def pretrain(cfg: PretrainConfig, callbacks: Sequence[Any] = ()) -> PretrainResu
     if storage.is_uri(cfg.run.out) and not cfg.dist.ray:
         raise ConfigError(f"run.out={cfg.run.out}: --no-ray keeps its checkpoints on a local disk; give a local "
                           "run.out or run on Ray")
+    # every input and the run folder are checked before anything is written or any worker starts
     check_token_features(cfg)
-    files = storage.StagedFolder(cfg.run.out)
-    save_config(cfg, files.local / "config.yaml")
-    files.sync("config.yaml")
-    train, val = split_tables(cfg.data)  # fails here, before any worker starts, on bad data paths
-    if not cfg.dist.ray:
-        train_loop({"config": asdict(cfg), "train": train, "val": val})
-        checkpoint = str(files.local / "local_checkpoint")
-    else:
-        checkpoint = _fit_on_ray(cfg, train, val, callbacks)
-    files.fetch("metrics.csv")  # written by rank 0, wherever it ran
-    metrics = files.local / "metrics.csv"
-    if not metrics.exists():
-        raise RuntimeError(f"pretraining finished without writing {storage.join(cfg.run.out, 'metrics.csv')}; "
-                           "see the Ray logs above")
-    plot_metrics(metrics, files.local)
-    files.sync("loss.png", "codebook.png")
-    final = last_metrics(metrics)
-    files.close()
+    train, val = split_tables(cfg.data)
+    if cfg.run.init_from:
+        check_inference(cfg.run.init_from, fits=cfg.model)
+    require_output(cfg.run.out, "run.out")
+    check_resumable_run(cfg)
+    with claim(cfg.run.out, "run.out"):
+        files = storage.StagedFolder(cfg.run.out)
+        save_config(cfg, files.local / "config.yaml")
+        files.sync("config.yaml")
+        if not cfg.dist.ray:
+            train_loop({"config": asdict(cfg), "train": train, "val": val})
+            checkpoint = str(files.local / "local_checkpoint")
+        else:
+            checkpoint = _fit_on_ray(cfg, train, val, callbacks)
+        files.fetch("metrics.csv")  # written by rank 0, wherever it ran
+        metrics = files.local / "metrics.csv"
+        if not metrics.exists():
+            raise RuntimeError(f"pretraining finished without writing {storage.join(cfg.run.out, 'metrics.csv')}; "
+                               "see the Ray logs above")
+        plot_metrics(metrics, files.local)
+        files.sync("loss.png", "codebook.png")
+        final = last_metrics(metrics)
+        files.close()
     out = files.path
     return PretrainResult(out=out, steps=int(final.get("step", 0)), final=final, checkpoint=checkpoint,
                           export=storage.join(out, "export") if files.remote else files.local / "export")
+
+
+def check_resumable_run(cfg: PretrainConfig) -> None:
+    """A run folder with a config.yaml is continued: only RESUMABLE_KEYS may differ from it (ConfigError naming the
+    first differences otherwise, with nothing written)."""
+    saved = storage.join(cfg.run.out, "config.yaml")
+    if not storage.exists(saved):
+        return
+    try:
+        before = _dotted(asdict(load_config(PretrainConfig, [saved])))
+    except ConfigError as err:
+        raise ConfigError(f"run.out={cfg.run.out} holds a config.yaml that is not a run's ({err}); choose a new "
+                          "run.out") from None
+    now = _dotted(asdict(cfg))
+    differs = [f"{k} {before.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(before) | set(now))
+               if k not in (*RESUMABLE_KEYS, "run.out") and before.get(k) != now.get(k)]  # a moved run is the same
+    if differs:
+        raise ConfigError(f"run.out={cfg.run.out} holds a run with other settings ({'; '.join(differs[:3])}"
+                          f"{' ...' if len(differs) > 3 else ''}); continue it with its settings (only "
+                          f"{', '.join(RESUMABLE_KEYS)} may change) or choose a new run.out")
+
+
+def _dotted(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested settings as {dotted key: value}."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        flat.update(_dotted(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return flat
 
 
 def _fit_on_ray(cfg: PretrainConfig, train: pa.Table, val: pa.Table, callbacks: Sequence[Any] = ()) -> str:

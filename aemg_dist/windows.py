@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from aemg_dist.config import check_ranges
+
 from preprocessing.recording import Segment, split_at_joins
 
 WINDOW_KINDS = ("chunks", "labeled")
@@ -38,10 +40,7 @@ class WindowConfig:
     def __post_init__(self) -> None:
         if self.kind not in WINDOW_KINDS:
             raise ValueError(f"window kind must be one of {WINDOW_KINDS}, got {self.kind!r}")
-        if self.length_s <= 0 or self.stride_s < 0 or self.margin_s < 0:
-            raise ValueError("window length_s must be > 0, stride_s and margin_s >= 0")
-        if not 0 < self.min_fraction <= 1:
-            raise ValueError(f"min_fraction must be in (0, 1], got {self.min_fraction}")
+        check_ranges(self, length_s="(0, 3600]", stride_s="[0, 3600]", margin_s="[0, 3600]", min_fraction="(0, 1]")
 
 
 @dataclass(frozen=True)

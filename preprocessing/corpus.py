@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -28,8 +28,8 @@ import zarr.codecs
 
 from aemg_dist import storage
 
-from .harmonize import HarmonizeConfig, HarmonizedRecording
-from .errors import DataError
+from .harmonize import BAD_FLAGS, HarmonizeConfig, HarmonizedRecording
+from .errors import DataError, first_line
 from .recording import Segment, validate_segments
 
 CORPUS_FORMAT = "aemg-corpus/1"
@@ -70,14 +70,10 @@ class CorpusWriter:
     def __init__(self, path: str | Path, config: HarmonizeConfig):
         self.path = storage.absolute(path)  # a local folder or a URI (s3://bucket/corpus.zarr)
         self.config = config
+        check_corpus_output(self.path, config)
         root = zarr.open_group(store=storage.zarr_store(self.path, read_only=False), mode="a")
-        stored = root.attrs.get("harmonize")
-        if stored is None:
+        if root.attrs.get("harmonize") is None:
             root.attrs.update({"format": CORPUS_FORMAT, "harmonize": asdict(config)})
-        elif stored != asdict(config):
-            changed = {k: (stored.get(k), v) for k, v in asdict(config).items() if stored.get(k) != v}
-            raise CorpusError(f"{self.path} was prepared with other settings {changed} (stored, requested); "
-                              "write to a new --out or delete it")
         self.root = root
 
     def is_complete(self, key: str) -> bool:
@@ -108,23 +104,62 @@ class CorpusWriter:
         return entries
 
 
+def check_corpus_output(path: str | Path, config: HarmonizeConfig) -> None:
+    """Before anything is written to `path`: it must be new, an empty folder, or a corpus prepared with the same
+    settings; CorpusError naming what differs otherwise (a re-run with other settings would mix recordings
+    harmonized two ways)."""
+    if not storage.exists(path):
+        return
+    root_file = storage.join(path, "zarr.json")
+    if not storage.exists(root_file):
+        if storage.listdir(path):
+            raise CorpusError(f"{path} holds other files and is not a corpus (no zarr.json); choose a new --out")
+        return
+    stored = _root_attrs(root_file)
+    if stored.get("format") != CORPUS_FORMAT or not isinstance(stored.get("harmonize"), dict):
+        raise CorpusError(f"{root_file}: not a corpus of format {CORPUS_FORMAT} (format {stored.get('format')!r}); "
+                          "choose a new --out")
+    wanted = asdict(config)
+    if stored["harmonize"] != wanted:
+        changed = {k: (stored["harmonize"].get(k), v) for k, v in wanted.items() if stored["harmonize"].get(k) != v}
+        raise CorpusError(f"{path} was prepared with other settings {changed} (stored, requested); "
+                          "write to a new --out or delete it")
+
+
+def _root_attrs(root_file: str) -> dict[str, Any]:
+    """The attributes of a corpus's root zarr.json (CorpusError when it is not a zarr group's metadata)."""
+    try:
+        attrs = json.loads(storage.read_text(root_file)).get("attributes", {})
+    except (ValueError, AttributeError):
+        raise CorpusError(f"{root_file}: not a zarr group's metadata (a damaged corpus?)") from None
+    return attrs if isinstance(attrs, dict) else {}
+
+
 class Corpus:
     """Read access used by every later stage: list, metadata, time ranges, segments."""
 
     def __init__(self, path: str | Path):
         # a local folder or a URI (s3://bucket/corpus.zarr): read through aemg_dist.storage
         self.path = path if storage.is_uri(path) else Path(path)
+        storage.check_scheme(path)
         manifest = storage.join(path, MANIFEST_FILE)
         if not storage.exists(storage.join(path, "zarr.json")):
             raise CorpusError(f"{self.path} is not a corpus (no zarr.json); run `aemg prepare` first")
         if not storage.exists(manifest):
             raise CorpusError(f"{self.path} has no {MANIFEST_FILE}; re-run `aemg prepare` to finish it")
-        payload = json.loads(storage.read_text(manifest))
-        if payload.get("format") != CORPUS_FORMAT:
-            raise CorpusError(f"{manifest}: unknown corpus format {payload.get('format')!r}")
-        self.entries = [RecordingEntry(**row) for row in payload["recordings"]]
+        try:
+            payload = json.loads(storage.read_text(manifest))
+            if payload.get("format") != CORPUS_FORMAT:
+                raise CorpusError(f"{manifest}: unknown corpus format {payload.get('format')!r}")
+            self.entries = [_manifest_row(row) for row in payload["recordings"]]
+        except (ValueError, KeyError, TypeError, AttributeError) as err:  # JSONDecodeError is a ValueError
+            raise CorpusError(f"{manifest}: not a corpus manifest ({first_line(err)}); re-run `aemg prepare` "
+                              "to rebuild it") from None
         self._by_key = {e.key: e for e in self.entries}
-        self.root = zarr.open_group(store=storage.zarr_store(path, read_only=True), mode="r")
+        try:
+            self.root = zarr.open_group(store=storage.zarr_store(path, read_only=True), mode="r")
+        except (ValueError, KeyError, OSError) as err:
+            raise CorpusError(f"{self.path}/zarr.json: cannot open the corpus ({first_line(err)})") from None
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -143,7 +178,11 @@ class Corpus:
 
     def attrs(self, key: str) -> dict[str, Any]:
         self.entry(key)
-        return dict(self.root[key].attrs)
+        try:
+            return dict(self.root[key].attrs)
+        except (ValueError, KeyError, OSError) as err:
+            raise CorpusError(f"{self.path}/{key}: cannot read the recording's metadata ({first_line(err)}); "
+                              "`aemg corpus check` lists what is damaged") from None
 
     def read(self, key: str, start: int = 0, stop: int | None = None) -> np.ndarray:
         """EMG samples [start, stop) of a recording, float32 (time, channels)."""
@@ -151,13 +190,29 @@ class Corpus:
         stop = n if stop is None else stop
         if not 0 <= start <= stop <= n:
             raise IndexError(f"{key}: range [{start}, {stop}) outside [0, {n})")
-        return self.root[key]["emg"][start:stop]
+        try:
+            return self.root[key]["emg"][start:stop]
+        except Exception as err:  # noqa: BLE001 - zarr and its codecs raise many kinds on a damaged chunk
+            raise CorpusError(f"{self.path}/{key}: cannot read samples [{start}, {stop}) ({first_line(err)}); "
+                              "`aemg corpus check` lists what is damaged") from None
 
     def segments(self, key: str) -> list[Segment]:
         return [Segment(**s) for s in self.attrs(key)["segments"]]
 
     def harmonize_config(self) -> dict[str, Any]:
         return dict(self.root.attrs.get("harmonize", {}))
+
+
+_CASTS = {"str": str, "int": int, "float": float}
+
+
+def _manifest_row(row: Any) -> RecordingEntry:
+    """A manifest row with its fields and types checked (KeyError, TypeError or ValueError otherwise)."""
+    names = [f.name for f in fields(RecordingEntry)]
+    if not isinstance(row, dict) or sorted(row) != sorted(names):
+        raise KeyError(f"a row {'with keys ' + str(sorted(row)) if isinstance(row, dict) else repr(row)[:60]}, "
+                       f"expected {names}")
+    return RecordingEntry(**{f.name: _CASTS[str(f.type)](row[f.name]) for f in fields(RecordingEntry)})
 
 
 def _group_is_complete(root: zarr.Group, key: str) -> bool:
@@ -198,13 +253,20 @@ def check_corpus(path: str | Path) -> list[str]:
     except (CorpusError, json.JSONDecodeError) as err:
         return [str(err)]
     problems = []
-    on_disk = set(_recording_keys(corpus.root))
+    try:
+        on_disk = set(_recording_keys(corpus.root))
+    except (ValueError, KeyError, TypeError) as err:  # a group's zarr.json that is not zarr metadata
+        problems.append(f"the recording groups cannot be listed ({first_line(err)}); damaged group metadata")
+        on_disk = {key for key in corpus.keys() if _group_is_complete(corpus.root, key)}
     for key in sorted(on_disk - set(corpus.keys())):
         state = "incomplete (an interrupted write; re-run prepare)" if not _group_is_complete(corpus.root, key) \
             else "complete but missing from the manifest (re-run prepare)"
         problems.append(f"{key}: {state}")
     for entry in corpus.entries:
-        problems.extend(f"{entry.key}: {p}" for p in _check_recording(corpus, entry, on_disk))
+        try:
+            problems.extend(f"{entry.key}: {p}" for p in _check_recording(corpus, entry, on_disk))
+        except (CorpusError, KeyError, TypeError, ValueError) as err:  # samples or metadata not as prepare wrote them
+            problems.append(f"{entry.key}: damaged ({first_line(err)})")
     return problems
 
 
@@ -223,6 +285,11 @@ def _check_recording(corpus: Corpus, entry: RecordingEntry, on_disk: set[str]) -
             problems.append(f"normalization {name} has the wrong length")
     if not all(s > 0 for s in attrs["normalization"]["scale"]):
         problems.append("non-positive normalization scale")
+    flagged_ok = [not any(flag in BAD_FLAGS for flag in flags) for flags in attrs["channel_quality"]]
+    if attrs["channel_ok"] != flagged_ok:
+        problems.append(f"channel_ok {attrs['channel_ok']} disagrees with the quality flags {attrs['channel_quality']}")
+    if not any(attrs["channel_ok"]):
+        problems.append("no usable channel")
     try:
         validate_segments([Segment(**s) for s in attrs["segments"]], entry.n_samples, entry.key)
     except DataError as err:
@@ -232,7 +299,7 @@ def _check_recording(corpus: Corpus, entry: RecordingEntry, on_disk: set[str]) -
         problems.append(f"valid band {band} is not inside (0, fs/2]")
     step = max(1, int(CHUNK_SECONDS * entry.fs))
     for start in range(0, entry.n_samples, step):  # chunk by chunk: bounded memory on long recordings
-        if not np.isfinite(emg[start:start + step]).all():
+        if not np.isfinite(corpus.read(entry.key, start, min(start + step, entry.n_samples))).all():
             problems.append(f"non-finite samples in [{start}, {min(start + step, entry.n_samples)})")
             break
     return problems
@@ -243,7 +310,7 @@ def corpus_summary(corpus: Corpus) -> list[dict[str, Any]]:
     rows = []
     for dataset in sorted({e.dataset for e in corpus.entries}):
         entries = [e for e in corpus.entries if e.dataset == dataset]
-        bad = sum(not ok for e in entries for ok in corpus.attrs(e.key)["channel_ok"])
+        bad = sum(not ok for e in entries for ok in corpus.attrs(e.key).get("channel_ok", []))
         rows.append({
             "dataset": dataset,
             "subjects": len({e.subject for e in entries}),

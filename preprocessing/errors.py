@@ -14,3 +14,9 @@ class DataError(ValueError):
 
 class ManifestError(ValueError):
     """A dataset manifest is malformed or inconsistent."""
+
+
+def first_line(err: BaseException) -> str:
+    """An error's message as one line (the type's name when it has none), for one-line reports."""
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__

@@ -3,8 +3,8 @@
 Steps, in order, each per contiguous piece (between file joins) so no filter transient or
 resampling kernel crosses a join:
 
-1. non-finite samples: short runs are linearly interpolated and flagged; an all-NaN channel
-   is zeroed and flagged dead; an all-NaN recording is an error;
+1. non-finite samples are linearly interpolated and flagged (`nan_runs`); a channel with more than
+   `max_nan_fraction` of them is zeroed and flagged dead; an all-NaN recording is an error;
 2. quality flags per channel on the raw signal: flat, clipped (at the device's ADC limits, or
    at a repeated extreme value when the limits are unknown), powerline (a strong 50/60 Hz line);
 3. DC removal (per-piece median) and a zero-phase Butterworth band-pass from 20 Hz to
@@ -16,10 +16,21 @@ resampling kernel crosses a join:
    whose mains is unknown; that decision uses the whole recording (transductive);
 5. polyphase resampling to the target rate; segment and join boundaries are rescaled with the
    same rational factor, so they land within one sample of where they were;
-6. robust per-channel z-score (median, 1.4826 * MAD) over the whole recording, label-free; the
-   statistics are kept so the filtered signal can be recovered (`denormalize`). Evaluation undoes
-   it for a held-out subject and normalizes with statistics of allowed windows only
-   (aemg_dist/evaluation/heldout.py).
+6. robust per-channel z-score (median, 1.4826 * MAD) over the whole recording, label-free, from the
+   samples that were not repaired; the statistics are kept so the filtered signal can be recovered
+   (`denormalize`). Evaluation undoes it for a held-out subject and normalizes with statistics of
+   allowed windows only (aemg_dist/evaluation/heldout.py).
+
+Channel health is decided from these statistics, not only from flags: a channel is dead (out of
+`channel_ok`, so it gets no events or tokens) when it is flat, when more than `max_nan_fraction` of it
+was missing, or when more than `clip_dead_fraction` of it sits at the rails. Why these shares: a
+repaired stretch is a straight line that the band-pass turns into silence; were it counted, a channel
+missing one of its two files got a scale thousands of times too small and z-values in the tens of
+thousands, and even at 45 % missing the median/MAD is the repair's more than the muscle's (peaks of
+|z| above 150). Repaired samples are therefore left out of the statistics, and past a quarter of the channel
+the quiet spells tokenization would see are as much invented as recorded. A channel that spends more
+than half its samples at the rails carries the converter's square wave, not an amplitude. A few clipped
+peaks (`clip_fraction`) only flag it. A recording without a usable channel is refused (DataError).
 """
 
 from __future__ import annotations
@@ -30,6 +41,8 @@ from typing import Any
 
 import numpy as np
 from scipy import signal
+
+from aemg_dist.config import check_ranges
 
 from .errors import DataError
 from .recording import RawRecording, Segment, validate_segments
@@ -55,16 +68,20 @@ class HarmonizeConfig:
     line_prominence: float = 8.0  # line power / neighbouring spectrum needed to notch or flag
     powerline_flag_ratio: float = 0.3  # share of band power in mains lines that flags a channel
     clip_fraction: float = 0.01  # share of samples at a rail that flags a channel as clipped
-    flat_tolerance: float = 1e-6  # a channel whose MAD and std are below this (source units) is flat
-    max_nan_fraction: float = 0.5  # more non-finite samples than this marks a channel dead
+    clip_dead_fraction: float = 0.5  # more samples at the rails than this marks a channel dead
+    flat_tolerance: float = 1e-6  # a channel whose MAD and std are below this (source units) is flat (and dead)
+    max_nan_fraction: float = 0.25  # more non-finite (repaired) samples than this marks a channel dead
 
     def __post_init__(self) -> None:
-        if not MIN_FS_HZ <= self.target_fs <= MAX_FS_HZ:
-            raise ValueError(f"target_fs must be within [{MIN_FS_HZ:g}, {MAX_FS_HZ:g}] Hz, got {self.target_fs}")
-        if not 0 < self.highpass_hz < self.lowpass_hz:
+        check_ranges(self, target_fs=f"[{MIN_FS_HZ:g}, {MAX_FS_HZ:g}]", highpass_hz="(0, inf)", lowpass_hz="(0, inf)",
+                     band_fraction="(0, 0.5)", filter_order="[1, 16]", notch_q="(0, inf)", line_prominence="(0, inf)",
+                     powerline_flag_ratio="(0, 1]", clip_fraction="(0, 1]", clip_dead_fraction="(0, 1]",
+                     flat_tolerance="[0, inf)", max_nan_fraction="[0, 1)")
+        if not self.highpass_hz < self.lowpass_hz:
             raise ValueError(f"need 0 < highpass_hz < lowpass_hz, got {self.highpass_hz}, {self.lowpass_hz}")
-        if not 0 < self.band_fraction < 0.5:
-            raise ValueError(f"band_fraction must be in (0, 0.5), got {self.band_fraction}")
+        if self.clip_dead_fraction < self.clip_fraction:
+            raise ValueError(f"clip_dead_fraction ({self.clip_dead_fraction}) must be >= clip_fraction "
+                             f"({self.clip_fraction})")
 
 
 @dataclass
@@ -147,7 +164,7 @@ def harmonize(raw: RawRecording, config: HarmonizeConfig | None = None) -> Harmo
     x = np.asarray(raw.emg, dtype=np.float64)
     pieces = raw.pieces()
 
-    x, quality = _repair_non_finite(x, config, where)
+    x, quality, repaired = _repair_non_finite(x, config, where)
     _flag_raw_quality(x, raw, config, quality)
     sos_band = signal.butter(config.filter_order, band, btype="bandpass", fs=raw.fs, output="sos")
     freqs, psd = _power_spectrum(x, raw.fs)
@@ -170,12 +187,17 @@ def harmonize(raw: RawRecording, config: HarmonizeConfig | None = None) -> Harmo
         out_pieces.append(_fit_length(piece, _scaled(stop, ratio) - _scaled(start, ratio)))
     filtered = np.concatenate(out_pieces, axis=0)
 
-    center = np.median(filtered, axis=0)
-    scale = MAD_TO_STD * np.median(np.abs(filtered - center), axis=0)
+    center, scale = _robust_statistics(filtered, _at_rate(~repaired, ratio, filtered.shape[0]))
     degenerate = ~(scale > 0)
     scale[degenerate] = 1.0
     for ch in np.flatnonzero(degenerate):
         _add_flag(quality, ch, "flat")
+    for ch, flags in enumerate(quality):
+        if "flat" in flags:
+            _add_flag(quality, ch, "dead")
+    if all("dead" in flags for flags in quality):
+        raise DataError(where, "no usable channel (" + ", ".join(f"channel {ch}: {'/'.join(flags)}"
+                                                                 for ch, flags in enumerate(quality)) + ")")
     z = ((filtered - center) / scale).astype(np.float32)
 
     segments = [Segment(_scaled(s.start, ratio), _scaled(s.stop, ratio), s.label, s.label_name, s.rep)
@@ -206,11 +228,14 @@ def _add_flag(quality: list[list[str]], channel: int, flag: str) -> None:
         quality[channel].append(flag)
 
 
-def _repair_non_finite(x: np.ndarray, config: HarmonizeConfig, where: str) -> tuple[np.ndarray, list[list[str]]]:
+def _repair_non_finite(x: np.ndarray, config: HarmonizeConfig,
+                       where: str) -> tuple[np.ndarray, list[list[str]], np.ndarray]:
+    """(x with every non-finite sample interpolated, or the channel zeroed when more than max_nan_fraction of it
+    is missing; quality flags; the (samples, channels) mask of repaired samples)."""
     quality: list[list[str]] = [[] for _ in range(x.shape[1])]
     bad = ~np.isfinite(x)
     if not bad.any():
-        return x, quality
+        return x, quality, bad
     if bad.all():
         raise DataError(where, "every sample is NaN or Inf")
     x = x.copy()
@@ -224,7 +249,26 @@ def _repair_non_finite(x: np.ndarray, config: HarmonizeConfig, where: str) -> tu
             ok = ~bad[:, ch]
             x[bad[:, ch], ch] = np.interp(t[bad[:, ch]], t[ok], x[ok, ch])
         _add_flag(quality, ch, "nan_runs")
-    return x, quality
+    return x, quality, bad
+
+
+def _at_rate(mask: np.ndarray, ratio: Fraction, n: int) -> np.ndarray:
+    """A per-sample mask at the source rate, taken to the n samples at the target rate (nearest earlier sample)."""
+    source = np.minimum(np.arange(n) * ratio.denominator // ratio.numerator, mask.shape[0] - 1)
+    return mask[source]
+
+
+def _robust_statistics(x: np.ndarray, kept: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel median and robust std (1.4826 * MAD) over the samples `kept` (all, for a channel with none)."""
+    if kept.all():
+        center = np.median(x, axis=0)
+        return center, MAD_TO_STD * np.median(np.abs(x - center), axis=0)
+    center, scale = np.empty(x.shape[1]), np.empty(x.shape[1])
+    for ch in range(x.shape[1]):
+        values = x[kept[:, ch], ch] if kept[:, ch].any() else x[:, ch]
+        center[ch] = np.median(values)
+        scale[ch] = MAD_TO_STD * np.median(np.abs(values - center[ch]))
+    return center, scale
 
 
 def _flag_raw_quality(x: np.ndarray, raw: RawRecording, config: HarmonizeConfig, quality: list[list[str]]) -> None:
@@ -236,9 +280,12 @@ def _flag_raw_quality(x: np.ndarray, raw: RawRecording, config: HarmonizeConfig,
         at_rail = (x <= low) | (x >= high)
     else:  # unknown converter: a repeated extreme value is a rail
         at_rail = (x == x.min(axis=0)) | (x == x.max(axis=0))
-    for ch in np.flatnonzero(at_rail.mean(axis=0) > config.clip_fraction):
+    share = at_rail.mean(axis=0)
+    for ch in np.flatnonzero(share > config.clip_fraction):
         if "flat" not in quality[ch]:
             _add_flag(quality, ch, "clipped")
+            if share[ch] > config.clip_dead_fraction:
+                _add_flag(quality, ch, "dead")
 
 
 def _power_spectrum(x: np.ndarray, fs: float) -> tuple[np.ndarray, np.ndarray]:

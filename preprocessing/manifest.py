@@ -86,7 +86,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
-import yaml
+
+from aemg_dist.config import ConfigError, read_yaml
 
 from .channel_map import ChannelMap
 from .errors import DataError, ManifestError
@@ -145,11 +146,13 @@ class DatasetManifest:
         """Read and validate a manifest file; ManifestError names the file and the bad field."""
         path = Path(path)
         try:
-            spec = yaml.safe_load(path.read_text())
+            spec = read_yaml(path.read_text(), path)  # YAML 1.2 numbers: `fs: 1e3` is 1000 Hz
         except FileNotFoundError:
             raise ManifestError(f"{path}: manifest file not found") from None
-        except yaml.YAMLError as err:
-            raise ManifestError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+        except (IsADirectoryError, UnicodeDecodeError):
+            raise ManifestError(f"{path}: not a YAML manifest file") from None
+        except ConfigError as err:  # a syntax error, with its line and column
+            raise ManifestError(str(err)) from None
         return cls.from_dict(spec, source=str(path))
 
     @classmethod
@@ -603,7 +606,7 @@ def _notch_hz(value: Any) -> tuple[float, ...]:
 
 
 def _globs(value: Any) -> tuple[str, ...]:
-    if isinstance(value, str) or not all(isinstance(v, str) for v in value):
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
         raise ManifestError(f"field `exclude`: expected a list of glob patterns, got {value!r}")
     return tuple(value)
 

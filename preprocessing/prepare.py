@@ -19,11 +19,16 @@ from typing import Protocol, Sequence
 from tqdm import tqdm
 
 from aemg_dist import storage
+from aemg_dist.config import save_config
 from aemg_dist.parallel import ensure_shared, map_unordered
+from aemg_dist.validate import claim, require_output
 
-from .corpus import CorpusWriter, RecordingEntry
+from .corpus import CorpusWriter, RecordingEntry, check_corpus_output
+from .errors import ManifestError
 from .harmonize import HarmonizeConfig, harmonize
 from .recording import RawRecording
+
+PREPARE_CONFIG = "prepare.yaml"  # the resolved settings of the last prepare
 
 
 class SourceJob(Protocol):
@@ -77,29 +82,36 @@ def prepare(jobs: Sequence[SourceJob], out: str | Path, config: HarmonizeConfig 
             workers: int = 0, address: str | None = None, progress: bool = True) -> PrepareReport:
     """Prepare every job into the corpus at `out`; returns what was written, skipped and failed.
 
-    workers: 1 = in this process; 0 = one Ray task per job on all local CPUs (or the cluster
-    at `address`); n > 1 = a local Ray with n CPUs.
+    `out` is checked before anything starts (a writable folder, new, empty or a corpus of the same settings)
+    and held for the run (a second prepare on it is refused); the resolved settings go to OUT/prepare.yaml.
+    workers: 1 = in this process; 0 = one Ray task per job on all local CPUs (or the cluster at `address`);
+    n > 1 = a local Ray with n CPUs.
     """
     config = config or HarmonizeConfig()
     start = time.perf_counter()
     out = storage.absolute(out)
     duplicates = sorted(k for k, n in Counter(job.key for job in jobs).items() if n > 1)
     if duplicates:
-        raise ValueError(f"two sources map to the same recording key: {duplicates[:5]}")
-    writer = CorpusWriter(out, config)
-    report = PrepareReport(out=out)
-    todo = []
-    for job in jobs:
-        (report.skipped.append(job.key) if writer.is_complete(job.key) else todo.append(job))
-    writer.ensure_parents([job.key for job in todo])
-    ensure_shared([("--out", out)], workers, address)  # every task writes its recording there
-    results = map_unordered(prepare_job, todo, out, config, workers=workers, address=address)
-    for result in tqdm(results, total=len(todo), desc="prepare", unit="rec", disable=not progress or not todo):
-        if result.error is None:
-            report.written.append(result.key)
-            report.emg_seconds_written += result.emg_seconds
-        else:
-            report.failed.append((result.key, result.error))
-    report.entries = writer.write_manifest()
+        raise ManifestError(f"two sources map to the same recording key: {duplicates[:5]} (their manifests' names or "
+                            "subject/session templates collide)")
+    require_output(out, "--out")
+    check_corpus_output(out, config)
+    with claim(out, "--out"):
+        writer = CorpusWriter(out, config)
+        report = PrepareReport(out=out)
+        todo = []
+        for job in jobs:
+            (report.skipped.append(job.key) if writer.is_complete(job.key) else todo.append(job))
+        writer.ensure_parents([job.key for job in todo])
+        ensure_shared([("--out", out)], workers, address)  # every task writes its recording there
+        results = map_unordered(prepare_job, todo, out, config, workers=workers, address=address)
+        for result in tqdm(results, total=len(todo), desc="prepare", unit="rec", disable=not progress or not todo):
+            if result.error is None:
+                report.written.append(result.key)
+                report.emg_seconds_written += result.emg_seconds
+            else:
+                report.failed.append((result.key, result.error))
+        report.entries = writer.write_manifest()
+        save_config(config, storage.join(out, PREPARE_CONFIG))
     report.wall_seconds = time.perf_counter() - start
     return report

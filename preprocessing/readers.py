@@ -109,7 +109,7 @@ class DelimitedReader:
         except UnicodeDecodeError:  # a ValueError too, so caught first
             raise DataError(path, "not a text file (cannot be decoded)") from None
         except ValueError as err:
-            raise DataError(path, f"malformed text ({str(err).split(';')[0]})") from None
+            raise DataError(path, f"malformed text ({self._bad_line(path) or str(err).split(';')[0]})") from None
         if table.shape[0] == 0:
             raise DataError(path, "empty file (no samples)")
         expected = table.shape[1] if n_channels is None else n_channels + self.extra_columns
@@ -118,6 +118,26 @@ class DelimitedReader:
                 + (" + a label column" if self.extra_columns else "")
             raise DataError(path, f"{table.shape[1]} columns, but the electrode layout needs {what}")
         return table
+
+    def _bad_line(self, path: Path) -> str:
+        """Where the text first breaks, by the file's own line number: np.loadtxt counts data rows (from 0 or
+        1, depending on the error), after the header and without blank lines, which is no line a user can find.
+        Only run once loadtxt has failed, so the fast path stays numpy's."""
+        width = None
+        with path.open(errors="replace") as f:
+            for number, line in enumerate(f, start=1):
+                if number <= self.skip_header or not line.strip():
+                    continue
+                fields = line.split(self.delimiter) if self.delimiter else line.split()
+                width = width or len(fields)
+                if len(fields) != width:
+                    return f"line {number} has {len(fields)} columns, the first data line {width}"
+                for column, text in enumerate(fields, start=1):
+                    try:
+                        float(text)
+                    except ValueError:
+                        return f"line {number}, column {column}: {text.strip()[:40]!r} is not a number"
+        return ""
 
     def read(self, path: Path, n_channels: int | None) -> FileData:
         return FileData(_checked_emg(path, self._table(path, n_channels)))
@@ -171,7 +191,8 @@ class BinaryReader:
         if size % frame:
             raise DataError(path, f"truncated or corrupt: {size} bytes is not a whole number of samples "
                                   f"({n_channels} channels x {dtype.itemsize} bytes)")
-        emg = np.fromfile(path, dtype=dtype).reshape(-1, n_channels).astype(np.float32)
+        with np.errstate(over="ignore"):  # float64 beyond float32's range becomes Inf, repaired as a missing sample
+            emg = np.fromfile(path, dtype=dtype).reshape(-1, n_channels).astype(np.float32)
         return FileData(_checked_emg(path, emg))
 
 

@@ -38,6 +38,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import fft
 
+from aemg_dist.config import check_ranges
+
 from .geometry import DEFAULT_CIRCUMFERENCE_MM, ElectrodeLayout
 from .recording import RawRecording, Segment
 
@@ -113,6 +115,7 @@ class SyntheticConfig:
     datasets: list[SyntheticDatasetSpec] | None = None  # None => default_datasets(scale)
 
     def __post_init__(self) -> None:
+        check_ranges(self, seed="[0, inf)")  # numpy's generators refuse negative seeds
         _scale_protocol(self.scale)
 
 

@@ -186,9 +186,10 @@ def test_electrodes_json_in_the_dataset_folder(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("content", "problem"), [
-    ("1,2,3,4\n5,6,7\n", r"malformed text \(the number of columns changed from 4 to 3"),
-    ("1,2,3,4\n5,x,7,8\n", r"malformed text \(could not convert string 'x'"),
-    ("ch0,ch1,ch2,ch3\n1,2,3,4\n", "malformed text"),  # an unexpected header row
+    # the file's own line numbers, not numpy's data-row count (blank lines and the header are lines too)
+    ("1,2,3,4\n\n5,6,7\n", r"malformed text \(line 3 has 3 columns, the first data line 4"),
+    ("1,2,3,4\n5,x,7,8\n", r"malformed text \(line 2, column 2: 'x' is not a number"),
+    ("ch0,ch1,ch2,ch3\n1,2,3,4\n", r"malformed text \(line 1, column 1: 'ch0' is not a number"),  # a header row
     ("", "empty file"),
     ("1,2,3\n4,5,6\n", "3 columns, but the electrode layout needs 4 channels"),
     ("nan,nan,nan,nan\nnan,inf,nan,nan\n", "no finite value in the whole file"),

@@ -35,14 +35,13 @@ from typing import Any, Sequence
 import numpy as np
 
 from aemg_dist import storage
-from aemg_dist.config import ConfigError, load_config, save_config
+from aemg_dist.config import ConfigError, check_ranges, load_config, save_config
 from aemg_dist.evaluation.runner import EvaluateConfig
 from aemg_dist.train import PretrainConfig, load_pretrain_config
 from tuning.scaling_fit import (MIN_DISTINCT, MIN_POINTS, PARAMS, bootstrap_scaling_law, load_fit, plot_scaling,
                                 save_fit)
 from tuning.sweep import (ConcurrencyConfig, Configuration, PretrainRun, ResourcesConfig, SweepError, absolute_paths,
-                          check_evaluation_unset, check_resumable, evaluate_phase, evaluated_folds, log_execution,
-                          pretrain_phase, pretrain_runs)
+                          check_evaluation_unset, driving, evaluate_phase, evaluated_folds, pretrain_phase, pretrain_runs)
 
 REQUIRED = ("N", "D", "loss")
 CONFIG_FILE = "scaling.yaml"
@@ -118,6 +117,9 @@ class FitConfig:
     seed: int = 0
     flop_budgets: list[float] = field(default_factory=list)  # compute-optimal table; empty = three spanning the runs
 
+    def __post_init__(self) -> None:
+        check_ranges(self, n_boot="[1, inf)", seed="[0, inf)", flop_budgets="(0, inf)")
+
 
 @dataclass
 class ScalingRunConfig:
@@ -140,7 +142,8 @@ class ScalingRunConfig:
         if not self.sizes or not self.steps:
             raise ValueError("give sizes (name -> model overrides) and steps (token budgets), e.g. "
                              "sizes: {tiny: [preset=tiny]}, steps: [250, 500, 1000]")
-        if min(self.steps) < 1 or len(set(self.steps)) < len(self.steps) or len(set(self.seeds)) < len(self.seeds):
+        check_ranges(self, steps="[1, inf)", seeds="[0, inf)")
+        if len(set(self.steps)) < len(self.steps) or len(set(self.seeds)) < len(self.seeds):
             raise ValueError(f"steps must be distinct positive integers and seeds distinct, got {self.steps}, "
                              f"{self.seeds}")
         taken = sorted({o.split("=", 1)[0] for overrides in self.sizes.values() for o in overrides} & set(GRID_KEYS))
@@ -222,35 +225,33 @@ def scaling_run(cfg: ScalingRunConfig, resume: bool = False, progress: bool = Tr
     cfg = absolute_paths(cfg, "scaling run")
     out = Path(cfg.out)
     grid = grid_configurations(cfg)
-    check_resumable(cfg, out / CONFIG_FILE, resume, "scaling run")
-    save_config(cfg, out / CONFIG_FILE)
-    log_execution(out, "resume" if resume else "begin", "scaling", "")
     tokens = storage.absolute(next(iter(grid.values()))[1].data.tokens)
-    ensure_shared([("out", out)], address=cfg.address or None)  # trials on every node write run folders there
-    evaluation = replace(cfg.evaluation, out=str(out))
-    windows, folds, groups = evaluated_folds(evaluation, tokens, 1, progress) if cfg.evaluate else ("", [], [[]])
-    runs = pretrain_runs({name: config for name, (_, config) in grid.items()}, out, groups)
-    pretrain_phase(runs, out, resume, progress, cfg.resources.pretrain, cfg.max_concurrent.pretrain)
-    lengths: dict[str, np.ndarray] = {}
-    table = [run_row(r, grid[r.configuration][0].values, cfg.metric, _training_lengths(r.config, lengths))
-             for r in runs]
-    _write_rows(table, out / RUNS_FILE)
-    fit = None
-    if len(table) >= MIN_POINTS and min(len(cfg.sizes), len(cfg.steps)) >= MIN_DISTINCT:
-        fit = fit_runs(out / RUNS_FILE, out / "fit", group_column="seed" if len(cfg.seeds) > 1 else None,
-                       n_boot=cfg.fit.n_boot, seed=cfg.fit.seed, flop_budgets=cfg.fit.flop_budgets or None)
-    downstream: list[dict[str, Any]] = []
-    if cfg.evaluate:
-        configurations = [configuration for configuration, _ in grid.values()]
-        rows, errors = evaluate_phase(evaluation, configurations, runs, folds, windows, out, resume, progress,
-                                      cfg.resources.evaluate, cfg.max_concurrent.evaluate)
-        if errors:
-            raise SweepError(f"{len(errors)} evaluation trial(s) failed ({', '.join(list(errors)[:4])}): "
-                             f"{next(iter(errors.values()))}; run again with --resume")
-        downstream = downstream_rows(table, rows, configurations)
-        _write_rows(downstream, out / "downstream.csv")
-        plot_downstream(downstream, out / "downstream.png")
-    report = write_scaling_report(cfg, table, fit, downstream, out)
+    with driving(cfg, out, tokens, cfg.evaluation.corpus if cfg.evaluate else "", resume, "scaling run"):
+        ensure_shared([("out", out)], address=cfg.address or None)  # trials on every node write run folders there
+        evaluation = replace(cfg.evaluation, out=str(out))
+        windows, folds, groups = evaluated_folds(evaluation, tokens, 1, progress) if cfg.evaluate else ("", [], [[]])
+        runs = pretrain_runs({name: config for name, (_, config) in grid.items()}, out, groups)
+        pretrain_phase(runs, out, resume, progress, cfg.resources.pretrain, cfg.max_concurrent.pretrain)
+        lengths: dict[str, np.ndarray] = {}
+        table = [run_row(r, grid[r.configuration][0].values, cfg.metric, _training_lengths(r.config, lengths))
+                 for r in runs]
+        _write_rows(table, out / RUNS_FILE)
+        fit = None
+        if len(table) >= MIN_POINTS and min(len(cfg.sizes), len(cfg.steps)) >= MIN_DISTINCT:
+            fit = fit_runs(out / RUNS_FILE, out / "fit", group_column="seed" if len(cfg.seeds) > 1 else None,
+                           n_boot=cfg.fit.n_boot, seed=cfg.fit.seed, flop_budgets=cfg.fit.flop_budgets or None)
+        downstream: list[dict[str, Any]] = []
+        if cfg.evaluate:
+            configurations = [configuration for configuration, _ in grid.values()]
+            rows, errors = evaluate_phase(evaluation, configurations, runs, folds, windows, out, resume, progress,
+                                          cfg.resources.evaluate, cfg.max_concurrent.evaluate)
+            if errors:
+                raise SweepError(f"{len(errors)} evaluation trial(s) failed ({', '.join(list(errors)[:4])}): "
+                                 f"{next(iter(errors.values()))}; run again with --resume")
+            downstream = downstream_rows(table, rows, configurations)
+            _write_rows(downstream, out / "downstream.csv")
+            plot_downstream(downstream, out / "downstream.png")
+        report = write_scaling_report(cfg, table, fit, downstream, out)
     return ScalingResult(out=out, runs=table, fit=fit, downstream=downstream, report=report,
                          seconds=time.perf_counter() - started)
 

@@ -44,20 +44,24 @@ import json
 import os
 import re
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from omegaconf import OmegaConf
 from ray import tune
 
 from aemg_dist import storage
-from aemg_dist.config import ConfigError, config_from_dict, load_config, save_config
+from aemg_dist.config import ConfigError, check_ranges, config_from_dict, load_config, save_config
+from aemg_dist.data import read_tokens_manifest
 from aemg_dist.evaluation.methods import AEMG_METHODS
 from aemg_dist.evaluation.runner import (Checkpoint, EvaluateConfig, FoldJob, heldout_subject, assign_checkpoints,
                                          exclusion_groups, labeled_tokens, run_fold, select_folds)
 from aemg_dist.model.export import CONFIG_FILE as EXPORT_CONFIG_FILE
 from aemg_dist.train import PretrainConfig, last_metrics, load_pretrain_config, pretrain
+from aemg_dist.validate import claim, require_output
+from preprocessing.corpus import Corpus
 
 CONFIG_FILE = "sweep.yaml"
 SELECTED_FILE = "selected.json"  # the configuration selected on the development subjects
@@ -71,6 +75,9 @@ RUNTIME_KEYS = ("address",)  # the settings a --resume may change
 class TrialResources:
     cpus: float = 1.0
     gpus: float = 0.0
+
+    def __post_init__(self) -> None:
+        check_ranges(self, cpus="[0, inf)", gpus="[0, inf)")
 
 
 @dataclass
@@ -92,6 +99,9 @@ class ConcurrencyConfig:
     pretrain: int = 1  # Ray Train jobs at once; 0 = as many as the cluster fits
     evaluate: int = 0  # evaluation trials at once; 0 = as many as the cluster fits
 
+    def __post_init__(self) -> None:
+        check_ranges(self, pretrain="[0, inf)", evaluate="[0, inf)")
+
 
 @dataclass
 class AshaConfig:
@@ -108,6 +118,11 @@ class AshaConfig:
     mode: str = "min"
     grace_period: int = 100  # pretraining steps before a configuration can be stopped
     reduction_factor: int = 2
+
+    def __post_init__(self) -> None:
+        check_ranges(self, grace_period="[1, inf)", reduction_factor="[2, inf)")
+        if self.mode not in ("min", "max"):
+            raise ValueError(f"asha.mode must be min or max, got {self.mode!r}")
 
 
 @dataclass
@@ -135,17 +150,10 @@ class SweepConfig:
         if repeated or reserved:
             raise ValueError(f"grid keys {reserved} are set by the sweep itself" if reserved else
                              f"grid values repeat for {repeated}")
-        if self.pretrain_groups < 1:
-            raise ValueError(f"pretrain_groups must be >= 1, got {self.pretrain_groups}")
+        check_ranges(self, pretrain_groups="[1, inf)")
         if not self.evaluation.corpus:
             raise ValueError("give evaluation.corpus (a CORPUS.zarr)")
         check_evaluation_unset(self.evaluation, "sweep")
-        if min(self.max_concurrent.pretrain, self.max_concurrent.evaluate) < 0 or min(
-                self.resources.pretrain.cpus, self.resources.pretrain.gpus, self.resources.evaluate.cpus,
-                self.resources.evaluate.gpus) < 0:
-            raise ValueError("resources and max_concurrent must be >= 0")
-        if self.asha.mode not in ("min", "max") or self.asha.grace_period < 1 or self.asha.reduction_factor < 2:
-            raise ValueError("asha.mode must be min or max, asha.grace_period >= 1, asha.reduction_factor >= 2")
 
 
 def check_evaluation_unset(evaluation: EvaluateConfig, driver: str) -> None:
@@ -335,30 +343,44 @@ def sweep(cfg: SweepConfig, resume: bool = False, progress: bool = True) -> Swee
     out = Path(cfg.out)
     grid = configurations(cfg.grid)
     configs = pretrain_configs(cfg, grid)
-    check_resumable(cfg, out / CONFIG_FILE, resume)
-    save_config(cfg, out / CONFIG_FILE)
-    log_execution(out, "resume" if resume else "begin", "sweep", "")
     tokens = storage.absolute(next(iter(configs.values())).data.tokens)  # one folder: data.tokens is not a grid key
-    ensure_shared([("out", out)], address=cfg.address or None)  # trials on every node write run folders and rows there
-    evaluation = replace(cfg.evaluation, out=str(out))  # OUT/windows: the labeled windows
-    windows, folds, groups = evaluated_folds(evaluation, tokens, cfg.pretrain_groups, progress)
-    runs = pretrain_runs(configs, out, groups)
-    pretrain_phase(runs, out, resume, progress, cfg.resources.pretrain, cfg.max_concurrent.pretrain, cfg.asha)
-    finished = {r.key for r in runs if exported(Path(r.config.run.out))}
-    stopped = [c.name for c in grid if any(r.key not in finished for r in runs if r.configuration == c.name)]
-    scored = [c for c in grid if c.name not in stopped]
-    rows, errors = evaluate_phase(evaluation, scored, runs, folds, windows, out, resume, progress,
-                                  cfg.resources.evaluate, cfg.max_concurrent.evaluate)
-    values = {c.name: c.values for c in grid}
-    rows = [{**r, **values[r["configuration"]]} for r in rows]
-    cells, report, selected = write_sweep_report(rows, runs, grid, stopped, evaluation, out)
-    # the choice, for scripts that go on with it (e.g. benchmarks/eval_real.sh pretrains it again)
-    (out / SELECTED_FILE).write_text(json.dumps({"selected": selected, "splits": evaluation.splits}) + "\n")
+    with driving(cfg, out, tokens, cfg.evaluation.corpus, resume, "sweep"):
+        ensure_shared([("out", out)], address=cfg.address or None)  # trials on every node write runs and rows there
+        evaluation = replace(cfg.evaluation, out=str(out))  # OUT/windows: the labeled windows
+        windows, folds, groups = evaluated_folds(evaluation, tokens, cfg.pretrain_groups, progress)
+        runs = pretrain_runs(configs, out, groups)
+        pretrain_phase(runs, out, resume, progress, cfg.resources.pretrain, cfg.max_concurrent.pretrain, cfg.asha)
+        finished = {r.key for r in runs if exported(Path(r.config.run.out))}
+        stopped = [c.name for c in grid if any(r.key not in finished for r in runs if r.configuration == c.name)]
+        scored = [c for c in grid if c.name not in stopped]
+        rows, errors = evaluate_phase(evaluation, scored, runs, folds, windows, out, resume, progress,
+                                      cfg.resources.evaluate, cfg.max_concurrent.evaluate)
+        values = {c.name: c.values for c in grid}
+        rows = [{**r, **values[r["configuration"]]} for r in rows]
+        cells, report, selected = write_sweep_report(rows, runs, grid, stopped, evaluation, out)
+        # the choice, for scripts that go on with it (e.g. benchmarks/eval_real.sh pretrains it again)
+        (out / SELECTED_FILE).write_text(json.dumps({"selected": selected, "splits": evaluation.splits}) + "\n")
     if errors:
         raise SweepError(f"{len(errors)} evaluation trial(s) failed ({', '.join(list(errors)[:4])}): "
                          f"{next(iter(errors.values()))}; the report in {out} lacks them: run again with --resume")
     return SweepResult(out=out, rows=rows, cells=cells, report=report, stopped_early=stopped,
                        seconds=time.perf_counter() - started, selected=selected)
+
+
+@contextmanager
+def driving(cfg: Any, out: Path, tokens: str, corpus: str, resume: bool, what: str) -> Iterator[None]:
+    """What a sweep or a scaling run does before its work: check its out folder (writable; a fresh run needs an
+    unused one, --resume the same settings) and its inputs (the tokens its runs pretrain on, the corpus it evaluates
+    on, "" for none), all before anything is written; then hold out, save the config and log the start."""
+    require_output(out, "out")
+    check_resumable(cfg, out / CONFIG_FILE, resume, what)
+    read_tokens_manifest(tokens, "data.tokens")
+    if corpus:
+        Corpus(corpus)
+    with claim(out, "out"):
+        save_config(cfg, out / CONFIG_FILE)
+        log_execution(out, "resume" if resume else "begin", what.split()[0], "")
+        yield
 
 
 def absolute_paths(cfg: Any, what: str) -> Any:

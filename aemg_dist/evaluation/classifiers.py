@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from aemg_dist.config import check_ranges
 from aemg_dist.model import AEMGModel
 
 
@@ -44,14 +45,9 @@ class FinetuneConfig:
     pretrain_steps: int = 300  # SimCLR / MAE pretraining on the fold's unlabeled training windows
 
     def __post_init__(self) -> None:
-        if min(self.base_steps, self.batch_size, self.pretrain_steps) < 1 or self.adapt_steps < 0:
-            raise ValueError("base_steps, batch_size and pretrain_steps must be >= 1, adapt_steps >= 0")
-        if not 0 < self.calib_share <= 1:
-            raise ValueError(f"calib_share must be in (0, 1], got {self.calib_share}")
-        if self.lr <= 0 or self.adapt_lr <= 0 or self.probe_l2 < 0:
-            raise ValueError("lr and adapt_lr must be > 0, probe_l2 >= 0")
-        if not 0 < self.layer_decay <= 1:
-            raise ValueError(f"layer_decay must be in (0, 1], got {self.layer_decay}")
+        check_ranges(self, base_steps="[1, inf)", adapt_steps="[0, inf)", batch_size="[1, 65536]", lr="(0, 1]",
+                     adapt_lr="(0, 1]", weight_decay="[0, inf)", warmup_fraction="[0, 1]", calib_share="(0, 1]",
+                     probe_l2="[0, inf)", layer_decay="(0, 1]", pretrain_steps="[1, inf)")
 
 
 Inputs = Callable[[np.ndarray], Any]  # row indices -> the model's input for those windows

@@ -43,7 +43,7 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from aemg_dist import storage
-from aemg_dist.config import ConfigError, config_from_dict, load_config, save_config
+from aemg_dist.config import ConfigError, check_ranges, config_from_dict, load_config, save_config
 from aemg_dist.evaluation.classifiers import FinetuneConfig
 from aemg_dist.evaluation.data import DatasetWindows, load_labeled_windows
 from aemg_dist.evaluation.folds import Fold, calibration_seconds, calibration_split, loso_folds, reference_split
@@ -52,7 +52,11 @@ from aemg_dist.evaluation.methods import AEMG_METHODS, BASELINE_METHODS, METHODS
 from aemg_dist.evaluation.splits import ROLES, fold_role, load_splits
 from aemg_dist.evaluation.td_lda import balanced_accuracy, macro_f1
 from aemg_dist.model import ModelConfig
+from aemg_dist.model.export import CheckpointError, check_inference, read_model_config
+from aemg_dist.train import MODEL_PRESETS, PretrainConfig
+from aemg_dist.validate import claim, require_input, require_output
 from aemg_dist.windows import WindowConfig
+from preprocessing.corpus import Corpus
 
 PROTOCOLS = ("loso",)
 TRIALS_FILE = "trials.jsonl"
@@ -94,16 +98,14 @@ class EvaluateConfig:
         unknown = sorted(set(self.methods) - set(METHODS))
         if unknown or not self.methods:
             raise ValueError(f"unknown methods {unknown}; choose from {sorted(METHODS)}")
-        if not self.budgets or any(not 0 <= b <= 100 for b in self.budgets):
-            raise ValueError(f"budgets must be percentages in [0, 100], got {self.budgets}")
-        if not self.seeds or self.max_folds < 0 or not 0 < self.test_percent < 100:
-            raise ValueError("need at least one seed, max_folds >= 0 and test_percent in (0, 100)")
+        check_ranges(self, budgets="[0, 100]", seeds="[0, inf)", test_percent="(0, 100)", reference_percent="(0, 100]",
+                     max_folds="[0, inf)", max_tokens="[1, 16384]", workers="[0, 4096]")
+        if not self.budgets or not self.seeds:
+            raise ValueError(f"need at least one budget and one seed, got budgets={self.budgets}, seeds={self.seeds}")
         if self.windows.kind != "labeled":
             raise ValueError("evaluation windows must be windows.kind=labeled")
         if self.normalization not in NORMALIZATIONS:
             raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {self.normalization!r}")
-        if not 0 < self.reference_percent <= 100:
-            raise ValueError(f"reference_percent must be in (0, 100], got {self.reference_percent}")
         if self.role not in ROLES or (self.role != "all" and not self.splits):
             raise ValueError(f"role must be one of {ROLES} (development/test need a splits file), got {self.role!r}")
 
@@ -141,10 +143,14 @@ class Checkpoint:
         if not storage.exists(storage.join(export, "model.safetensors")) or not storage.exists(config):
             raise FileNotFoundError(f"{path} is not a finished `aemg pretrain` run (needs config.yaml and "
                                     "export/model.safetensors)")
-        settings = OmegaConf.create(storage.read_text(config))
+        check_inference(export)  # a damaged or hostile export fails here, before any window is tokenized
+        try:
+            settings = load_config(PretrainConfig, [config])
+        except ConfigError as err:
+            raise CheckpointError(f"{config}: not the config of an `aemg pretrain` run ({err})") from None
         data = settings.data
         seen = _trained_on(str(data.tokens), set(data.exclude_subjects), set(data.exclude_datasets), run)
-        init_from = str(settings.run.get("init_from") or "")
+        init_from = settings.run.init_from
         if init_from:  # stage 2 of two-stage training: it also holds what its stage 1 saw
             if _depth >= MAX_LINEAGE:
                 raise ConfigError(f"{run}: run.init_from goes more than {MAX_LINEAGE} stages deep (a loop?)")
@@ -168,15 +174,16 @@ class Checkpoint:
 
 def _trained_on(tokens: str, exclude_subjects: set[str], exclude_datasets: set[str], run: str) -> set[tuple[str, str]]:
     """(dataset, subject) of every recording in a token folder's manifest that the exclusions keep."""
-    from aemg_dist.data import TOKENS_MANIFEST
+    from aemg_dist.data import read_tokens_manifest
 
-    manifest = storage.join(tokens, TOKENS_MANIFEST)
-    if not storage.exists(manifest):
-        raise ConfigError(f"{run} was pretrained on {tokens}, which has no {TOKENS_MANIFEST} any more; the guard "
-                          "cannot tell which subjects it saw")
+    try:
+        recordings = read_tokens_manifest(tokens, "data.tokens")["recordings"]
+    except FileNotFoundError:
+        raise ConfigError(f"{run} was pretrained on {tokens}, which has no tokens.json any more; the guard "
+                          "cannot tell which subjects it saw") from None
     seen = set()
-    for key in json.loads(storage.read_text(manifest))["recordings"]:
-        dataset, subject, _ = key.split("/")
+    for key in recordings:
+        dataset, subject, _ = (key.split("/") + ["", ""])[:3]
         if dataset not in exclude_datasets and f"{dataset}/{subject}" not in exclude_subjects:
             seen.add((dataset, subject))
     return seen
@@ -353,9 +360,7 @@ def run_fold(job: FoldJob, cfg_dict: dict[str, Any], tokens: str) -> list[dict[s
 def _scratch_config(cfg: EvaluateConfig, checkpoint: str, data: DatasetWindows) -> ModelConfig:
     """aemg_scratch's architecture: the checkpoint's, else the `scratch_preset` for these token features."""
     if checkpoint:
-        return ModelConfig(**json.loads((Path(checkpoint) / "config.json").read_text())["model"])
-    from aemg_dist.train import MODEL_PRESETS
-
+        return read_model_config(checkpoint)
     n_features = int(data.tokens[0].features.shape[1])  # (T, F) even for a window without tokens
     preset = OmegaConf.to_container(OmegaConf.load(MODEL_PRESETS / f"{cfg.scratch_preset}.yaml"))
     return ModelConfig(**{**preset, "n_features": n_features})
@@ -374,52 +379,70 @@ class EvaluationResult:
 
 def evaluate(cfg: EvaluateConfig, progress: bool = True) -> EvaluationResult:
     """Run every fold (skipping those already in OUT/trials.jsonl) and write the report."""
-    from tqdm import tqdm
-
-    from aemg_dist.evaluation.report import write_report
-    from aemg_dist.parallel import ensure_shared, map_unordered
-
     started = time.perf_counter()
     if not cfg.corpus:
         raise ConfigError("give the corpus (--corpus CORPUS.zarr)")
     cfg = replace(cfg, corpus=storage.absolute(cfg.corpus))  # the caller's config stays as given
+    # every input is checked before anything is tokenized or written: the corpus, each checkpoint (its export's
+    # config and weights header), the given windows, the splits file and the output folder
+    Corpus(cfg.corpus)
     checkpoints = [Checkpoint.from_run(c) for c in cfg.checkpoints]
     needs_checkpoint = sorted(set(cfg.methods) & set(AEMG_METHODS))
     if needs_checkpoint and not checkpoints:
         raise ConfigError(f"methods {needs_checkpoint} need a pretrained checkpoint (--checkpoint RUN); "
                           "`aemg baselines` runs the others")
-    files = storage.StagedFolder(storage.absolute(cfg.out))  # trials.jsonl, evaluate.yaml and the report
+    if cfg.windows_tokens:
+        require_input(cfg.windows_tokens, "windows_tokens")
+    if cfg.splits:
+        load_splits(cfg.splits)
+    out = storage.absolute(cfg.out)
+    require_output(out, "--out")
+    files = storage.StagedFolder(out)  # trials.jsonl, evaluate.yaml and the report
     try:
         for name in (TRIALS_FILE, CONFIG_FILE):
             files.fetch(name)
         _check_resumable(cfg, files.local)
-        save_config(cfg, files.local / CONFIG_FILE)
-        files.sync(CONFIG_FILE)
-        tokens = labeled_tokens(cfg, checkpoints, progress)
-        folds, jobs = _fold_jobs(cfg, tokens, checkpoints, files.local)
-        if len(jobs) < len(folds):
-            print(f"resuming: {len(folds) - len(jobs)} fold(s) already in {storage.join(files.path, TRIALS_FILE)}, "
-                  f"{len(jobs)} to run", flush=True)
-        if jobs:  # else no Ray to start
-            # the fold tasks read these wherever they run (OUT/windows was checked when it was tokenized)
-            ensure_shared([("--corpus", cfg.corpus), *(("--checkpoint", c.run) for c in checkpoints),
-                           *([("windows_tokens", cfg.windows_tokens)] if cfg.windows_tokens else [])],
-                          cfg.workers, cfg.address or None)
-            with (files.local / TRIALS_FILE).open("a") as trials:
-                results = map_unordered(run_fold, jobs, asdict(cfg), tokens, workers=cfg.workers,
-                                        address=cfg.address or None)
-                for fold_rows in tqdm(results, total=len(jobs), desc="folds", unit="fold", disable=not progress):
-                    # one line per fold: a crash never leaves half a fold that looks finished
-                    trials.write(json.dumps({"trials": fold_rows}) + "\n")
-                    trials.flush()
-                    files.sync(TRIALS_FILE)  # an object store cannot append: the whole file again, one upload
-        rows = [r for r in _read_trials(files.local) if (r["dataset"], r["subject"]) in set(folds)]
-        report = write_report(rows, files.local, cfg)
-        files.sync(*sorted(p.name for p in files.local.iterdir() if p.is_file()))
+        with claim(out, "--out"):
+            rows, jobs, report = _evaluate_folds(cfg, checkpoints, files, progress)
     finally:
         files.close()
-    return EvaluationResult(out=files.path, rows=rows, report=storage.join(files.path, report.name),
+    return EvaluationResult(out=files.path, rows=rows, report=storage.join(files.path, report),
                             seconds=time.perf_counter() - started, folds_run=len(jobs))
+
+
+def _evaluate_folds(cfg: EvaluateConfig, checkpoints: list[Checkpoint], files: storage.StagedFolder,
+                    progress: bool) -> tuple[list[dict[str, Any]], list[FoldJob], str]:
+    """Tokenize the labeled windows, run the folds not yet in trials.jsonl and write the report: (rows, the fold
+    jobs run now, the report's file name)."""
+    from tqdm import tqdm
+
+    from aemg_dist.evaluation.report import write_report
+    from aemg_dist.parallel import ensure_shared, map_unordered
+
+    tokens = labeled_tokens(cfg, checkpoints, progress)
+    folds, jobs = _fold_jobs(cfg, tokens, checkpoints, files.local)
+    save_config(cfg, files.local / CONFIG_FILE)  # once the folds are known: a refused evaluation writes none
+    files.sync(CONFIG_FILE)
+    if len(jobs) < len(folds):
+        print(f"resuming: {len(folds) - len(jobs)} fold(s) already in {storage.join(files.path, TRIALS_FILE)}, "
+              f"{len(jobs)} to run", flush=True)
+    if jobs:  # else no Ray to start
+        # the fold tasks read these wherever they run (OUT/windows was checked when it was tokenized)
+        ensure_shared([("--corpus", cfg.corpus), *(("--checkpoint", c.run) for c in checkpoints),
+                       *([("windows_tokens", cfg.windows_tokens)] if cfg.windows_tokens else [])],
+                      cfg.workers, cfg.address or None)
+        with (files.local / TRIALS_FILE).open("a") as trials:
+            results = map_unordered(run_fold, jobs, asdict(cfg), tokens, workers=cfg.workers,
+                                    address=cfg.address or None)
+            for fold_rows in tqdm(results, total=len(jobs), desc="folds", unit="fold", disable=not progress):
+                # one line per fold: a crash never leaves half a fold that looks finished
+                trials.write(json.dumps({"trials": fold_rows}) + "\n")
+                trials.flush()
+                files.sync(TRIALS_FILE)  # an object store cannot append: the whole file again, one upload
+    rows = [r for r in _read_trials(files.local) if (r["dataset"], r["subject"]) in set(folds)]
+    report = write_report(rows, files.local, cfg)
+    files.sync(*sorted(p.name for p in files.local.iterdir() if p.is_file() and not p.name.startswith(".")))
+    return rows, jobs, report.name
 
 
 def _fold_jobs(cfg: EvaluateConfig, tokens: str, checkpoints: list[Checkpoint],
@@ -484,6 +507,7 @@ def combine(runs: list[str | Path], out: str | Path) -> EvaluationResult:
                 raise ConfigError(f"method {method} is in both {source[method]} and {run}: combine each method once")
             source[method] = str(run)
         rows += mine
+    require_output(out, "--out")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "sources.json").write_text(json.dumps({"runs": [str(r) for r in runs], "methods": source}, indent=1))

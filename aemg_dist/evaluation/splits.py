@@ -23,7 +23,7 @@ import numpy as np
 import yaml
 
 from aemg_dist import storage
-from aemg_dist.config import ConfigError
+from aemg_dist.config import ConfigError, read_yaml
 
 ROLES = ("development", "test", "all")
 
@@ -60,9 +60,9 @@ def load_splits(path: str) -> dict[str, frozenset[str]]:
     if not storage.exists(path):
         raise ConfigError(f"splits file {path} does not exist")
     try:
-        payload = yaml.safe_load(storage.read_text(path)) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"splits file {path}: not valid YAML ({err})") from None
+        payload = read_yaml(storage.read_text(path), f"splits file {path}") or {}
+    except UnicodeDecodeError:
+        raise ConfigError(f"splits file {path}: not a YAML file") from None
     if not isinstance(payload, dict) or not all(isinstance(v, list) for v in payload.values()):
         raise ConfigError(f"splits file {path}: expected a mapping of dataset -> list of development subjects")
     return {str(k): frozenset(map(str, v)) for k, v in payload.items()}

@@ -8,18 +8,44 @@ embeddings.py), never from its index in the row.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from functools import lru_cache
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import yaml
+
+from aemg_dist.config import check_ranges
 
 OBJECTIVES = ("joint", "tokenizer", "masked")
+PRESETS = Path(__file__).resolve().parents[2] / "configs" / "model"
+# the fields that size the model (and the memory and time it takes to build), with their least value; a codebook
+# of one code carries no information
+SIZE_FIELDS = {"n_features": 1, "d_model": 1, "n_layers": 1, "n_heads": 1, "n_fourier": 1, "n_time_frequencies": 1,
+               "max_rank": 1, "max_groups": 1, "tokenizer_hidden": 1, "codebook_size": 2, "codebook_dim": 1}
+SIZE_HEADROOM = 8  # a size may be this many times the largest any preset (or the default) uses
+
+
+@lru_cache(maxsize=1)
+def size_limits() -> dict[str, float]:
+    """The largest value of every size field (and of mlp_ratio and kmeans_iters): SIZE_HEADROOM x the largest of
+    the presets (configs/model/*.yaml) and the defaults.
+
+    Derived from the presets rather than fixed, so a new larger preset moves them. They are far beyond any
+    model this project trains, and they stop a config (or a checkpoint's config.json) that asks for a billion
+    layers before anything is built: building one took minutes of a climbing memory before failing."""
+    presets = [yaml.safe_load(p.read_text()) or {} for p in sorted(PRESETS.glob("*.yaml"))]
+    defaults = {f.name: f.default for f in fields(ModelConfig)}
+    return {name: SIZE_HEADROOM * max(float(p.get(name, defaults[name])) for p in [defaults, *presets])
+            for name in [*SIZE_FIELDS, "mlp_ratio", "kmeans_iters"]}
 
 
 @dataclass
 class ModelConfig:
-    """Every knob of the model; invalid values raise ValueError at construction.
+    """Every knob of the model; invalid values raise ValueError at construction (sizes are bounded by
+    `size_limits`).
 
     objective: "joint" trains the VQ tokenizer (reconstruction) and masked token modeling
     together; "tokenizer" is stage 1 of two-stage training (VQ reconstruction only, the
@@ -70,40 +96,20 @@ class ModelConfig:
     mtm_weight: float = 1.0
 
     def __post_init__(self) -> None:
-        positive = ("n_features", "d_model", "n_layers", "n_heads", "n_fourier", "n_time_frequencies", "max_rank",
-                    "max_groups", "tokenizer_hidden", "codebook_dim", "dead_code_steps")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.codebook_size < 2:
-            raise ValueError(f"codebook_size must be >= 2 (a codebook of one code carries no information), "
-                             f"got {self.codebook_size}")
+        limits = size_limits()
+        check_ranges(
+            self, **{name: f"[{low}, {limits[name]:g}]" for name, low in SIZE_FIELDS.items()},
+            mlp_ratio=f"(0, {limits['mlp_ratio']:g}]", dropout="[0, 1)", fourier_scale="(0, inf)", ema_decay="[0, 1)",
+            dead_code_steps="[1, inf)", kmeans_iters=f"[0, {limits['kmeans_iters']:g}]", mask_ratio="[0, 1)",
+            contrast_temperature="(0, inf)", augment_drop="[0, 1)", gain_features=f"[0, {self.n_features})",
+            **dict.fromkeys(("commitment", "recon_weight", "mtm_weight", "feature_weight", "contrast_weight",
+                             "augment_gain_std", "augment_rotation", "augment_noise"), "[0, inf)"))
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
-        if self.mlp_ratio <= 0:
-            raise ValueError(f"mlp_ratio must be > 0, got {self.mlp_ratio}")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.fourier_scale <= 0:
-            raise ValueError(f"fourier_scale must be > 0, got {self.fourier_scale}")
-        if not 0 <= self.ema_decay < 1:
-            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
-        if self.kmeans_iters < 0:
-            raise ValueError(f"kmeans_iters must be >= 0, got {self.kmeans_iters}")
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
-        if not 0 <= self.mask_ratio < 1:
-            raise ValueError(f"mask_ratio must be in [0, 1), got {self.mask_ratio}")
         if self.mask_ratio == 0 and self.objective != "tokenizer":
             raise ValueError(f"objective {self.objective!r} predicts masked tokens: mask_ratio must be > 0")
-        if self.contrast_temperature <= 0 or not 0 <= self.augment_drop < 1:
-            raise ValueError("contrast_temperature must be > 0 and augment_drop in [0, 1)")
-        if any(i < 0 or i >= self.n_features for i in self.gain_features):
-            raise ValueError(f"gain_features {self.gain_features} must be feature columns in [0, {self.n_features})")
-        for name in ("commitment", "recon_weight", "mtm_weight", "feature_weight", "contrast_weight",
-                     "augment_gain_std", "augment_rotation", "augment_noise"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
     @property
     def d_ff(self) -> int:
