@@ -55,10 +55,9 @@ from aemg_dist.windows import WindowConfig, Windows, cut_windows, recording_span
 from preprocessing.corpus import Corpus, CorpusError
 from preprocessing.errors import DataError
 from preprocessing.recording import Segment
+from aemg_dist.shards import TOKENS_FORMAT, TOKENS_MANIFEST, read_tokens_manifest
 
-TOKENS_MANIFEST = "tokens.json"
 TOKENIZE_CONFIG = "tokenize.yaml"
-TOKENS_FORMAT = "aemg-tokens/1"
 
 
 @dataclass(frozen=True)
@@ -215,27 +214,6 @@ def table_to_windows(table: pa.Table) -> list[WindowTokens]:
         columns[name] = (flat.reshape(-1, width) if width else flat, column.offsets.to_numpy())
     return [WindowTokens(**{name: flat[offsets[i]:offsets[i + 1]] for name, (flat, offsets) in columns.items()})
             for i in range(table.num_rows)]
-
-
-def read_tokens_manifest(folder: str | Path, what: str) -> dict[str, Any]:
-    """tokens.json of a finished `aemg tokenize` output (written last): FileNotFoundError naming the folder when it
-    is missing, so nothing trains on the shards of an interrupted tokenization; DataError when it is damaged."""
-    storage.check_scheme(folder)
-    path = storage.join(folder, TOKENS_MANIFEST)
-    if not storage.exists(path):
-        state = "an unfinished tokenization" if storage.listdir(folder, ".parquet") else "no tokens"
-        raise FileNotFoundError(f"{what}={folder} holds {state} (no {TOKENS_MANIFEST}); run `aemg tokenize` "
-                                "(again, to finish it) first")
-    try:
-        manifest = json.loads(storage.read_text(path))
-        fine = (manifest.get("format") == TOKENS_FORMAT and isinstance(manifest.get("config"), dict)
-                and all(isinstance(manifest.get(k), list) and all(isinstance(v, str) for v in manifest[k])
-                        for k in ("feature_names", "recordings")))
-    except (ValueError, AttributeError):  # not JSON (JSONDecodeError, UnicodeDecodeError), or not an object
-        fine = False
-    if not fine:
-        raise DataError(path, f"not a manifest of `aemg tokenize` (format {TOKENS_FORMAT}); tokenize again")
-    return manifest
 
 
 def read_token_table(folder: str | Path, columns: list[str] | None = None) -> pa.Table:

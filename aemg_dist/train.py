@@ -1,13 +1,16 @@
 """`aemg pretrain`: self-supervised pretraining on token shards with Ray Train + DeepSpeed.
 
-One training loop (`train_loop`) serves both paths:
+One training loop (`train_loop`) serves both paths, and neither holds the token table: the split into
+training and validation recordings comes from the token folder's manifest (shards.py), and the rows
+are read from the part files as they are needed.
 - Ray (default): a `TorchTrainer` starts `dist.num_workers` workers; each streams its share of
-  the token shards (`ray.train.get_dataset_shard`), wraps the model in `deepspeed.initialize`
+  the token shards through Ray Data (`ray.data.read_parquet` with the training recordings' filter
+  in the scan, file order reshuffled per epoch, a local shuffle buffer), wraps the model in `deepspeed.initialize`
   (ZeRO stage from config; bf16 on GPU, fp32 on CPU with a torch AdamW, so no compiled ops),
   checkpoints every `run.checkpoint_every` steps on all ranks through `ray.train.report`, resumes
   from the latest checkpoint automatically, and is retried `dist.max_failures` times.
 - `--no-ray`: the same loop in this process with plain torch (for debugging and as the baseline
-  of the distributed overhead benchmark).
+  of the distributed overhead benchmark), reading the part files with `shards.stream_batches`.
 
 The run folder (`run.out`) holds the resolved `config.yaml`, `metrics.csv`, TensorBoard events,
 `loss.png` / `codebook.png`, Ray Train's checkpoints (`ray/`), `workers/rank-R.json` (node, process
@@ -36,7 +39,9 @@ from omegaconf import OmegaConf
 
 from aemg_dist import storage
 from aemg_dist.config import ConfigError, check_ranges, config_from_dict, config_layer, load_config, save_config
-from aemg_dist.data import read_token_table, read_tokens_manifest, table_to_windows
+from aemg_dist.data import table_to_windows
+from aemg_dist.shards import (ShardSplit, count_rows, read_rows, read_tokens_manifest, split_recordings, stream_batches,
+                              validation_rows)
 from aemg_dist.model import AEMGModel, ModelConfig, batch_to_torch
 from aemg_dist.model.export import check_inference, export_inference, load_inference
 from aemg_dist.tokens import TokenBatch
@@ -56,10 +61,12 @@ class DataConfig:
     exclude_subjects: list[str] = field(default_factory=list)  # "dataset/subject" never seen (LOSO folds)
     exclude_datasets: list[str] = field(default_factory=list)  # datasets never seen (leave-one-dataset-out)
     val_fraction: float = 0.1  # recordings held out for the validation loss (chosen by a hash of the key)
+    shuffle_buffer: int = 4096  # rows mixed before batches are drawn (part files hold one recording's rows in order)
 
     def __post_init__(self) -> None:
         # attention memory grows with batch x max_tokens^2: beyond these a step cannot fit any machine
-        check_ranges(self, batch_size="[1, 65536]", max_tokens="[1, 16384]", val_fraction="[0, 1)")
+        check_ranges(self, batch_size="[1, 65536]", max_tokens="[1, 16384]", val_fraction="[0, 1)",
+                     shuffle_buffer="[1, 16777216]")
 
 
 @dataclass
@@ -162,51 +169,54 @@ def check_token_features(cfg: PretrainConfig) -> None:
                           f"in {cfg.data.tokens}, not log amplitudes; set model.gain_features={wanted}")
 
 
-def split_tables(cfg: DataConfig) -> tuple[pa.Table, pa.Table]:
-    """(train, validation) token rows after the exclusions; validation = whole recordings."""
-    table = read_token_table(cfg.tokens)  # FileNotFoundError naming the folder when it holds no shards
-    dataset = np.array(table.column("dataset").to_pylist())
-    subject = np.char.add(np.char.add(dataset, "/"), np.array(table.column("subject").to_pylist()))
-    keep = ~np.isin(subject, cfg.exclude_subjects) & ~np.isin(dataset, cfg.exclude_datasets)
-    # a stable hash of the recording key, so the split never depends on row order or the machine
-    is_val = np.array([zlib.crc32(k.encode()) / 2**32 < cfg.val_fraction for k in table.column("key").to_pylist()],
-                      dtype=bool)
-    train, val = table.filter(pa.array(keep & ~is_val)), table.filter(pa.array(keep & is_val))
-    if train.num_rows == 0:
+def recording_split(cfg: DataConfig) -> ShardSplit:
+    """The training and validation recordings of the token folder, from its manifest; ConfigError when the exclusions
+    leave nothing to train on or not one full batch (the batch iterator could never yield)."""
+    split = split_recordings(cfg.tokens, cfg.exclude_subjects, cfg.exclude_datasets, cfg.val_fraction)
+    rows = count_rows(split, split.train_keys, at_most=cfg.batch_size)  # stops reading once a batch is there
+    if rows == 0:
         raise ConfigError(f"no training windows left in {cfg.tokens} after the exclusions (data.exclude_subjects, "
                           "data.exclude_datasets, data.val_fraction)")
-    if train.num_rows < cfg.batch_size:  # no full batch could ever be drawn: the loop would wait forever
-        raise ConfigError(f"data.batch_size={cfg.batch_size} is more than the {train.num_rows} training windows in "
+    if rows < cfg.batch_size:
+        raise ConfigError(f"data.batch_size={cfg.batch_size} is more than the {rows} training windows in "
                           f"{cfg.tokens}; lower data.batch_size")
-    return train, val
+    return split
+
+
+def split_tables(cfg: DataConfig, columns: Sequence[str] | None = None) -> tuple[pa.Table, pa.Table]:
+    """(train, validation) token rows after the exclusions, whole (for inspection and tests; training streams)."""
+    split = recording_split(cfg)
+    return tuple(pa.concat_tables([read_rows(path, keys, columns) for path in split.files])
+                 for keys in (split.train_keys, split.val_keys))
 
 
 def collate(rows: pa.Table, max_tokens: int) -> dict[str, torch.Tensor]:
     return batch_to_torch(TokenBatch.collate(table_to_windows(rows), max_tokens=max_tokens))
 
 
-def local_batches(table: pa.Table, batch_size: int, seed: int, skip: int = 0) -> Iterator[pa.Table]:
-    """Shuffled batches forever, epoch after epoch; `skip` batches are passed over (resume)."""
-    epoch, served = 0, 0
-    while True:
-        order = np.random.default_rng([seed, epoch]).permutation(table.num_rows)
-        for start in range(0, table.num_rows - batch_size + 1, batch_size):
-            if served >= skip:
-                yield table.take(pa.array(order[start:start + batch_size]))
-            served += 1
-        epoch += 1
-
-
-def ray_batches(micro_batch: int, seed: int) -> Iterator[pa.Table]:
+def ray_batches(micro_batch: int, seed: int, shuffle_buffer: int) -> Iterator[pa.Table]:
     import ray.train
 
     shard = ray.train.get_dataset_shard("train")
     epoch = 0
     while True:
         for batch in shard.iter_batches(batch_size=micro_batch, batch_format="pyarrow", drop_last=True,
-                                        local_shuffle_buffer_size=8 * micro_batch, local_shuffle_seed=seed + epoch):
+                                        local_shuffle_buffer_size=shuffle_buffer, local_shuffle_seed=seed + epoch):
             yield batch
         epoch += 1
+
+
+def train_dataset(split: ShardSplit, seed: int) -> Any:
+    """The training rows as a Ray Data dataset: the part files in an order reshuffled every epoch, read with the
+    training recordings' filter pushed into the Parquet scan."""
+    import ray.data
+    from ray.data.datasource import FileShuffleConfig
+    from ray.data.expressions import col
+
+    fs, _ = storage.filesystem(split.files[0])
+    paths = [storage.filesystem(p)[1] for p in split.files]
+    dataset = ray.data.read_parquet(paths, filesystem=fs, shuffle=FileShuffleConfig(seed=seed))
+    return dataset.filter(expr=col("key").is_in(sorted(split.train_keys)))
 
 
 # ---------------------------------------------------------------- optimisation
@@ -244,6 +254,14 @@ class PlainStepper:
     def prepare(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The batch on the model's device (and precision, for DeepSpeed bf16)."""
         return batch
+
+    def forward(self, batch: dict[str, torch.Tensor], **kwargs: Any) -> dict[str, torch.Tensor]:
+        """The model's losses on one prepared batch."""
+        return self.model(batch, **kwargs)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
 
     def export(self, folder: Path, model_cfg: ModelConfig, rank: int) -> None:
         if rank == 0:
@@ -289,6 +307,10 @@ class DeepSpeedStepper(PlainStepper):
         return {k: v.to(self.engine.device, dtype=self.dtype if v.is_floating_point() else None)
                 for k, v in batch.items()}
 
+    def forward(self, batch: dict[str, torch.Tensor], **kwargs: Any) -> dict[str, torch.Tensor]:
+        # through the engine, as on a GPU: its hooks (ZeRO-3 gathers, timers, bf16 casts) run around the module
+        return self.engine(batch, **kwargs)
+
     def export(self, folder: Path, model_cfg: ModelConfig, rank: int) -> None:
         import deepspeed
 
@@ -332,9 +354,11 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     start_step = _resume(stepper) if distributed else _resume_local(stepper, cfg)
     _record_worker(cfg.run.out, rank, start_step, distributed)
     micro_batch = cfg.data.batch_size // world
-    train, val = loop_config.get("train"), loop_config["val"]  # split once, by the driver
-    batches = ray_batches(micro_batch, cfg.run.seed + rank) if distributed else \
-        local_batches(train, micro_batch, cfg.run.seed, skip=start_step)
+    split = recording_split(cfg.data)  # from the manifest: every rank reads its rows itself
+    val = validation_rows(split, cfg.data.batch_size * cfg.run.val_batches)
+    batches = ray_batches(micro_batch, cfg.run.seed + rank, cfg.data.shuffle_buffer) if distributed else \
+        stream_batches(split, micro_batch, cfg.run.seed, buffer_batches=max(1, cfg.data.shuffle_buffer // micro_batch),
+                       skip=start_step)
     files = storage.StagedFolder(cfg.run.out)
     if rank == 0:
         files.fetch("metrics.csv")  # a resumed run appends to the rows of the earlier attempts
@@ -347,12 +371,12 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         # resumed run repeats exactly what the uninterrupted one would have done
         torch.manual_seed(zlib.crc32(f"{cfg.run.seed}/{rank}/{step}".encode()))
         model.train()
-        out = model(stepper.prepare(collate(next(batches), cfg.data.max_tokens)))
+        out = stepper.forward(stepper.prepare(collate(next(batches), cfg.data.max_tokens)))
         stepper.step(out["loss"])
         last = {name: float(out[name].detach()) for name in METRICS if name in out}
         last.update(lr=stepper.lr(), step=step + 1, elapsed_s=time.perf_counter() - started)
         if (step + 1) % cfg.run.val_every == 0 or step + 1 == cfg.optim.max_steps:
-            last["val_loss"] = _validate(model, val, cfg, stepper.prepare)
+            last["val_loss"] = _validate(stepper, val, cfg)
         if (step + 1) % cfg.run.log_every == 0 or "val_loss" in last:
             log.write(last)
         if (step + 1) % cfg.run.checkpoint_every == 0 or step + 1 == cfg.optim.max_steps:
@@ -367,18 +391,18 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     files.close()
 
 
-def _validate(model: AEMGModel, val: pa.Table | None, cfg: PretrainConfig, prepare: Any) -> float:
+def _validate(stepper: PlainStepper, val: pa.Table | None, cfg: PretrainConfig) -> float:
     """Mean loss over the first val_batches validation batches (fixed masks: seed 0), or nan."""
     if val is None or val.num_rows == 0:
         return float("nan")
-    model.eval()
-    generator = torch.Generator().manual_seed(0)
+    stepper.model.eval()
+    generator = torch.Generator(device=stepper.device).manual_seed(0)
     size = max(1, cfg.data.batch_size)
     losses = []
     with torch.no_grad():
         for start in range(0, min(val.num_rows, size * cfg.run.val_batches), size):
-            batch = prepare(collate(val.slice(start, size), cfg.data.max_tokens))
-            losses.append(float(model(batch, generator=generator)["loss"]))
+            batch = stepper.prepare(collate(val.slice(start, size), cfg.data.max_tokens))
+            losses.append(float(stepper.forward(batch, generator=generator)["loss"]))
     return float(np.mean(losses))
 
 
@@ -452,8 +476,10 @@ class MetricsLog:
     def write(self, row: dict[str, float]) -> None:
         if not self.enabled:
             return
-        fields_ = ["step", "elapsed_s", *METRICS, "val_loss"]
         new = not self.csv_path.exists()
+        # a run resumed by a newer version appends with the columns its file already has
+        fields_ = ["step", "elapsed_s", *METRICS, "val_loss"] if new else \
+            self.csv_path.read_text().split("\n", 1)[0].strip().split(",")
         with self.csv_path.open("a", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=fields_, extrasaction="ignore")
             if new:
@@ -494,7 +520,7 @@ def pretrain(cfg: PretrainConfig, callbacks: Sequence[Any] = ()) -> PretrainResu
                           "run.out or run on Ray")
     # every input and the run folder are checked before anything is written or any worker starts
     check_token_features(cfg)
-    train, val = split_tables(cfg.data)
+    split = recording_split(cfg.data)
     if cfg.run.init_from:
         check_inference(cfg.run.init_from, fits=cfg.model)
     require_output(cfg.run.out, "run.out")
@@ -504,10 +530,10 @@ def pretrain(cfg: PretrainConfig, callbacks: Sequence[Any] = ()) -> PretrainResu
         save_config(cfg, files.local / "config.yaml")
         files.sync("config.yaml")
         if not cfg.dist.ray:
-            train_loop({"config": asdict(cfg), "train": train, "val": val})
+            train_loop({"config": asdict(cfg)})
             checkpoint = str(files.local / "local_checkpoint")
         else:
-            checkpoint = _fit_on_ray(cfg, train, val, callbacks)
+            checkpoint = _fit_on_ray(cfg, split, callbacks)
         files.fetch("metrics.csv")  # written by rank 0, wherever it ran
         metrics = files.local / "metrics.csv"
         if not metrics.exists():
@@ -550,7 +576,7 @@ def _dotted(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _fit_on_ray(cfg: PretrainConfig, train: pa.Table, val: pa.Table, callbacks: Sequence[Any] = ()) -> str:
+def _fit_on_ray(cfg: PretrainConfig, split: ShardSplit, callbacks: Sequence[Any] = ()) -> str:
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig as RayRunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -566,7 +592,7 @@ def _fit_on_ray(cfg: PretrainConfig, train: pa.Table, val: pa.Table, callbacks: 
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if use_gpu else "cpu")
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config={"config": asdict(cfg), "val": val},
+        train_loop_config={"config": asdict(cfg)},
         scaling_config=ScalingConfig(num_workers=cfg.dist.num_workers, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": cfg.dist.cpus_per_worker}),
         # same name + path = resume from its checkpoints; a URI path is written through pyarrow by Ray itself
@@ -574,9 +600,7 @@ def _fit_on_ray(cfg: PretrainConfig, train: pa.Table, val: pa.Table, callbacks: 
                                 failure_config=FailureConfig(max_failures=cfg.dist.max_failures),
                                 checkpoint_config=CheckpointConfig(num_to_keep=2), callbacks=list(callbacks),
                                 worker_runtime_env={"env_vars": {"DS_ACCELERATOR": os.environ["DS_ACCELERATOR"]}}),
-        # rows arrive grouped by recording; shuffle them once here so every micro-batch mixes recordings
-        # (the workers' local shuffle buffers only reorder nearby rows)
-        datasets={"train": ray.data.from_arrow(train.take(np.random.default_rng(cfg.run.seed).permutation(train.num_rows)))},
+        datasets={"train": train_dataset(split, cfg.run.seed)},
     )
     result = trainer.fit()
     return result.checkpoint.path if result.checkpoint else ""

@@ -117,3 +117,58 @@ def test_token_features_are_checked_against_the_model_before_anything_is_written
         pretrain(_config(tokens, tmp_path / "b", "dist.ray=false", "model.contrast_weight=1.0",
                          "model.gain_features=[0,1]"))
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_bf16_through_the_deepspeed_engine_on_cpu_tracks_fp32(tokens, tmp_path, monkeypatch):
+    """The GPU configuration (DeepSpeed bf16, the forward through the engine) runs on CPU: two steps on the same
+    batch give finite losses within 3 % of the fp32 engine's (bf16 keeps 8 bits of mantissa: ~0.4 % per value)."""
+    import socket
+
+    from aemg_dist.model import AEMGModel
+    from aemg_dist.train import DeepSpeedStepper
+
+    with socket.socket() as s:  # a free port for the single-rank gloo group, on the loopback only
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for name, value in {"DS_ACCELERATOR": "cpu", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0",
+                        "LOCAL_RANK": "0", "WORLD_SIZE": "1"}.items():
+        monkeypatch.setenv(name, value)
+    train, _ = split_tables(_config(tokens, tmp_path, "dist.ray=false").data)
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        cfg = _config(tokens, tmp_path / precision, f"dist.precision={precision}", "dist.num_workers=1",
+                      "data.batch_size=16")
+        torch.manual_seed(0)
+        stepper = DeepSpeedStepper(AEMGModel(cfg.model), cfg, world_size=1)
+        assert stepper.dtype == (torch.bfloat16 if precision == "bf16" else torch.float32)
+        batch = stepper.prepare(collate(train.slice(0, 16), cfg.data.max_tokens))
+        losses[precision] = []
+        for step in range(2):
+            torch.manual_seed(step)  # the same masks in both precisions
+            out = stepper.forward(batch)
+            stepper.step(out["loss"])
+            losses[precision].append(float(out["loss"]))
+    assert np.isfinite(losses["bf16"]).all()
+    np.testing.assert_allclose(losses["bf16"], losses["fp32"], rtol=0.03)
+
+
+def test_the_gpu_benchmark_runs_on_cpu_at_tiny_size(tmp_path):
+    """benchmarks/gpu.sh at tiny size on CPU (what CI can run): one row per configuration, a finite step time,
+    tokens/s = batch x tokens / step time, and no MFU without a known peak."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PRESETS": "tiny", "ZERO": "0", "COMPILE": "off", "STEPS": "2", "WARM": "1",
+           "OUT": str(tmp_path), "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(["bash", str(repo / "benchmarks" / "gpu.sh")], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = json.loads((tmp_path / "gpu.json").read_text())
+    assert len(rows) == 1 and "error" not in rows[0], rows
+    row = rows[0]
+    assert row["precision"] == "fp32" and row["mfu"] is None and np.isfinite(row["step_s"])
+    assert row["tokens_per_s"] == pytest.approx(row["batch"] * row["tokens"] / row["step_s"])
+    assert "| tiny | 0 | off | fp32 |" in (tmp_path / "gpu.md").read_text()

@@ -211,7 +211,7 @@ def _training_lengths(config: PretrainConfig, cache: dict[str, np.ndarray]) -> n
 
     key = json.dumps(asdict(config.data), sort_keys=True)
     if key not in cache:
-        train, _ = split_tables(config.data)
+        train, _ = split_tables(config.data, columns=["n_tokens"])
         cache[key] = np.minimum(train.column("n_tokens").to_numpy(), config.data.max_tokens)
     return cache[key]
 

@@ -1,0 +1,167 @@
+"""Token shards as pretraining streams them: which recordings train and which validate, read file by file.
+
+No process holds the token table. The split is decided from the token folder's manifest
+(`tokens.json` lists every recording and every part file), per recording:
+
+- a recording whose (dataset, subject) or dataset is excluded is never read;
+- of the others, a stable hash of the key puts `val_fraction` of them in validation (whole recordings,
+  so no validation window shares a recording with a training window).
+
+`stream_batches` then reads the part files in an order drawn per epoch from (seed, epoch), this
+rank's share of them (every `world`-th file), keeps the rows of training recordings and draws
+batches from a shuffle buffer of `buffer_batches` batches; every training row is served exactly once
+per epoch (a last partial batch waits for the next epoch's first rows). The Ray path reads the same
+files with Ray Data (`ray.data.read_parquet` with the same key filter pushed into the scan and the
+file order reshuffled per epoch); `validation_rows` reads the first rows of the validation recordings,
+the same on every rank and every run. Plain pyarrow and numpy: no Ray here.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from aemg_dist import storage
+from aemg_dist.config import ConfigError
+from preprocessing.errors import DataError
+
+TOKENS_MANIFEST = "tokens.json"
+TOKENS_FORMAT = "aemg-tokens/1"
+
+
+@dataclass(frozen=True)
+class ShardSplit:
+    """The part files of a token folder and the recordings pretraining trains and validates on."""
+
+    folder: str
+    files: tuple[str, ...]  # every part file (paths or URIs), in the manifest's order
+    train_keys: frozenset[str]
+    val_keys: frozenset[str]
+
+
+def split_recordings(folder: str, exclude_subjects: Sequence[str] = (), exclude_datasets: Sequence[str] = (),
+                     val_fraction: float = 0.1) -> ShardSplit:
+    """The split of a finished `aemg tokenize` folder (see read_tokens_manifest for a folder that is not one;
+    ConfigError when the exclusions leave no training recording)."""
+    manifest = read_tokens_manifest(folder, "data.tokens")
+    files = tuple(storage.join(folder, f["path"]) for f in manifest["files"] if f["rows"])
+    kept = [k for k in manifest["recordings"] if k.split("/")[0] not in set(exclude_datasets)
+            and "/".join(k.split("/")[:2]) not in set(exclude_subjects)]
+    # a stable hash of the key: the split never depends on file order or the machine
+    val = {k for k in kept if zlib.crc32(k.encode()) / 2**32 < val_fraction}
+    train = frozenset(kept) - val
+    if not train:
+        raise ConfigError(f"no training windows left in {folder} after the exclusions (data.exclude_subjects, "
+                          "data.exclude_datasets, data.val_fraction)")
+    return ShardSplit(folder, files, train, frozenset(val))
+
+
+def read_tokens_manifest(folder: str | Path, what: str) -> dict[str, Any]:
+    """tokens.json of a finished `aemg tokenize` output (written last): FileNotFoundError naming the folder when it
+    is missing, so nothing trains on the shards of an interrupted tokenization; DataError when it is damaged."""
+    storage.check_scheme(folder)
+    path = storage.join(folder, TOKENS_MANIFEST)
+    if not storage.exists(path):
+        state = "an unfinished tokenization" if storage.listdir(folder, ".parquet") else "no tokens"
+        raise FileNotFoundError(f"{what}={folder} holds {state} (no {TOKENS_MANIFEST}); run `aemg tokenize` "
+                                "(again, to finish it) first")
+    try:
+        manifest = json.loads(storage.read_text(path))
+        fine = (manifest.get("format") == TOKENS_FORMAT and isinstance(manifest.get("config"), dict)
+                and all(isinstance(manifest.get(k), list) and all(isinstance(v, str) for v in manifest[k])
+                        for k in ("feature_names", "recordings")))
+    except (ValueError, AttributeError):  # not JSON (JSONDecodeError, UnicodeDecodeError), or not an object
+        fine = False
+    if not fine:
+        raise DataError(path, f"not a manifest of `aemg tokenize` (format {TOKENS_FORMAT}); tokenize again")
+    return manifest
+
+
+def count_rows(split: ShardSplit, keys: frozenset[str], at_most: int | None = None) -> int:
+    """Rows of these recordings in the split's part files (only the key column is read), counting stops once
+    at_most are found."""
+    found = 0
+    for path in split.files:
+        found += read_rows(path, keys, ["key"]).num_rows
+        if at_most is not None and found >= at_most:
+            break
+    return found
+
+
+def read_rows(path: str, keys: frozenset[str], columns: Sequence[str] | None = None) -> pa.Table:
+    """The rows of one part file whose recording key is in `keys` (the filter runs in the Parquet scan)."""
+    fs, inner = storage.filesystem(path)
+    if columns is not None and "key" not in columns:
+        columns = [*columns, "key"]
+    return pq.read_table(inner, filesystem=fs, columns=columns, filters=pc.field("key").isin(sorted(keys)))
+
+
+def stream_batches(split: ShardSplit, batch_size: int, seed: int, rank: int = 0, world: int = 1,
+                   buffer_batches: int = 8, skip: int = 0) -> Iterator[pa.Table]:
+    """Batches of training rows forever, epoch after epoch (see the module docstring); the first `skip`
+    batches are drawn and dropped, so a resumed run continues the uninterrupted sequence."""
+    if batch_size < 1 or buffer_batches < 1:
+        raise ValueError("batch_size and buffer_batches must be >= 1")
+    served, epoch, buffer = 0, 0, []
+    while True:
+        rng = np.random.default_rng([seed, epoch, rank])
+        order = np.random.default_rng([seed, epoch]).permutation(len(split.files))  # the same on every rank
+        mine = (read_rows(split.files[i], split.train_keys) for i in order[rank::world])  # one file at a time
+        read = 0
+        for rows in _then_none(mine):  # None: the epoch's end, where the buffer is served down to a partial batch
+            if rows is not None:
+                read += rows.num_rows
+                buffer.append(rows)
+                if sum(t.num_rows for t in buffer) < buffer_batches * batch_size:
+                    continue
+            elif read == 0 and world > 1:
+                raise ValueError(f"rank {rank} of {world} has no training rows in {split.folder}: fewer part files "
+                                 "than workers; tokenize with a smaller task_s or use fewer workers")
+            batches, buffer = _shuffled_batches(buffer, batch_size, rng)
+            for batch in batches:
+                if served >= skip:
+                    yield batch
+                served += 1
+        epoch += 1
+
+
+def _then_none(items: Iterator[pa.Table]) -> Iterator[pa.Table | None]:
+    yield from items
+    yield None
+
+
+def _shuffled_batches(buffer: list[pa.Table], batch_size: int,
+                      rng: np.random.Generator) -> tuple[list[pa.Table], list[pa.Table]]:
+    """The buffer's rows in a random order as full batches, and the rows left over (fewer than a batch)."""
+    pool = pa.concat_tables(buffer)
+    pool = pool.take(rng.permutation(pool.num_rows))
+    full = pool.num_rows // batch_size * batch_size
+    return [pool.slice(start, batch_size) for start in range(0, full, batch_size)], [pool.slice(full)]
+
+
+def validation_rows(split: ShardSplit, n_rows: int) -> pa.Table | None:
+    """The first n_rows rows of the validation recordings, files in manifest order (None without any)."""
+    if not split.val_keys or n_rows < 1:
+        return None
+    tables, held = [], 0
+    for path in split.files:
+        rows = read_rows(path, split.val_keys)
+        tables.append(rows.slice(0, n_rows - held))
+        held += tables[-1].num_rows
+        if held >= n_rows:
+            break
+    table = pa.concat_tables(tables) if tables else None
+    return table if table is not None and table.num_rows else None
+
+
+def training_rows(split: ShardSplit, columns: Sequence[str]) -> pa.Table:
+    """Some columns of every training row (e.g. n_tokens to count the tokens a run sees), read file by file."""
+    return pa.concat_tables([read_rows(path, split.train_keys, columns) for path in split.files])

@@ -1,0 +1,169 @@
+"""Training throughput of the DeepSpeed path on one device: tokens/s, MFU, peak memory, step time.
+
+    python benchmarks/bench_gpu.py --presets base,large,xl --zero 0,2,3 --compile off,on \\
+        --out benchmarks/out/gpu.json --md benchmarks/out/gpu.md          # what benchmarks/gpu.sh runs
+    python benchmarks/bench_gpu.py --presets tiny --zero 0 --compile off --steps 3 --warm 1   # on CPU (CI)
+
+Every (preset, ZeRO stage, torch.compile) runs in its own process (a fresh single-rank process group,
+device memory and DeepSpeed state): the model of the preset, the training loop's DeepSpeedStepper
+(forward through the engine, bf16 on a GPU, fp32 on CPU, a torch AdamW) on synthetic token windows of
+`--tokens` tokens each (batch `--batch` windows). After `--warm` steps, `--steps` steps are timed with
+the device synchronized. FLOPs per step come from `aemg_dist.model.training_flops` (6 N per token plus
+attention, the count the scaling study uses); MFU = achieved FLOP/s / the device's peak dense bf16
+FLOP/s (`--peak-tflops`, else looked up by device name; none on CPU). A configuration that runs out of
+memory is recorded as such, not as a failure of the benchmark.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+# dense bf16 tensor-core peaks (vendor datasheets, TFLOP/s): MFU's denominator
+PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0, "L4": 121.0}
+
+
+def peak_tflops(name: str) -> float | None:
+    return next((value for key, value in PEAK_BF16_TFLOPS.items() if key in name), None)
+
+
+def synthetic_batch(n_windows: int, n_tokens: int, n_features: int, seed: int):
+    """n_windows windows of n_tokens tokens each: random features, 8 channels on a ring, 4 groups."""
+    from aemg_dist.model import batch_to_torch
+    from aemg_dist.tokens import TokenBatch, WindowTokens
+
+    rng = np.random.default_rng(seed)
+    channel = np.arange(n_tokens) % 8
+    angle = 2 * np.pi * channel / 8
+    coords = np.stack([np.cos(angle), np.sin(angle), np.zeros(n_tokens)], axis=1).astype(np.float32)
+    windows = [WindowTokens(features=rng.normal(size=(n_tokens, n_features)).astype(np.float32), coords=coords,
+                            onset_s=np.sort(rng.uniform(0, 2, n_tokens)).astype(np.float32),
+                            duration_s=rng.uniform(0.05, 0.5, n_tokens).astype(np.float32),
+                            rank=(np.arange(n_tokens) % 8).astype(np.int64),
+                            group=(np.arange(n_tokens) // 8 % 4).astype(np.int64), channel=channel.astype(np.int64),
+                            active=rng.random(n_tokens) < 0.7) for _ in range(n_windows)]
+    return batch_to_torch(TokenBatch.collate(windows))
+
+
+def run_one(preset: str, zero: int, compile_model: bool, batch: int, tokens: int, steps: int, warm: int) -> dict:
+    """One configuration in this process (a single-rank DeepSpeed engine)."""
+    import torch
+
+    from aemg_dist.model import AEMGModel, training_flops
+    from aemg_dist.train import DeepSpeedStepper, load_pretrain_config
+
+    gpu = torch.cuda.is_available()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ.update({"DS_ACCELERATOR": "cuda" if gpu else "cpu", "MASTER_ADDR": "127.0.0.1",
+                       "MASTER_PORT": str(port), "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1"})
+    cfg = load_pretrain_config(None, [f"preset={preset}", f"dist.zero_stage={zero}", f"data.batch_size={batch}",
+                                      "dist.num_workers=1", "dist.precision=auto"])
+    torch.manual_seed(0)
+    model = AEMGModel(cfg.model)
+    if gpu:
+        model = model.cuda()
+    stepper = DeepSpeedStepper(model, cfg, world_size=1)
+    if compile_model:
+        stepper.engine.compile()
+    data = stepper.prepare(synthetic_batch(batch, tokens, cfg.model.n_features, seed=0))
+    sync = torch.cuda.synchronize if gpu else (lambda: None)
+    if gpu:
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for step in range(warm + steps):
+        sync()
+        started = time.perf_counter()
+        out = stepper.forward(data)
+        stepper.step(out["loss"])
+        sync()
+        if step >= warm:
+            times.append(time.perf_counter() - started)
+    step_s = float(np.median(times))
+    flops = training_flops(cfg.model, np.full(batch, tokens))
+    device = torch.cuda.get_device_name() if gpu else "cpu"
+    peak = peak_tflops(device)
+    return {"preset": preset, "zero": zero, "compile": compile_model, "device": device,
+            "precision": "bf16" if stepper.dtype == torch.bfloat16 else "fp32", "batch": batch, "tokens": tokens,
+            "step_s": step_s, "tokens_per_s": batch * tokens / step_s, "tflops": flops / step_s / 1e12,
+            "mfu": flops / step_s / (peak * 1e12) if peak else None,
+            "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if gpu else None,
+            "loss": float(out["loss"])}
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| preset | ZeRO | compile | precision | step s | tokens/s | TFLOP/s | MFU | peak memory GiB |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['preset']} | {r['zero']} | {'on' if r['compile'] else 'off'} | – | {r['error']} |"
+                         " – | – | – | – |")
+            continue
+        mfu = f"{100 * r['mfu']:.1f} %" if r["mfu"] is not None else "–"
+        memory = f"{r['peak_memory_gib']:.1f}" if r["peak_memory_gib"] is not None else "–"
+        lines.append(f"| {r['preset']} | {r['zero']} | {'on' if r['compile'] else 'off'} | {r['precision']} | "
+                     f"{r['step_s']:.4f} | {r['tokens_per_s']:.0f} | {r['tflops']:.2f} | {mfu} | {memory} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--presets", default="base,large,xl")
+    parser.add_argument("--zero", default="0,2,3", help="ZeRO stages, comma-separated")
+    parser.add_argument("--compile", default="off,on", help="torch.compile: off, on or both (off,on)")
+    parser.add_argument("--batch", type=int, default=32, help="windows per step")
+    parser.add_argument("--tokens", type=int, default=128, help="tokens per window")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps")
+    parser.add_argument("--warm", type=int, default=5, help="untimed steps first (compilation, allocator)")
+    parser.add_argument("--timeout", type=int, default=900, help="seconds per configuration")
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # preset,zero,compile: run one configuration, print JSON
+    parser.add_argument("--out", type=Path, help="write every row as JSON here")
+    parser.add_argument("--md", type=Path, help="write the table here")
+    args = parser.parse_args()
+    if args.one:
+        preset, zero, compile_model = args.one.split(",")
+        print(json.dumps(run_one(preset, int(zero), compile_model == "on", args.batch, args.tokens, args.steps,
+                                 args.warm)))
+        return
+    rows = []
+    for preset in args.presets.split(","):
+        for zero in map(int, args.zero.split(",")):
+            for compile_model in args.compile.split(","):
+                command = [sys.executable, __file__, "--one", f"{preset},{zero},{compile_model}", "--batch",
+                           str(args.batch), "--tokens", str(args.tokens), "--steps", str(args.steps), "--warm",
+                           str(args.warm)]
+                try:
+                    done = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout)
+                except subprocess.TimeoutExpired:
+                    rows.append({"preset": preset, "zero": zero, "compile": compile_model == "on", "error": "timeout"})
+                    continue
+                if done.returncode == 0:
+                    rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+                else:
+                    tail = done.stderr.strip().splitlines()[-1:] or ["failed"]
+                    error = "out of memory" if "out of memory" in done.stderr.lower() else tail[0][:80]
+                    rows.append({"preset": preset, "zero": zero, "compile": compile_model == "on", "error": error})
+                print(markdown(rows[-1:]).splitlines()[-1], flush=True)
+    table = markdown(rows)
+    print(table)
+    for path, text in ((args.out, json.dumps(rows, indent=1)), (args.md, table)):
+        if path:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text + "\n")
+    if not any("error" not in r for r in rows):
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""Streaming pretraining input: the split from the manifest, file-by-file batches (one epoch serves every
+training row once), resume by skipping, and the Ray Data dataset of the distributed path."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from aemg_dist.data import TokenizeConfig, read_token_table, tokenize_corpus
+from aemg_dist.shards import read_rows, split_recordings, stream_batches, validation_rows
+from aemg_dist.train import DataConfig, split_tables, train_dataset
+
+EXCLUDED = ["synth_myo/s01"]
+
+
+@pytest.fixture(scope="module")
+def tokens(tiny_corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("shards") / "tokens"
+    # short read tasks: several part files, so ranks and epochs have files to divide and order
+    tokenize_corpus(tiny_corpus, out, TokenizeConfig(task_s=20.0), workers=1, progress=False)
+    return str(out)
+
+
+def _rows(tables) -> list[tuple[str, int]]:
+    table = pa.concat_tables(list(tables))
+    return list(zip(table.column("key").to_pylist(), table.column("start").to_pylist()))
+
+
+def _split(tokens):
+    return split_recordings(tokens, exclude_subjects=EXCLUDED, val_fraction=0.25)
+
+
+def test_the_split_comes_from_the_manifest_and_matches_the_rows(tokens):
+    split = _split(tokens)
+    every = read_token_table(tokens)
+    keys = set(every.column("key").to_pylist())
+    assert split.train_keys | split.val_keys == {k for k in keys if not k.startswith("synth_myo/s01/")}
+    assert not split.train_keys & split.val_keys and split.val_keys
+    train, val = split_tables(DataConfig(tokens=tokens, exclude_subjects=EXCLUDED, val_fraction=0.25))
+    assert set(train.column("key").to_pylist()) == split.train_keys
+    assert set(val.column("key").to_pylist()) == split.val_keys
+    with pytest.raises(ValueError, match="no training windows left"):
+        split_recordings(tokens, exclude_datasets=sorted({k.split("/")[0] for k in keys}))
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_one_epoch_serves_every_training_row_once(tokens, world):
+    split = _split(tokens)
+    train, _ = split_tables(DataConfig(tokens=tokens, exclude_subjects=EXCLUDED, val_fraction=0.25))
+    expected = sorted(_rows([train]))
+    order = np.random.default_rng([0, 0]).permutation(len(split.files))
+    served = []
+    for rank in range(world):  # with batches of one row, an epoch is exactly the rows of the rank's files
+        n_rank = sum(read_rows(split.files[i], split.train_keys).num_rows for i in order[rank::world])
+        stream = stream_batches(split, batch_size=1, seed=0, rank=rank, world=world, buffer_batches=64)
+        served += _rows(next(stream) for _ in range(n_rank))
+    assert sorted(served) == expected  # the same multiset as the whole training table: each row once
+    batches = stream_batches(split, batch_size=16, seed=0, buffer_batches=4)
+    first = _rows(next(batches) for _ in range(len(expected) // 16))
+    assert len(set(first)) == len(first)  # within an epoch no row comes twice
+    assert set(first) <= set(expected)
+
+
+def test_skip_continues_the_same_sequence_and_seeds_differ(tokens):
+    split = _split(tokens)
+    whole = stream_batches(split, batch_size=8, seed=3, buffer_batches=4)
+    sequence = [_rows([next(whole)]) for _ in range(40)]  # past the first epoch
+    resumed = stream_batches(split, batch_size=8, seed=3, buffer_batches=4, skip=30)
+    assert [_rows([next(resumed)]) for _ in range(10)] == sequence[30:]
+    other = stream_batches(split, batch_size=8, seed=4, buffer_batches=4)
+    assert _rows([next(other)]) != sequence[0]
+
+
+def test_validation_rows_are_the_first_rows_of_the_validation_recordings(tokens):
+    split = _split(tokens)
+    _, every = split_tables(DataConfig(tokens=tokens, exclude_subjects=EXCLUDED, val_fraction=0.25))
+    val = validation_rows(split, 4)
+    assert val.num_rows == 4 < every.num_rows and set(val.column("key").to_pylist()) <= split.val_keys
+    assert _rows([val]) == _rows([validation_rows(split, 4)])  # the same rows every time
+    assert validation_rows(split, 10 * every.num_rows).num_rows == every.num_rows
+    assert validation_rows(split_recordings(tokens, val_fraction=0.0), 10) is None
+
+
+def test_the_ray_data_dataset_holds_the_training_rows(tokens, ray_local):
+    split = _split(tokens)
+    train, _ = split_tables(DataConfig(tokens=tokens, exclude_subjects=EXCLUDED, val_fraction=0.25))
+    rows = train_dataset(split, seed=0).select_columns(["key", "start"]).take_all()
+    assert sorted((r["key"], r["start"]) for r in rows) == sorted(_rows([train]))
