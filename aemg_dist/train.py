@@ -215,8 +215,17 @@ def train_dataset(split: ShardSplit, seed: int) -> Any:
 
     fs, _ = storage.filesystem(split.files[0])
     paths = [storage.filesystem(p)[1] for p in split.files]
-    dataset = ray.data.read_parquet(paths, filesystem=fs, shuffle=FileShuffleConfig(seed=seed))
-    return dataset.filter(expr=col("key").is_in(sorted(split.train_keys)))
+    # Ray Train leaves Ray Data no CPU of what the training workers hold: on a cluster whose CPUs they hold
+    # all (2 workers on 2 cores) a read task that needs a CPU never runs. The read and the filter are I/O
+    # light, so they ask for none; the V1 Parquet read takes that for all of its tasks, while the V2 path's
+    # file-listing task always asks for a CPU (Ray 2.60). The dataset keeps the DataContext it was made with.
+    context = ray.data.DataContext.get_current()
+    v2, context.use_datasource_v2 = context.use_datasource_v2, False
+    try:
+        dataset = ray.data.read_parquet(paths, filesystem=fs, shuffle=FileShuffleConfig(seed=seed), num_cpus=0)
+    finally:
+        context.use_datasource_v2 = v2
+    return dataset.filter(expr=col("key").is_in(sorted(split.train_keys)), num_cpus=0)
 
 
 # ---------------------------------------------------------------- optimisation

@@ -87,3 +87,46 @@ def test_the_ray_data_dataset_holds_the_training_rows(tokens, ray_local):
     train, _ = split_tables(DataConfig(tokens=tokens, exclude_subjects=EXCLUDED, val_fraction=0.25))
     rows = train_dataset(split, seed=0).select_columns(["key", "start"]).take_all()
     assert sorted((r["key"], r["start"]) for r in rows) == sorted(_rows([train]))
+
+
+def _recording_order(dataset) -> list[str]:
+    keys = [k for b in dataset.iter_batches(batch_format="pyarrow", batch_size=None) for k in b.column("key").to_pylist()]
+    return [k for i, k in enumerate(keys) if i == 0 or keys[i - 1] != k]
+
+
+def test_the_ray_data_dataset_reshuffles_its_files_every_epoch(tokens, ray_local):
+    split = _split(tokens)
+    dataset = train_dataset(split, seed=0)
+    dataset.context.execution_options.preserve_order = True  # the order of the files as listed, not as read
+    epochs = [_recording_order(dataset) for _ in range(3)]
+    assert all(sorted(set(e)) == sorted(split.train_keys) for e in epochs)  # the training recordings only
+    assert len({tuple(e) for e in epochs}) > 1  # a new file order per execution of the dataset
+
+
+def test_the_ray_data_dataset_reads_while_the_training_workers_hold_every_cpu(tokens, ray_local):
+    """Ray Train leaves Ray Data none of the CPUs its workers hold; with 2 workers on 2 CPUs a read that needs a
+    CPU would wait forever (the V2 Parquet read's file listing does)."""
+    import ray
+
+    split = _split(tokens)
+    train, _ = split_tables(DataConfig(tokens=tokens, exclude_subjects=EXCLUDED, val_fraction=0.25))
+    dataset = train_dataset(split, seed=0)  # made before the workers start, as pretrain does
+
+    @ray.remote(num_cpus=1)
+    class Holder:
+        def ready(self) -> bool:
+            return True
+
+    @ray.remote(num_cpus=0)
+    def rows(dataset) -> int:  # consumed, not counted: count() can answer from the file metadata
+        return sum(b.num_rows for b in dataset.iter_batches(batch_format="pyarrow", batch_size=None))
+
+    holders = [Holder.remote() for _ in range(int(ray.cluster_resources()["CPU"]))]
+    ray.get([h.ready.remote() for h in holders])
+    done = rows.remote(dataset)
+    try:
+        assert ray.get(done, timeout=180) == train.num_rows
+    finally:
+        ray.cancel(done, force=True)
+        for h in holders:
+            ray.kill(h)
