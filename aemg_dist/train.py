@@ -305,6 +305,9 @@ class DeepSpeedStepper(PlainStepper):
             "bf16": {"enabled": bf16},
             "steps_per_print": 10**9,
         }
+        if bf16:  # DeepSpeed 0.19 casts only the parameters by default; the model's float buffers (time and
+            # Fourier frequencies) meet bf16 inputs, so they are cast too (the quantizer is set back below)
+            ds_config["data_types"] = {"buffer_dtype": "bf16"}
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model, optimizer=self.optimizer, lr_scheduler=self.scheduler, config=ds_config)
         self.model = self.engine.module
