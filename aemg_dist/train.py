@@ -219,6 +219,7 @@ def train_dataset(split: ShardSplit, seed: int) -> Any:
     # all (2 workers on 2 cores) a read task that needs a CPU never runs. The read and the filter are I/O
     # light, so they ask for none; the V1 Parquet read takes that for all of its tasks, while the V2 path's
     # file-listing task always asks for a CPU (Ray 2.60). The dataset keeps the DataContext it was made with.
+    # Building it samples one file in a 1-CPU task: here on the driver, before the workers take the CPUs.
     context = ray.data.DataContext.get_current()
     v2, context.use_datasource_v2 = context.use_datasource_v2, False
     try:
