@@ -101,7 +101,7 @@ def read_rows(path: str, keys: frozenset[str], columns: Sequence[str] | None = N
     fs, inner = storage.filesystem(path)
     if columns is not None and "key" not in columns:
         columns = [*columns, "key"]
-    return pq.read_table(inner, filesystem=fs, columns=columns, filters=pc.field("key").isin(sorted(keys)))
+    return pq.read_table(inner, filesystem=fs, columns=columns, filters=pc.field("key").isin(pa.array(sorted(keys), type=pa.string())))  # typed: no keys is a valid filter
 
 
 def stream_batches(split: ShardSplit, batch_size: int, seed: int, rank: int = 0, world: int = 1,
