@@ -180,8 +180,8 @@ def _evaluate_config(args: argparse.Namespace, methods: Sequence[str]) -> Any:
             options.append(f"{name}=[{getattr(args, name)}]")
     if args.max_folds is not None:
         options.append(f"max_folds={args.max_folds}")
-    for name in ("normalization", "splits", "role"):
-        if getattr(args, name):
+    for name in ("normalization", "splits", "role"):  # aemg demo has no such options
+        if getattr(args, name, None):
             options.append(f"{name}={getattr(args, name)}")
     if args.address:
         options.append(f"address={args.address}")
@@ -414,14 +414,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     shutil.rmtree(results_path, ignore_errors=True)
     print(f"[4/4] evaluate: LOSO on {list(DEMO_HELD_OUT)}, budgets 0/10/100 %, AEMG and every baseline "
           f"-> {results_path}", flush=True)
+    cmd_evaluate(_demo_evaluation_args(args, pretrain_path, corpus_path, results_path))
+    print(f"demo outputs in {out}: corpus.zarr, tokens/, pretrain/ (loss.png, codebook.png, export/), "
+          f"results/ (report.md, summary.csv, low_label.png)")
+    return 0
+
+
+def _demo_evaluation_args(args: argparse.Namespace, pretrain_path: Path, corpus_path: Path,
+                          results_path: Path) -> argparse.Namespace:
+    """The demo's step 4 as `aemg evaluate` options: LOSO of the held-out subjects at 0/10/100 %."""
     args.checkpoint, args.corpus, args.out, args.protocol = [str(pretrain_path)], str(corpus_path), str(results_path), "loso"
     args.budgets, args.subjects, args.config = "0,10,100", ",".join(DEMO_HELD_OUT), str(DEMO_EVALUATION)
     args.seeds = args.datasets = args.methods = args.max_folds = None
     args.overrides = []
-    cmd_evaluate(args)
-    print(f"demo outputs in {out}: corpus.zarr, tokens/, pretrain/ (loss.png, codebook.png, export/), "
-          f"results/ (report.md, summary.csv, low_label.png)")
-    return 0
+    return args
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:

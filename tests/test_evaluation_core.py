@@ -266,3 +266,15 @@ def test_layer_decay_gives_each_depth_its_own_rate():
     finally:
         torch.optim.AdamW.__init__ = original
     assert captured["lrs"] == pytest.approx([1e-3, 5e-4, 2.5e-4, 1.25e-4, 6.25e-5])
+
+
+def test_the_demo_evaluation_options_resolve_to_a_strict_loso_config(tmp_path):
+    """`aemg demo`'s step 4 builds `aemg evaluate` options from the demo's own arguments (which lack evaluate's
+    --normalization/--splits/--role): they must resolve to the strict protocol's config."""
+    from aemg_dist.cli import DEMO_HELD_OUT, _demo_evaluation_args, _evaluate_config, build_parser
+
+    args = build_parser().parse_args(["demo", "--out", str(tmp_path)])
+    cfg = _evaluate_config(_demo_evaluation_args(args, tmp_path / "pretrain", tmp_path / "corpus.zarr",
+                                                 tmp_path / "results"), ["aemg_finetune", "td_lda"])
+    assert cfg.protocol == "loso" and cfg.normalization == "strict" and cfg.budgets == [0.0, 10.0, 100.0]
+    assert cfg.subjects == list(DEMO_HELD_OUT) and cfg.checkpoints == [str(tmp_path / "pretrain")]
