@@ -3,7 +3,7 @@ time limit, classified as a clear error, a traceback, a hang, silent bad data, a
 (another exit status or a message that does not name the culprit).
 
     python benchmarks/bench_bad_inputs.py                                   # this checkout
-    python benchmarks/bench_bad_inputs.py --checkout /tmp/old --out benchmarks/out/bad_inputs_old.json
+    python benchmarks/bench_bad_inputs.py --checkout runs/old --out benchmarks/out/bad_inputs_old.json
 
 --checkout runs the matrix of this checkout against another one's code (e.g. a `git archive` of an older commit):
 its world (dataset, corpus, tokens, run) is built with that code too. Each case takes a few seconds (a Python
