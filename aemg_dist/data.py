@@ -55,7 +55,7 @@ from aemg_dist.windows import WindowConfig, Windows, cut_windows, recording_span
 from preprocessing.corpus import Corpus, CorpusError
 from preprocessing.errors import DataError
 from preprocessing.recording import Segment
-from aemg_dist.shards import TOKENS_FORMAT, TOKENS_MANIFEST, read_tokens_manifest
+from aemg_dist.shards import TOKENS_FORMAT, TOKENS_MANIFEST
 
 TOKENIZE_CONFIG = "tokenize.yaml"
 

@@ -160,8 +160,3 @@ def validation_rows(split: ShardSplit, n_rows: int) -> pa.Table | None:
             break
     table = pa.concat_tables(tables) if tables else None
     return table if table is not None and table.num_rows else None
-
-
-def training_rows(split: ShardSplit, columns: Sequence[str]) -> pa.Table:
-    """Some columns of every training row (e.g. n_tokens to count the tokens a run sees), read file by file."""
-    return pa.concat_tables([read_rows(path, split.train_keys, columns) for path in split.files])

@@ -54,7 +54,7 @@ from ray import tune
 
 from aemg_dist import storage
 from aemg_dist.config import ConfigError, check_ranges, config_from_dict, load_config, save_config
-from aemg_dist.data import read_tokens_manifest
+from aemg_dist.shards import read_tokens_manifest
 from aemg_dist.evaluation.methods import AEMG_METHODS
 from aemg_dist.evaluation.runner import (Checkpoint, EvaluateConfig, FoldJob, heldout_subject, assign_checkpoints,
                                          exclusion_groups, labeled_tokens, run_fold, select_folds)

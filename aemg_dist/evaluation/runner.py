@@ -174,7 +174,7 @@ class Checkpoint:
 
 def _trained_on(tokens: str, exclude_subjects: set[str], exclude_datasets: set[str], run: str) -> set[tuple[str, str]]:
     """(dataset, subject) of every recording in a token folder's manifest that the exclusions keep."""
-    from aemg_dist.data import read_tokens_manifest
+    from aemg_dist.shards import read_tokens_manifest
 
     try:
         recordings = read_tokens_manifest(tokens, "data.tokens")["recordings"]
