@@ -13,7 +13,7 @@ ABL=${2:-runs/ablate}
 AEMG=.venv/bin/aemg
 SPLITS=configs/splits/shared.yaml
 SWEEP=runs/sweep-real
-LONG_STEPS=${LONG_STEPS:-10}  # the longer pretraining: this many times the selected configuration's steps
+LONG_STEPS=${LONG_STEPS:-10}  # the longer pretraining: this many times the selected configuration's steps (0: none)
 CHOSEN=$(.venv/bin/python -c "import json,sys; print(json.load(open(sys.argv[1]))['selected'])" "$SWEEP/selected.json")
 BASE="$SWEEP/pretrain/$CHOSEN-g0/config.yaml"
 STEPS=$(.venv/bin/python -c "from omegaconf import OmegaConf; import sys; print(OmegaConf.load(sys.argv[1]).optim.max_steps)" "$BASE")
@@ -27,6 +27,14 @@ mkdir -p "$ABL"
 # shellcheck disable=SC2086
 [ -f "$ABL/windows-ws/tokens.json" ] || $AEMG tokenize --corpus "$OUT/corpus.zarr" --out "$ABL/windows-ws" --quiet \
   $EVAL_WINDOWS $SUMMARY
+# richer token content: twice the envelope resolution and 16 spectral bands instead of 4 (60 features instead of 36)
+RICH="tokens.n_envelope_points=32 tokens.n_bands=16"
+# shellcheck disable=SC2086
+[ -f "$ABL/tokens-rich/tokens.json" ] || $AEMG tokenize --corpus "$OUT/corpus.zarr" --out "$ABL/tokens-rich" --quiet \
+  $SUMMARY $RICH
+# shellcheck disable=SC2086
+[ -f "$ABL/windows-rich/tokens.json" ] || $AEMG tokenize --corpus "$OUT/corpus.zarr" --out "$ABL/windows-rich" \
+  --quiet $EVAL_WINDOWS $SUMMARY $RICH
 
 pretrain() {  # name, tokens folder, then pretraining overrides
   local name=$1 tokens=$2; shift 2
@@ -55,10 +63,16 @@ pretrain v3-summary-views "$ABL/tokens-ws" model.contrast_weight=0.5
 development v3-summary-views "$ABL/windows-ws"
 pretrain v4-summary-features-views "$ABL/tokens-ws" model.feature_weight=1.0 model.contrast_weight=0.5
 development v4-summary-features-views "$ABL/windows-ws"
+pretrain v6-rich "$ABL/tokens-rich" model.n_features=60
+development v6-rich "$ABL/windows-rich"
 CHECKPOINT=v4-summary-features-views development v4-llrd "$ABL/windows-ws" train.layer_decay=0.75
-pretrain v5-long "$ABL/tokens-ws" model.feature_weight=1.0 model.contrast_weight=0.5 \
-  optim.max_steps=$((STEPS * LONG_STEPS)) run.checkpoint_every=1000 run.val_every=1000
-development v5-long "$ABL/windows-ws"
+LONG_ROW=()
+if [ "$LONG_STEPS" -gt 0 ]; then  # LONG_STEPS=0 leaves the long pretraining out (hours on 2 cores)
+  pretrain v5-long "$ABL/tokens-ws" model.feature_weight=1.0 model.contrast_weight=0.5 \
+    optim.max_steps=$((STEPS * LONG_STEPS)) run.checkpoint_every=1000 run.val_every=1000
+  development v5-long "$ABL/windows-ws"
+  LONG_ROW=("v5 v4 x$LONG_STEPS steps=$ABL/dev-v5-long:$ABL/v5-long")
+fi
 
 .venv/bin/python benchmarks/ablation_table.py --baselines "$ABL/dev-baselines" --out "$ABL/ablation.md" \
   "v0 selected ($CHOSEN, event tokens)=$ABL/dev-v0-selected:$ABL/v0-selected" \
@@ -67,4 +81,5 @@ development v5-long "$ABL/windows-ws"
   "v3 v1 + view consistency=$ABL/dev-v3-summary-views:$ABL/v3-summary-views" \
   "v4 v1 + both=$ABL/dev-v4-summary-features-views:$ABL/v4-summary-features-views" \
   "v4 + layer decay 0.75=$ABL/dev-v4-llrd:$ABL/v4-summary-features-views" \
-  "v5 v4 x$LONG_STEPS steps=$ABL/dev-v5-long:$ABL/v5-long"
+  "v6 v1 + richer content (32 envelope points, 16 bands)=$ABL/dev-v6-rich:$ABL/v6-rich" \
+  "${LONG_ROW[@]}"
