@@ -82,6 +82,10 @@ class TokenConfig:
         check_ranges(self, n_envelope_points="[2, 128]", n_bands="[1, 64]")
 
 
+_DEFAULT_TOKENS = TokenConfig()
+_DEFAULT_EVENTS = EventConfig()  # validating a config per call costs as much as a small window's features
+
+
 def feature_names(cfg: TokenConfig) -> list[str]:
     """Names of the F feature columns, in order (see the module docstring for their meaning)."""
     return ([f"env_{i}" for i in range(cfg.n_envelope_points)]
@@ -112,6 +116,9 @@ class WindowTokens:
     def empty(self) -> bool:
         """True when the window had no contraction event (T == 0)."""
         return self.n_tokens == 0
+
+
+_TOKEN_FIELDS = tuple(f.name for f in fields(WindowTokens))
 
 
 @dataclass(frozen=True)
@@ -186,8 +193,8 @@ def tokenize_windows(windows: Sequence[np.ndarray] | np.ndarray, fs: float, posi
     detection runs on them as extra channels, and features on one time axis holding the windows
     end to end. Windows of different lengths are grouped by shape.
     """
-    tok_cfg = tok_cfg or TokenConfig()
-    ev_cfg = ev_cfg or EventConfig()
+    tok_cfg = tok_cfg or _DEFAULT_TOKENS
+    ev_cfg = ev_cfg or _DEFAULT_EVENTS
     shapes = [np.shape(w) for w in windows]
     if len(set(shapes)) > 1:
         out: list[WindowTokens | None] = [None] * len(shapes)
@@ -198,11 +205,11 @@ def tokenize_windows(windows: Sequence[np.ndarray] | np.ndarray, fs: float, posi
             for i, tokens in zip(index, same):
                 out[i] = tokens
         return out
+    if not shapes:
+        return []
     xs = np.asarray(windows, dtype=np.float32)
     if xs.ndim != 3 or 0 in xs.shape[1:]:
-        raise ValueError(f"windows must be non-empty (n_samples, n_channels) arrays, got shape {xs.shape[1:]}")
-    if xs.shape[0] == 0:
-        return []
+        raise ValueError(f"windows must be non-empty (n_samples, n_channels) arrays, got shape {shapes[0]}")
     n_channels = xs.shape[2]
     positions = np.asarray(positions, dtype=np.float32)
     if positions.shape != (n_channels, 3):
@@ -234,10 +241,9 @@ def _tokenize_stack(xs: np.ndarray, fs: float, positions: np.ndarray, nyquist: f
                   for name in tokens}
         order = np.argsort(tokens["window"], kind="stable")
         tokens = {name: value[order] for name, value in tokens.items()}
-    bounds = np.searchsorted(tokens["window"], np.arange(1, xs.shape[0]))
-    columns = {name: np.split(tokens[name], bounds) for name in tokens if name != "window"}
-    columns["coords"] = [positions[channel] for channel in columns["channel"]]
-    return [WindowTokens(**{f.name: columns[f.name][w] for f in fields(WindowTokens)}) for w in range(xs.shape[0])]
+    tokens["coords"] = positions[tokens["channel"]]
+    edges = np.searchsorted(tokens["window"], np.arange(xs.shape[0] + 1)).tolist()
+    return [WindowTokens(**{name: tokens[name][a:b] for name in _TOKEN_FIELDS}) for a, b in zip(edges, edges[1:])]
 
 
 @dataclass(frozen=True)
