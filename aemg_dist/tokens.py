@@ -229,11 +229,11 @@ def _tokenize_stack(xs: np.ndarray, fs: float, positions: np.ndarray, nyquist: f
                     ev_cfg: EventConfig, tok_cfg: TokenConfig, floor: np.ndarray | None) -> list[WindowTokens]:
     """`tokenize_windows` of a stack of windows xs (W, n, C) (validated) in one pass."""
     spans = _detect(xs, fs, ev_cfg, channel_ok, floor)
-    signal = _Signal(xs)  # shared by the events and the summary pseudo-events
-    tokens = _ordered_tokens(_event_features(signal, fs, spans, nyquist, tok_cfg), fs, spans, tok_cfg)
+    xt = np.ascontiguousarray(xs.reshape(-1, xs.shape[2]).T)  # (C, W * n): every span is a contiguous row slice
+    tokens = _ordered_tokens(_event_features(xt, fs, spans, nyquist, tok_cfg), fs, spans, tok_cfg)
     if tok_cfg.window_summary:
         whole = _whole_windows(spans)
-        summary = _ordered_tokens(_event_features(signal, fs, whole, nyquist, tok_cfg), fs, whole,
+        summary = _ordered_tokens(_event_features(xt, fs, whole, nyquist, tok_cfg), fs, whole,
                                   replace(tok_cfg, include_quiet=True))
         # Per window: its summary (group 0) first, then its events as groups 1..E. A stable sort
         # by window of [summary tokens, event tokens] puts them in that order.
@@ -320,29 +320,8 @@ def _whole_windows(spans: _Spans) -> _Spans:
                    channel_offset=np.where(active, offset, stop[:, None]))
 
 
-class _Signal:
-    """Per-sample arrays of W windows laid end to end, from which every span's RMS, waveform length and
-    zero crossings follow.
-
-    Computed once per call (channel-major), so a set of disjoint spans costs a few segment
-    reductions instead of (channels, n_fft) arrays per span. A step array's column t is the
-    step from sample t to t + 1 (zero after the last sample); a span's reductions leave out the
-    step leaving it.
-    """
-
-    def __init__(self, xs: np.ndarray) -> None:
-        self.xt = np.ascontiguousarray(xs.reshape(-1, xs.shape[2]).T)  # (C, W * n): spans are contiguous rows
-        n_channels, n_samples = self.xt.shape
-        self.squares = np.square(self.xt)
-        self.steps = np.zeros((n_channels, n_samples), dtype=np.float32)  # |x[t+1] - x[t]|, as a direct diff gives
-        np.abs(np.diff(self.xt, axis=1), out=self.steps[:, :-1])
-        negative = np.signbit(self.xt)
-        self.sign_change = np.zeros((n_channels, n_samples), dtype=bool)
-        np.not_equal(negative[:, 1:], negative[:, :-1], out=self.sign_change[:, :-1])
-
-
-def _event_features(signal: _Signal, fs: float, spans: _Spans, nyquist: float, cfg: TokenConfig) -> np.ndarray:
-    """Features of every (span, channel) pair, (E, C, F) float32, in `feature_names` order."""
+def _event_features(xt: np.ndarray, fs: float, spans: _Spans, nyquist: float, cfg: TokenConfig) -> np.ndarray:
+    """Features of every (span, channel) pair, (E, C, F) float32, in `feature_names` order; xt (C, W * n)."""
     n_points = cfg.n_envelope_points
     features = np.empty((*spans.active.shape, n_points + 8 + cfg.n_bands + 4), dtype=np.float32)
     if not spans.onset.size:
@@ -368,7 +347,7 @@ def _event_features(signal: _Signal, fs: float, spans: _Spans, nyquist: float, c
     morphology = morphology / (peak[..., None] + _EPS)
 
     features[..., :n_points] = morphology
-    rms = _span_time_stats(signal, spans.onset, spans.offset, fs, nyquist, out=features[..., -2:])
+    rms = _span_time_stats(xt, spans.onset, spans.offset, fs, nyquist, out=features[..., -2:])
     own_span = spans.channel_offset - spans.channel_onset
     per_token = features[..., n_points:n_points + 8]
     per_token[..., 0] = np.log(peak + _EPS)
@@ -379,27 +358,56 @@ def _event_features(signal: _Signal, fs: float, spans: _Spans, nyquist: float, c
     per_token[..., 5] = (spans.channel_onset - spans.onset[:, None]) / span[:, None]
     per_token[..., 6] = spans.active * own_span / span[:, None]
     per_token[..., 7] = np.argmax(morphology, axis=2) / (n_points - 1)
-    _span_spectra(signal, spans.onset, spans.offset, fs, nyquist, cfg.n_bands, out=features[..., n_points + 8:-2])
+    _span_spectra(xt, spans.onset, spans.offset, fs, nyquist, cfg.n_bands, out=features[..., n_points + 8:-2])
     return features
 
 
-def _span_time_stats(signal: _Signal, onset: np.ndarray, offset: np.ndarray, fs: float, nyquist: float,
+def _span_time_stats(xt: np.ndarray, onset: np.ndarray, offset: np.ndarray, fs: float, nyquist: float,
                      out: np.ndarray) -> np.ndarray:
-    """RMS (E, C) of disjoint time-sorted spans [onset, offset); writes zero crossings and waveform length to out.
+    """RMS (E, C) of disjoint time-sorted spans [onset, offset) of xt (C, T); writes zero crossings and waveform
+    length to out (E, C, 2).
+
+    Spans are taken in runs covering about `_STACK_ELEMENTS` samples x channels (a longer span
+    alone), so the per-sample arrays of `_run_time_stats` stay in the CPU cache on long windows.
+    """
+    rms = np.empty(out.shape[:2])
+    limit = max(1, _STACK_ELEMENTS // xt.shape[0])
+    first = 0
+    while first < onset.shape[0]:
+        end = max(first + 1, int(np.searchsorted(offset, onset[first] + limit, side="right")))
+        rms[first:end] = _run_time_stats(xt, onset[first:end], offset[first:end], fs, nyquist, out[first:end])
+        first = end
+    return rms
+
+
+def _run_time_stats(xt: np.ndarray, onset: np.ndarray, offset: np.ndarray, fs: float, nyquist: float,
+                    out: np.ndarray) -> np.ndarray:
+    """`_span_time_stats` of one run of spans, by segment reductions over the samples the run covers.
 
     Both are over the span's length - 1 steps, scaled as the module docstring says; a crossing
-    counts when its step exceeds the span's dead zone.
+    counts when its step exceeds the span's dead zone. A step array's column t is the step from
+    sample t to t + 1 (zero after the last sample): a reduction over [onset, offset) includes
+    the step leaving the span, which is subtracted.
     """
+    origin = onset[0]
+    onset, offset = onset - origin, offset - origin
+    x = xt[:, origin:origin + offset[-1]]
+    steps = np.zeros(x.shape, dtype=np.float32)  # |x[t+1] - x[t]| in float32, as a direct diff gives
+    np.abs(np.diff(x, axis=1), out=steps[:, :-1])
+    negative = np.signbit(x)
+    sign_change = np.zeros(x.shape, dtype=bool)
+    np.not_equal(negative[:, 1:], negative[:, :-1], out=sign_change[:, :-1])
+
     length = offset - onset
-    rms = np.sqrt(_span_reduce(np.add, signal.squares, onset, offset, axis=1, dtype=np.float64) / length[:, None])
+    rms = np.sqrt(_span_reduce(np.add, np.square(x), onset, offset, axis=1, dtype=np.float64) / length[:, None])
     n_steps = np.maximum(length - 1, 1)[:, None]
-    last_step = offset - 1  # the step leaving the span: a reduction over [onset, offset) includes it
-    step_sum = _span_reduce(np.add, signal.steps, onset, offset, axis=1, dtype=np.float64) - signal.steps[:, last_step].T
+    last_step = offset - 1
+    step_sum = _span_reduce(np.add, steps, onset, offset, axis=1, dtype=np.float64) - steps[:, last_step].T
     # Each span's dead zone repeated over its samples (a gap takes the next span's: gaps are not counted).
     dead_zone = (_ZC_DEAD_ZONE * rms).astype(np.float32)
-    repeats = np.diff(np.append(onset, signal.xt.shape[1]))
+    repeats = np.diff(np.append(onset, x.shape[1]))
     repeats[0] += onset[0]
-    counted = (signal.steps > np.repeat(dead_zone.T, repeats, axis=1)) & signal.sign_change
+    counted = (steps > np.repeat(dead_zone.T, repeats, axis=1)) & sign_change
     crossings = _span_reduce(np.add, counted, onset, offset, axis=1, dtype=np.int64) - counted[:, last_step].T
     out[..., 0] = crossings * fs / n_steps / (2 * nyquist)
     out[..., 1] = step_sum / n_steps / (rms + _EPS) * fs / (4 * math.sqrt(2) * nyquist)
@@ -421,7 +429,7 @@ def _span_reduce(ufunc: np.ufunc, a: np.ndarray, onset: np.ndarray, offset: np.n
     return np.moveaxis(ufunc.reduceat(a, bounds, axis=axis, dtype=dtype), axis, 0)[::2]
 
 
-def _span_spectra(signal: _Signal, onset: np.ndarray, offset: np.ndarray, fs: float, nyquist: float,
+def _span_spectra(xt: np.ndarray, onset: np.ndarray, offset: np.ndarray, fs: float, nyquist: float,
                   n_bands: int, out: np.ndarray) -> None:
     """Band powers, centroid and median frequency of every span into out (E, C, n_bands + 2).
 
@@ -429,7 +437,7 @@ def _span_spectra(signal: _Signal, onset: np.ndarray, offset: np.ndarray, fs: fl
     stay well defined) and transformed in batches of equal size: a handful of vectorized FFTs
     per call instead of one per event.
     """
-    n_channels = signal.xt.shape[0]
+    n_channels = xt.shape[0]
     length = offset - onset
     fft_size = _fft_sizes(np.maximum(length, 2 * n_bands * fs / nyquist))
     for n_fft in np.unique(fft_size).tolist():
@@ -437,7 +445,7 @@ def _span_spectra(signal: _Signal, onset: np.ndarray, offset: np.ndarray, fs: fl
         for batch in np.array_split(same_size, math.ceil(same_size.size * n_channels * n_fft / _BATCH_ELEMENTS)):
             segments = np.zeros((batch.size, n_channels, n_fft), dtype=np.float32)
             for row, (a, b) in enumerate(zip(onset[batch].tolist(), offset[batch].tolist())):
-                segments[row, :, :b - a] = signal.xt[:, a:b]
+                segments[row, :, :b - a] = xt[:, a:b]
             out[batch] = _spectral_stats(segments, fs, nyquist, n_bands)
 
 

@@ -174,14 +174,15 @@ def test_events_touching_the_window_end_and_very_short_events_are_covered():
         assert_matches(tokenize_window(x, FS, np.zeros((4, 3)), 1000.0, ev_cfg=SHORT, tok_cfg=tok_cfg), expected)
 
 
-def test_tokenize_windows_splits_into_stacks_without_changing_tokens(monkeypatch):
+def test_stacks_and_runs_of_spans_do_not_change_tokens(monkeypatch):
     x = random_recording(7, 20000, 3, (20.0, 450.0))
     windows = [x[a:a + 1000] for a in range(0, 19000, 700)]
     cfg = TokenConfig(window_summary=True)
-    whole = tokenize_windows(windows, FS, np.zeros((3, 3)), 1000.0, tok_cfg=cfg)
-    monkeypatch.setattr(tokens_module, "_STACK_ELEMENTS", 3 * 3000)  # stacks of 3 windows
-    stacked = tokenize_windows(windows, FS, np.zeros((3, 3)), 1000.0, tok_cfg=cfg)
-    assert sum(t.n_tokens for t in whole) > 0
+    whole = tokenize_windows(windows + [x], FS, np.zeros((3, 3)), 1000.0, tok_cfg=cfg)
+    # stacks of 3 windows; the long window's spans in runs of at most 3000 samples
+    monkeypatch.setattr(tokens_module, "_STACK_ELEMENTS", 3 * 3000)
+    stacked = tokenize_windows(windows + [x], FS, np.zeros((3, 3)), 1000.0, tok_cfg=cfg)
+    assert sum(t.n_tokens for t in whole) > 0 and whole[-1].group.max() > 10
     for a, b in zip(whole, stacked):
         for name in FIELDS:
             np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
