@@ -46,7 +46,7 @@ from .harmonize import (
 from .recording import RawRecording
 
 TRANSIENT_DECAY = 1e-10  # how far the backward filter's start transient decays before it reaches a chunk
-DC_SUBSAMPLE = 65_536  # samples per piece for the DC estimate
+DC_SUBSAMPLE = 16_384  # samples per piece for the DC estimate
 _SCAN_ROWS = 65_536  # rows read at a time when looking for the next finite sample
 
 
@@ -256,7 +256,7 @@ class _RankSelect:
 
     def __init__(self, ranks: np.ndarray):
         self.ranks = ranks.astype(np.int64).copy()  # (channels, r): rank still to find inside the prefix
-        self.prefix = np.zeros_like(self.ranks, dtype=np.uint64)
+        self.prefix = np.zeros(self.ranks.shape, dtype=np.uint32)  # the key's bits found so far
         self.step = 0
         self._reset()
 
@@ -268,30 +268,41 @@ class _RankSelect:
         return self.step == len(self.SHIFTS)
 
     def add(self, values: np.ndarray, use: np.ndarray) -> None:
-        bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32).astype(np.uint64)
-        keys = np.where(bits >> 31, ~bits & 0xFFFFFFFF, bits | 0x80000000)
+        bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
+        keys = np.where(bits >> 31 == 1, ~bits, bits | np.uint32(0x80000000))
         shift, width = self.SHIFTS[self.step]
-        digit = ((keys >> shift) & ((1 << width) - 1)).astype(np.int64)
-        high = keys >> (shift + width)
+        digit = (keys >> shift) & np.uint32((1 << width) - 1)
         channels = np.broadcast_to(np.arange(values.shape[1]), values.shape)
         for r in range(self.ranks.shape[1]):
-            match = use & (high == self.prefix[:, r])
-            cells = (channels[match] * self.ranks.shape[1] + r) * (1 << width) + digit[match]
-            self.hist.reshape(-1)[:] += np.bincount(cells, minlength=self.hist.size)
+            if self._shares_first(r):  # counted with rank 0 (end_pass copies it)
+                continue
+            # step 0 matches every key (a shift by the key's width is not defined)
+            match = use if self.step == 0 else use & (keys >> (shift + width) == self.prefix[:, r])
+            cells = channels[match] * (1 << width) + digit[match]
+            self.hist[:, r] += np.bincount(cells, minlength=values.shape[1] << width).reshape(values.shape[1], -1)
+
+    def _shares_first(self, r: int) -> bool:
+        """Rank r's prefix is rank 0's on every channel, so its counts are too (the two middle ranks mostly are)."""
+        return r > 0 and np.array_equal(self.prefix[:, r], self.prefix[:, 0])
 
     def end_pass(self) -> None:
-        shift, width = self.SHIFTS[self.step]
+        """Fix the next digit of every rank: the first whose cumulative count passes the rank."""
+        for r in range(1, self.ranks.shape[1]):
+            if self._shares_first(r):
+                self.hist[:, r] = self.hist[:, 0]
+        width = self.SHIFTS[self.step][1]
         below = np.cumsum(self.hist, axis=-1)
         digit = np.argmax(below > self.ranks[..., None], axis=-1)
         self.ranks -= np.take_along_axis(below - self.hist, digit[..., None], axis=-1)[..., 0]
-        self.prefix = (self.prefix << np.uint64(width)) | digit.astype(np.uint64)
+        self.prefix = (self.prefix << np.uint32(width)) | digit.astype(np.uint32)
         self.step += 1
         if not self.done:
             self._reset()
 
     def values(self) -> np.ndarray:
-        keys = self.prefix.astype(np.uint32)
-        bits = np.where(keys >> 31, keys & 0x7FFFFFFF, ~keys).astype(np.uint32)
+        """The selected values (channels, ranks) as float64; call when done."""
+        keys = self.prefix
+        bits = np.where(keys >> 31 == 1, keys & np.uint32(0x7FFFFFFF), ~keys).astype(np.uint32)
         return bits.view(np.float32).astype(np.float64)
 
 
@@ -312,12 +323,13 @@ def _select(ranks: np.ndarray, passes: Callable[[], Iterator[tuple[np.ndarray, n
 
 
 def harmonize_chunked(raw: RawRecording, config: HarmonizeConfig | None = None,
-                      out: Any = None) -> HarmonizedRecording:
+                      allocate: Callable[[int, int], Any] | None = None) -> HarmonizedRecording:
     """harmonize.harmonize in time chunks of config.chunk_seconds; the same result within float32 tolerance.
 
-    out: an array of shape (harmonized_length(...), channels) that receives the float32 samples as they are
-    ready (the corpus writer passes its zarr array); a numpy array is made when None. Its content is the
-    filtered signal until the statistics are known and the z-scores after; the caller marks it complete.
+    allocate(n_samples, n_channels) makes the array that receives the float32 samples as they are ready (the
+    corpus writer gives its zarr array); called once the input passed its checks; a numpy array when None.
+    The array holds the filtered signal until the statistics are known and the z-scores after; whoever
+    allocated it marks it complete after this returns.
     """
     config = config or HarmonizeConfig()
     where = raw.source_files[0] if len(raw.source_files) == 1 else raw.key
@@ -325,8 +337,6 @@ def harmonize_chunked(raw: RawRecording, config: HarmonizeConfig | None = None,
     band = valid_band(raw.fs, config)
     ratio = resample_ratio(raw.fs, config.target_fs)
     n_out = harmonized_length(raw.n_samples, raw.fs, config)
-    out = np.empty((n_out, raw.n_channels), dtype=np.float32) if out is None else out
-    out_rows = _write_rows(out, config)
     source = _Source(raw, config, max(1, int(round(config.chunk_seconds * raw.fs))), where)
     quality = source.quality
     mean = _raw_quality(source, raw, config)
@@ -334,6 +344,8 @@ def harmonize_chunked(raw: RawRecording, config: HarmonizeConfig | None = None,
     notch_hz = _notch_lines(raw, band, freqs, psd, config)
     _flag_powerline(freqs, psd, band, config, quality)
 
+    out = (allocate or _numpy_array)(n_out, raw.n_channels)
+    out_rows = _write_rows(out, config)
     sections = [signal.butter(config.filter_order, band, btype="bandpass", fs=raw.fs, output="sos")]
     sections += [signal.tf2sos(*signal.iirnotch(f0, config.notch_q, fs=raw.fs)) for f0 in notch_hz]
     n_use = _kept_counts(source, ratio, n_out) if source.any_bad else np.full(raw.n_channels, n_out)
@@ -375,7 +387,9 @@ def _piece_stream(source: _Source, sections: list[np.ndarray], start: int, stop:
     """One piece through DC removal, band-pass, notches and resampling, in blocks."""
     n = stop - start
     stride = max(1, -(-n // DC_SUBSAMPLE))
-    dc = np.median(np.concatenate([x[(-(a - start)) % stride::stride] for a, x in source.blocks(start, stop)]), axis=0)
+    # copies: a view would keep its whole block alive
+    dc = np.median(np.concatenate([x[(start - a) % stride::stride].copy() for a, x in source.blocks(start, stop)]),
+                   axis=0)
     stream: Iterator[np.ndarray] = (x - dc for _, x in source.blocks(start, stop))
     for i, sos in enumerate(sections):
         # the whole path: sosfiltfilt's default padlen for the band-pass, 3 * max(len(a), len(b)) for a notch
@@ -385,6 +399,10 @@ def _piece_stream(source: _Source, sections: list[np.ndarray], start: int, stop:
         emit = max(1, int(round(config.chunk_seconds * config.target_fs)))
         stream = _resample_stream(stream, ratio, n, _scaled(stop, ratio) - _scaled(start, ratio), emit)
     return stream
+
+
+def _numpy_array(n_samples: int, n_channels: int) -> np.ndarray:
+    return np.empty((n_samples, n_channels), dtype=np.float32)
 
 
 class _Pending:
