@@ -1,5 +1,9 @@
 """Harmonization: one recording in source units/rate -> the corpus's common representation.
 
+`harmonize` below does it on the whole recording at once (the reference, and what in-memory callers use);
+`streaming.harmonize_chunked` does the same in time chunks with bounded memory and is what `aemg prepare`
+runs. Both share the decisions made here (flags, notch lines, segment rescaling).
+
 Steps, in order, each per contiguous piece (between file joins) so no filter transient or
 resampling kernel crosses a join:
 
@@ -71,9 +75,11 @@ class HarmonizeConfig:
     clip_dead_fraction: float = 0.5  # more samples at the rails than this marks a channel dead
     flat_tolerance: float = 1e-6  # a channel whose MAD and std are below this (source units) is flat (and dead)
     max_nan_fraction: float = 0.25  # more non-finite (repaired) samples than this marks a channel dead
-    # time chunk of the streaming path (streaming.py): bounds its float64 working memory; the corpus content
-    # does not depend on it (within float32 tolerance), so a corpus is not tied to the value it was made with
-    chunk_seconds: float = 60.0
+    # time chunk of the streaming path (streaming.py): its working memory is about 15 float64 chunks (10 s of 64
+    # channels at 2 kHz is 10 MB) whatever the recording's length; each notch's backward pass also runs over a
+    # 4.4 s margin per chunk (Q 30 at 50 Hz), so much shorter chunks cost time. The corpus content does not
+    # depend on it (within float32 tolerance), so a corpus is not tied to the value
+    chunk_seconds: float = 10.0
 
     def __post_init__(self) -> None:
         check_ranges(self, target_fs=f"[{MIN_FS_HZ:g}, {MAX_FS_HZ:g}]", highpass_hz="(0, inf)", lowpass_hz="(0, inf)",

@@ -47,6 +47,7 @@ from .recording import RawRecording
 
 TRANSIENT_DECAY = 1e-10  # how far the backward filter's start transient decays before it reaches a chunk
 DC_SUBSAMPLE = 16_384  # samples per piece for the DC estimate
+WELCH_SEGMENTS = 8  # Welch segments per chunk of the spectrum pass
 _SCAN_ROWS = 65_536  # rows read at a time when looking for the next finite sample
 
 
@@ -134,7 +135,8 @@ def _welch(source: _Source, mean: np.ndarray, fs: float) -> tuple[np.ndarray, np
     nperseg = int(min(source.n, 2 ** int(np.ceil(np.log2(2 * fs)))))
     step = nperseg - nperseg // 2
     n_seg = (source.n - nperseg // 2) // step
-    per_block = max(1, source.rows // step)
+    # a few segments at a time: welch holds every segment of its input (and their spectra) at once
+    per_block = max(1, min(source.rows // step, WELCH_SEGMENTS))
     total, freqs = 0.0, None
     for k in range(0, n_seg, per_block):
         k1 = min(k + per_block, n_seg)
@@ -169,8 +171,10 @@ def _filtfilt_stream(blocks: Iterator[np.ndarray], sos: np.ndarray, padlen: int,
         if buffered >= margin + emit_rows:
             forward = np.concatenate(y_rows)
             back, _ = signal.sosfilt(sos, forward[::-1], axis=0, zi=zi * forward[-1:])
-            yield back[::-1][:forward.shape[0] - margin]
-            y_rows, buffered = [forward[forward.shape[0] - margin:]], margin
+            y_rows, buffered = [forward[forward.shape[0] - margin:].copy()], margin  # a copy frees `forward`
+            del forward
+            yield back[::-1][:back.shape[0] - margin]
+            del back
     ext = 2 * tail[-1:] - tail[-2:-(padlen + 2):-1]
     y_pad, _ = signal.sosfilt(sos, ext, axis=0, zi=state)
     forward = np.concatenate([*y_rows, y_pad])
@@ -235,11 +239,13 @@ def _resample_stream(blocks: Iterator[np.ndarray], ratio: Fraction, n_in: int, n
         if ready - j >= emit_rows or (consumed >= n_in and ready > j):
             out = emit(j, ready)
             j = ready
-            last = out[-1:]
+            last = out[-1:].copy()
             yield out
+            del out
             keep_from = first_input(j + offset)
             whole = np.concatenate(buf)
-            buf, buf_start = [whole[keep_from - buf_start:]], keep_from
+            buf, buf_start = [whole[keep_from - buf_start:].copy()], keep_from  # a copy frees `whole`
+            del whole
     if n_keep > n_emit and last is not None:
         yield np.repeat(last, n_keep - n_emit, axis=0)
 
