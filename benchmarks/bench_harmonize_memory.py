@@ -24,6 +24,7 @@ import tracemalloc
 from pathlib import Path
 
 import numpy as np
+import zarr
 
 from preprocessing.harmonize import HarmonizeConfig
 
@@ -76,6 +77,12 @@ def child(path: str, seconds: float, channels: int, fs: float, chunk_seconds: fl
             "msamples_per_s": raw.n_samples * raw.n_channels / wall / 1e6, "source_MB": raw.emg.nbytes / 1e6}
 
 
+def _max_difference(a: zarr.Array, b: zarr.Array) -> float:
+    """Largest |a - b|, read a chunk at a time."""
+    step = a.chunks[0]
+    return max(float(np.abs(a[i:i + step] - b[i:i + step]).max()) for i in range(0, a.shape[0], step))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=300.0, help="recording length at 1x")
@@ -102,13 +109,8 @@ def main() -> None:
                        "--fs", str(args.fs), "--chunk-seconds", str(args.chunk_seconds), "--child", path, str(out)]
                 result = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True,
                                                    cwd=ROOT).stdout.strip().splitlines()[-1])
-                import zarr
-
                 corpora[path] = zarr.open_group(str(out / "timed.zarr"), mode="r")["bench/s1/day1"]["emg"]
-                diff = ""
-                if path == "streaming":
-                    step = corpora[path].chunks[0]
-                    diff = f"{max(float(np.abs(corpora['whole'][a:a + step] - corpora[path][a:a + step]).max()) for a in range(0, corpora[path].shape[0], step)):.1e}"
+                diff = f"{_max_difference(corpora['whole'], corpora[path]):.1e}" if path == "streaming" else ""
                 print(f"{seconds:>7.0f}s {path:>9} {result['source_MB']:>9.0f} {result['rss_MB']:>8.1f} "
                       f"{result['tracemalloc_MB']:>14.1f} {result['seconds']:>7.1f} {result['msamples_per_s']:>10.2f} "
                       f"{diff:>9}", flush=True)

@@ -461,7 +461,9 @@ def _kept(source: _Source, ratio: Fraction, row0: int, rows: int, use_all: np.nd
 
 
 def _kept_counts(source: _Source, ratio: Fraction, n_out: int) -> np.ndarray:
+    """Per channel, how many output samples map to a recorded (not repaired) source sample."""
     counts = np.zeros(source.channels, dtype=np.int64)
     for row0 in range(0, n_out, source.rows):
-        counts += _kept(source, ratio, row0, min(source.rows, n_out - row0), np.zeros(source.channels, bool)).sum(axis=0)
+        rows = min(source.rows, n_out - row0)
+        counts += _kept(source, ratio, row0, rows, np.zeros(source.channels, dtype=bool)).sum(axis=0)
     return counts
