@@ -14,7 +14,8 @@ are read from the part files as they are needed.
 
 The run folder (`run.out`) holds the resolved `config.yaml`, `metrics.csv`, TensorBoard events,
 `loss.png` / `codebook.png`, Ray Train's checkpoints (`ray/`), `workers/rank-R.json` (node, process
-and start step of each rank) and the exported inference checkpoint (`export/`: safetensors + config.json).
+and start step of each rank) and the exported inference checkpoint (`export/`: safetensors + config.json);
+artifacts.py names them for the stages that read a run.
 """
 
 from __future__ import annotations
@@ -141,14 +142,16 @@ def load_pretrain_config(path: str | Path | None = None, overrides: Sequence[str
     """Defaults < model preset < the token folder's features < YAML file < key=value overrides; validated before
     anything starts.
 
-    The model reads as many features as the tokens carry: when `data.tokens` already holds a finished tokenization,
-    `model.n_features` and `model.gain_features` (the log amplitudes a channel gain shifts) come from its tokens.json,
-    so a tokenizer with other settings needs no model override; one set in the file or the overrides still wins
-    (and `pretrain` refuses it if it does not fit the tokens)."""
+    The model reads as many features as the tokens carry: when `data.tokens` is a local folder that already holds a
+    finished tokenization, `model.n_features` and `model.gain_features` (the log amplitudes a channel gain shifts)
+    come from its tokens.json, so a tokenizer with other settings needs no model override; one set in the file or
+    the overrides still wins (and `pretrain` refuses it if it does not fit the tokens). A token folder on object
+    storage is not read here (loading a config stays offline, e.g. to check a cluster job's command); `pretrain`
+    checks it and names the values to set."""
     layers: list[Any] = [{"model": model_preset(_setting("preset", path, overrides, PretrainConfig.preset))},
                          *([path] if path else [])]  # the preset: the lowest layer
     tokens = _setting("data.tokens", path, overrides, DataConfig.tokens)
-    if storage.exists(storage.join(tokens, TOKENS_MANIFEST)):
+    if not storage.is_uri(tokens) and storage.exists(storage.join(tokens, TOKENS_MANIFEST)):
         layers.insert(1, {"model": token_features(read_tokens_manifest(tokens, "data.tokens")["feature_names"])})
     return load_config(PretrainConfig, layers, overrides)
 

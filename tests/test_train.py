@@ -1,6 +1,8 @@
 """Pretraining: the plain loop, resume, Ray Train + DeepSpeed (ZeRO 0/2/3), fault recovery, export."""
 
 import csv
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +49,16 @@ def test_plain_loop_learns_and_uses_the_codebook(tokens, tmp_path):
     assert last["codebook_usage"] >= 0.25 and last["perplexity"] > 4  # no collapse onto a few codes
     for name in ("config.yaml", "loss.png", "codebook.png", "export/model.safetensors", "local_checkpoint/state.pt"):
         assert (tmp_path / name).exists(), name
+
+
+def test_no_ray_pretraining_never_imports_ray(tokens, tmp_path):
+    code = (f"import sys; from aemg_dist.train import load_pretrain_config, pretrain; "
+            f"pretrain(load_pretrain_config({str(TINY)!r}, ['data.tokens={tokens}', 'run.out={tmp_path / 'run'}', "
+            f"'dist.ray=false', 'optim.max_steps=2', 'data.batch_size=8'])); "
+            f"print(sorted(m for m in sys.modules if m.split('.')[0] == 'ray'))")
+    shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    assert shown.stdout.strip().splitlines()[-1] == "[]"
 
 
 def test_resume_continues_the_same_curve(tokens, tmp_path):
