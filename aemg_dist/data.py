@@ -45,7 +45,7 @@ from aemg_dist.artifacts import (TOKENIZE_CONFIG, TOKENS_MANIFEST, TokenizeConfi
                                  windows_to_table, write_tokens_manifest)
 from aemg_dist.events import recording_floor
 from aemg_dist.parallel import ensure_shared, map_unordered
-from aemg_dist.tokens import feature_names, tokenize_window
+from aemg_dist.tokens import feature_names, tokenize_windows
 from aemg_dist.validate import claim, require_output
 from aemg_dist.windows import Windows, cut_windows, recording_spans
 from preprocessing.corpus import Corpus, CorpusError
@@ -144,12 +144,18 @@ def read_shard(corpus: Corpus, plan: RecordingPlan, shard: Shard) -> dict[str, n
 
 def tokenize_rows(batch: dict[str, np.ndarray], plans: dict[str, RecordingPlan], cfg: TokenizeConfig) -> pa.Table:
     """Tokenize every window row of a batch; returns Parquet-ready rows (`artifacts.windows_to_table`)."""
-    tokens = []
-    for i, key in enumerate(batch["key"]):
-        plan = plans[key]
-        tokens.append(tokenize_window(np.asarray(batch["emg"][i]), plan.fs, plan.coords, plan.source_fs,
-                                      plan.channel_ok, cfg.events, cfg.tokens, floor=plan.floor))
     keys = [str(k) for k in batch["key"]]
+    # One vectorized call per recording (same channels, floor and rates): the per-window call overhead dominated
+    # 2 s windows (benchmarks/RESULTS.md, contraction-event detection).
+    rows_of: dict[str, list[int]] = {}
+    for i, key in enumerate(keys):
+        rows_of.setdefault(key, []).append(i)
+    tokens: list = [None] * len(keys)
+    for key, rows in rows_of.items():
+        plan, windows = plans[key], [np.asarray(batch["emg"][i]) for i in rows]
+        for i, window_tokens in zip(rows, tokenize_windows(windows, plan.fs, plan.coords, plan.source_fs,
+                                                           plan.channel_ok, cfg.events, cfg.tokens, floor=plan.floor)):
+            tokens[i] = window_tokens
     labels = np.asarray(batch["label"], dtype=np.int64)
     return windows_to_table({
         "key": keys,

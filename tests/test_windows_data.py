@@ -63,15 +63,21 @@ def test_sharding_does_not_change_the_tokens(tiny_corpus, tmp_path):
 
 
 def test_stored_rows_reload_as_the_tokens_of_each_window(tiny_corpus):
+    """A batch interleaving the windows of two recordings (tokenized one vectorized call per recording) gives each
+    row the tokens of its own window, in the batch's order."""
     corpus, cfg = Corpus(tiny_corpus), TokenizeConfig()
-    key = corpus.keys()[0]
-    plan = plan_recording(key, str(tiny_corpus), cfg)
-    shard = make_shards(plan, 10.0)[1]
-    rows = read_shard(corpus, plan, shard)
-    table = tokenize_rows(rows, {key: plan}, cfg)
-    assert table.column("start").to_pylist() == list(plan.windows.start[shard.first:shard.last])
+    keys = corpus.keys()[:2]
+    plans = {key: plan_recording(key, str(tiny_corpus), cfg) for key in keys}
+    parts = [read_shard(corpus, plans[key], make_shards(plans[key], 10.0)[1]) for key in keys]
+    n = min(len(part["key"]) for part in parts)
+    order = [(p, i) for i in range(n) for p in range(2)]  # a0 b0 a1 b1 ...
+    rows = {name: np.array([parts[p][name][i] for p, i in order], dtype=parts[0][name].dtype) for name in parts[0]}
+    table = tokenize_rows(rows, plans, cfg)
+    assert table.column("key").to_pylist() == [keys[p] for p, _ in order]
+    assert table.column("start").to_pylist() == [int(parts[p]["start"][i]) for p, i in order]
     for i, window in enumerate(table_to_windows(table)):
-        x = corpus.read(key, int(rows["start"][i]), int(rows["stop"][i]))
+        plan = plans[rows["key"][i]]
+        x = corpus.read(rows["key"][i], int(rows["start"][i]), int(rows["stop"][i]))
         direct = tokenize_window(x, plan.fs, plan.coords, plan.source_fs, plan.channel_ok, cfg.events, cfg.tokens, plan.floor)
         assert window.n_tokens == direct.n_tokens
         for name in ("features", "coords", "onset_s", "duration_s", "rank", "group", "channel", "active"):
