@@ -111,6 +111,7 @@ def swept(sweep_config, ray_local, tmp_path_factory):
     return out, status, log.read_text()
 
 
+@pytest.mark.claim("an interrupted sweep continues with --resume")
 def test_interrupted_sweep_resumes_without_rerunning_finished_trials(swept):
     out, status, log = swept
     assert status == 130 and "--resume" in log, log[-2000:]
@@ -228,6 +229,7 @@ def killed(sweep_config, ray_local, tmp_path_factory) -> Killed:
 
 
 @pytest.mark.slow
+@pytest.mark.claim("a sweep whose driver dies, even by SIGKILL, continues with --resume without redoing finished work")
 def test_a_killed_driver_leaves_no_trial_behind_and_resumes_without_redoing_finished_work(killed):
     events = _events(killed.out)
     runs = _runs(events)
@@ -254,6 +256,7 @@ def test_a_killed_driver_leaves_no_trial_behind_and_resumes_without_redoing_fini
 
 
 @pytest.mark.slow
+@pytest.mark.claim("the pretrainings of a killed sweep driver continue from their checkpoints")
 def test_the_pretrainings_of_a_killed_driver_continue_from_their_last_checkpoint(killed):
     reached = {}
     for name, registered in killed.registered.items():
@@ -400,6 +403,7 @@ def test_dataset_means_weigh_every_dataset_the_same():
 # ---------------------------------------------------------------- ASHA early stopping
 
 @pytest.mark.slow
+@pytest.mark.claim("asha.enabled=true lets ASHA stop poor configurations at its rungs")
 def test_asha_stops_configurations_at_a_rung_and_scores_only_the_others(sweep_config, ray_local, tmp_path):
     # four configurations, one at a time, so each later one meets the rungs its predecessors set; grace 10 steps,
     # rungs at 10 and 20 of 40 (reduction factor 2): a configuration below the rung's median is stopped there
