@@ -29,7 +29,7 @@ TEST_ENV := OMP_NUM_THREADS=1
 # lets such skips pass (tests/claims.py).
 AEMG_REQUIRE_CLAIMS ?= 1
 
-# What CI (.ci/run) runs: every test but `gpu` ones, the slow ones included (about 45 min on 2 cores).
+# What CI (.ci/run) runs: every test but `gpu` ones, the slow ones included (about 40 min on 2 cores).
 # `real_data` tests read ../shared/data and skip when it is absent.
 test: $(STAMP)
 	$(TEST_ENV) AEMG_REQUIRE_CLAIMS=$(AEMG_REQUIRE_CLAIMS) $(BIN)/python -m pytest -m "not gpu" $(PYTEST_ARGS)

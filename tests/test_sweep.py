@@ -407,9 +407,11 @@ def test_dataset_means_weigh_every_dataset_the_same():
 @pytest.mark.claim("asha.enabled=true lets ASHA stop poor configurations at its rungs")
 def test_asha_stops_configurations_at_a_rung_and_scores_only_the_others(sweep_config, ray_local, tmp_path):
     # four configurations, one at a time, so each later one meets the rungs its predecessors set; grace 10 steps,
-    # rungs at 10 and 20 of 40 (reduction factor 2): a configuration below the rung's median is stopped there
+    # rungs at 10 and 20 of 40 (reduction factor 2): a configuration below the rung's median is stopped there;
+    # one calibration budget is enough to see which configurations are scored (half the evaluation trials)
     cfg = load_sweep_config(sweep_config, ["asha.enabled=true", "asha.grace_period=10", "asha.metric=recon_loss",
-                                           "max_concurrent.pretrain=1", f"out={tmp_path / 'out'}"])
+                                           "max_concurrent.pretrain=1", "evaluation.budgets=[0]",
+                                           f"out={tmp_path / 'out'}"])
     cfg = replace(cfg, pretrain_overrides=[*cfg.pretrain_overrides, "optim.max_steps=40", "run.checkpoint_every=10",
                                            "run.val_every=10"])
     result = sweep(cfg, progress=False)
