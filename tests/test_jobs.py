@@ -217,6 +217,9 @@ def test_the_guides_two_node_recipe_trains_on_both_nodes(tmp_path):
             done = _run(line, env)
             outputs[line] = done.stdout + done.stderr
             assert done.returncode == 0, f"{line}\n{outputs[line][-3000:]}"
+    except TimeoutError as error:  # a node that did not come up: say why
+        raise TimeoutError("\n".join([str(error), *(f"{log.name}: ...{log.read_text()[-2000:]}"
+                                                    for log in sorted(tmp_path.glob("node*.log")))])) from None
     finally:
         _stop(nodes, marker)
         shutil.rmtree(ray_tmp, ignore_errors=True)
