@@ -1,4 +1,5 @@
-"""Shared fixtures: a local Ray for the whole session, and the real-data root."""
+"""Shared fixtures: a local Ray for the whole session, and the real-data root; a skipped `claim` test fails
+when AEMG_REQUIRE_CLAIMS=1 (tests/claims.py)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,13 @@ import os
 from pathlib import Path
 
 import pytest
+
+from claims import pytest_runtest_makereport  # noqa: F401  (a hook: pytest finds it here)
+
+pytest_plugins = ["pytester"]  # tests/test_claims.py runs pytest on small test files
+# one intra-op thread per process (this one, its subprocesses, Ray's workers): on 2 cores torch's default of one
+# thread per core slows every process 10-20x while another is busy
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -20,6 +20,7 @@ CHECKPOINT_EVERY = 10
 
 
 @pytest.mark.slow
+@pytest.mark.claim("a killed training worker is replaced and resumes from the last checkpoint")
 def test_a_killed_training_worker_is_replaced_and_resumes_from_the_last_checkpoint(tiny_corpus, tmp_path, ray_local,
                                                                                    monkeypatch):
     # the controller collects reported checkpoints every health check (2 s by default); a checkpoint it
@@ -59,6 +60,7 @@ def test_a_killed_training_worker_is_replaced_and_resumes_from_the_last_checkpoi
     assert reached - resumed < CHECKPOINT_EVERY  # less than one checkpoint interval was trained twice
 
 
+@pytest.mark.claim("a killed tokenization is finished by running it again")
 def test_a_killed_tokenization_is_finished_by_running_it_again(tiny_corpus, tmp_path, monkeypatch):
     import aemg_dist.data as data
 

@@ -101,6 +101,18 @@ def _recipe() -> list[str]:
     return [line.split("   #")[0].rstrip() for line in block.splitlines() if line.strip()]
 
 
+AGENT_PORTS = ("dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
+               "metrics-export-port")
+RECIPE_PORT = re.compile(r"(?<=-port=)\d+|(?<=127\.0\.0\.1:)\d+")
+
+
+def _on_free_ports(lines: list[str]) -> tuple[list[str], dict[int, int]]:
+    """The recipe with each port it names that is in use on this machine replaced by a free one, and those."""
+    ports = {int(port) for line in lines for port in RECIPE_PORT.findall(line)}
+    moved = {port: _free_port() for port in sorted(ports) if _port_in_use(port)}
+    return [RECIPE_PORT.sub(lambda m: str(moved.get(int(m.group()), m.group())), line) for line in lines], moved
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -149,13 +161,24 @@ def _active_nodes(env: dict, address: str) -> int:
     return len(re.findall(r"node_[0-9a-f]+", active))
 
 
+def test_every_node_of_the_guides_recipe_has_its_own_ports():
+    starts = [line for line in _recipe() if line.startswith("ray start")]
+    assert len(starts) == 2
+    for line in starts:  # a default port (the agent's 52365) is held by any other Ray on the machine
+        missing = [name for name in AGENT_PORTS if f"--{name}=" not in line]
+        assert not missing, f"{line}: no {missing}"
+    ports = [port for line in starts for port in re.findall(r"-port=(\d+)", line)]
+    assert len(ports) == len(set(ports)) == 2 + 2 * len(AGENT_PORTS)  # and the head's --port, --dashboard-port
+
+
 @pytest.mark.slow
+@pytest.mark.claim("a two-node cluster on one machine (cluster/README.md), run as written")
 def test_the_guides_two_node_recipe_trains_on_both_nodes(tmp_path):
-    lines = _recipe()
-    # 52365: the head's dashboard agent (Ray's default), taken by any other local Ray running now
-    for port in (6390, 8275, 52365, 52366, 52367, 52368, 52369):
-        if _port_in_use(port):
-            pytest.skip(f"port {port} of the recipe is in use on this machine")
+    lines, moved = _on_free_ports(_recipe())
+    if moved:  # held by something else running on this machine: the recipe runs on others instead
+        print(f"recipe ports in use here, replaced: {moved}")
+    head = next(line for line in lines if line.startswith("ray start --head"))
+    gcs, dashboard = (int(re.search(rf"--{name}=(\d+)", head).group(1)) for name in ("port", "dashboard-port"))
     marker = f"AEMG_TEST_CLUSTER_{uuid.uuid4().hex}"
     ray_tmp = tempfile.mkdtemp(prefix="aemg-ray-", dir="/tmp")  # short: Ray's socket paths live under it
     # the test's own run folder and Ray temp dir; everything else as the guide says
@@ -188,12 +211,15 @@ def test_the_guides_two_node_recipe_trains_on_both_nodes(tmp_path):
                 nodes.append(subprocess.Popen(["bash", "-c", f"exec {line[:-1]}"], env=env, cwd=PROJECT_ROOT,
                                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
                 if len(nodes) == 1:  # the second node needs the head's GCS to join
-                    _wait(lambda: _port_in_use(6390) and _port_in_use(8275), 90, "the head node to start")
+                    _wait(lambda: _port_in_use(gcs) and _port_in_use(dashboard), 90, "the head node to start")
                 continue
-            _wait(lambda: _active_nodes(env, "127.0.0.1:6390") == 2, 90, "two active nodes")
+            _wait(lambda: _active_nodes(env, f"127.0.0.1:{gcs}") == 2, 90, "two active nodes")
             done = _run(line, env)
             outputs[line] = done.stdout + done.stderr
             assert done.returncode == 0, f"{line}\n{outputs[line][-3000:]}"
+    except TimeoutError as error:  # a node that did not come up: say why
+        raise TimeoutError("\n".join([str(error), *(f"{log.name}: ...{log.read_text()[-2000:]}"
+                                                    for log in sorted(tmp_path.glob("node*.log")))])) from None
     finally:
         _stop(nodes, marker)
         shutil.rmtree(ray_tmp, ignore_errors=True)
@@ -216,6 +242,7 @@ def test_the_guides_two_node_recipe_trains_on_both_nodes(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.claim("a local path that some node of a multi-node cluster cannot see is refused (README)")
 @pytest.mark.skipif(shutil.which("unshare") is None or os.geteuid() != 0, reason="needs root and unshare")
 def test_a_local_path_that_one_node_cannot_see_is_refused_in_one_line(tmp_path):
     if subprocess.run(["unshare", "-m", "--propagation", "private", "true"]).returncode:

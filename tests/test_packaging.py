@@ -44,6 +44,7 @@ def _run(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 600) 
 
 
 @pytest.mark.slow  # 2 min on 2 busy cores (build, venv, prepare, tokenize, a 3-step pretraining)
+@pytest.mark.claim("an installed wheel finds the presets without a checkout")
 def test_the_wheel_runs_outside_the_checkout(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env["OMP_NUM_THREADS"] = "1"

@@ -149,6 +149,7 @@ def test_staged_folder_uploads_whole_files_of_a_uri(tmp_path, cache):
 
 
 @pytest.mark.slow
+@pytest.mark.claim("every path may be a URI: prepare, tokenize, pretrain, evaluate on S3")
 def test_prepare_tokenize_pretrain_evaluate_with_every_path_on_s3(s3, tmp_path):
     base = f"{s3['uri']}/pipeline"
     env = {**os.environ, **s3["env"], "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}

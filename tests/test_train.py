@@ -61,6 +61,7 @@ def test_no_ray_pretraining_never_imports_ray(tokens, tmp_path):
     assert shown.stdout.strip().splitlines()[-1] == "[]"
 
 
+@pytest.mark.claim("running the same command again resumes; a resumed --no-ray run repeats the curve")
 def test_resume_continues_the_same_curve(tokens, tmp_path):
     straight = tmp_path / "straight"
     pretrain(_config(tokens, straight, "dist.ray=false", "optim.max_steps=40", "run.checkpoint_every=20"))
@@ -105,6 +106,7 @@ def test_missing_tokens_fail_with_the_path(tmp_path):
         pretrain(_config(tmp_path / "nothing", tmp_path, "dist.ray=false"))
 
 
+@pytest.mark.claim("dist.max_failures retries a failed worker from the latest checkpoint")
 def test_ray_train_deepspeed_recovers_from_a_worker_failure(tokens, tmp_path, ray_local):
     result = pretrain(_config(tokens, tmp_path, "optim.max_steps=30", "run.checkpoint_every=10", "run.fail_at_step=15"))
     assert (tmp_path / ".fault_injected").exists()  # the failure happened...
