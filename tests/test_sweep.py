@@ -28,6 +28,7 @@ from omegaconf import OmegaConf
 from aemg_dist import cli
 from aemg_dist.config import ConfigError, save_config
 from aemg_dist.data import tokenize_corpus
+from aggregates import check_sweep_aggregate
 from runs import metric_steps, reached_before_restart, registered_step
 from tuning.sweep import CONFIG_FILE, EXECUTIONS_FILE, configurations, exported, load_sweep_config, log_execution, sweep
 from tuning.sweep_report import ALL_DATASETS, dataset_means, t_interval
@@ -312,6 +313,7 @@ def test_every_aggregated_cell_and_the_report(finished_sweep):
     assert set(keys) == expected and set(keys.values()) == {1}
     for c in cells:
         assert c["n"] == "1" and 0 <= float(c["mean"]) <= 1  # one held-out subject per role
+    assert check_sweep_aggregate(out) == len(cells)  # every cell recomputed from the trials' own rows
         assert c["configuration"] == f"codebook_size-{c['codebook_size']}_mask_ratio-{c['mask_ratio']}"
     with (out / "summary.csv").open() as f:
         reader = csv.DictReader(f)
