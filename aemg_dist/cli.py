@@ -12,7 +12,10 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
-from aemg_dist.config import ConfigError, load_config
+from aemg_dist import jobs
+from aemg_dist.artifacts import run_export
+from aemg_dist.commands import CommandError, format_table, subcommand
+from aemg_dist.config import ConfigError, load_config, shipped_configs
 
 DEFAULT_DATA_ROOT = "../shared/data"
 T = TypeVar("T")
@@ -20,7 +23,8 @@ DEMO_HELD_OUT = ("synth_myo/s01", "synth_myo/s02", "synth_myo/s03")  # the demo'
 # masked token modeling stays at the code entropy (no context learned) for the first few hundred steps on the
 # demo corpus; by 1000 steps it predicts ~45 % of masked codes and the encoder's features help downstream
 DEMO_PRETRAIN_STEPS = 1000
-DEMO_EVALUATION = Path(__file__).resolve().parents[1] / "configs" / "evaluate" / "demo.yaml"
+DEMO_EVALUATION = "evaluate/demo.yaml"  # among the shipped configs
+DEMO_PRETRAIN = "pretrain/tiny.yaml"
 
 
 EXIT_USAGE, EXIT_DATA, EXIT_RUNTIME = 2, 3, 4  # see `exit_status`; 1: finished, but found bad inputs (reported)
@@ -32,22 +36,6 @@ EXIT_HELP = """exit status:
   4  runtime failure: the run itself failed (a crashed worker, a full disk); the last line says why
 130  interrupted
 Errors are one line naming the culprit; --debug also prints the traceback."""
-
-
-class CommandError(RuntimeError):
-    """A failure the user can act on; printed as one line, exit status 2."""
-
-
-def format_table(rows: list[dict[str, Any]]) -> str:
-    """Rows of equal keys as an aligned plain-text table."""
-    if not rows:
-        return "(empty)"
-    cells = [[f"{v:.3f}" if isinstance(v, float) else str(v) for v in row.values()] for row in rows]
-    header = list(rows[0].keys())
-    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(header)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]
-    lines += ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cell, widths))) for cell in cells]
-    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------- prepare / corpus
@@ -105,7 +93,8 @@ def cmd_corpus(args: argparse.Namespace) -> int:
 
 
 def cmd_tokenize(args: argparse.Namespace) -> int:
-    from aemg_dist.data import TokenizeConfig, tokenize_corpus
+    from aemg_dist.artifacts import TokenizeConfig
+    from aemg_dist.data import tokenize_corpus
 
     config = load_config(TokenizeConfig, args.config, args.overrides)
     report = tokenize_corpus(args.corpus, args.out, config, workers=args.workers, address=args.address,
@@ -118,7 +107,7 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
 def cmd_plot(args: argparse.Namespace) -> int:
     if args.what == "prototypes":
         return _plot_prototypes(args)
-    from aemg_dist.data import TokenizeConfig
+    from aemg_dist.artifacts import TokenizeConfig
     from aemg_dist.plots import plot_events
     from preprocessing.corpus import Corpus
 
@@ -140,8 +129,7 @@ def _plot_prototypes(args: argparse.Namespace) -> int:
 
     if not args.checkpoint or not args.tokens:
         raise CommandError("plot prototypes needs --checkpoint RUN (or its export/) and --tokens TOKENS/")
-    run = Path(args.checkpoint)
-    export = run if (run / "model.safetensors").is_file() else run / "export"
+    export = run_export(args.checkpoint)
     try:
         protos = codebook_prototypes(export, args.tokens, max_windows=args.windows)
     except (FileNotFoundError, ValueError) as err:
@@ -256,7 +244,7 @@ def _print_law(result: dict) -> None:
 def _tune_driver(command: str, run: Callable[[], T]) -> T | None:
     """run() of `aemg sweep` or `aemg scaling run`: None when interrupted (the message says to --resume). Failed
     trials (SweepError) are a runtime failure, reported by `main` in one line."""
-    from tuning.sweep import SweepInterrupted
+    from tuning.trials import SweepInterrupted
 
     try:
         return run()
@@ -371,8 +359,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     import shutil
 
-    from aemg_dist.data import TokenizeConfig, tokenize_corpus
-    from aemg_dist.train import REPO_ROOT, load_pretrain_config, pretrain
+    from aemg_dist.artifacts import TokenizeConfig
+    from aemg_dist.data import tokenize_corpus
+    from aemg_dist.train import load_pretrain_config, pretrain
     from preprocessing.corpus import Corpus, check_corpus, corpus_summary
     from preprocessing.harmonize import HarmonizeConfig
     from preprocessing.prepare import prepare
@@ -401,7 +390,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     # the evaluated subjects are left out of pretraining, so no fold's held-out subject was ever seen
     print(f"[3/4] pretrain: tiny model {where}, without the held-out subjects {list(DEMO_HELD_OUT)} "
           f"-> {pretrain_path}", flush=True)
-    config = load_pretrain_config(REPO_ROOT / "configs" / "pretrain" / "tiny.yaml", [
+    config = load_pretrain_config(shipped_configs() / DEMO_PRETRAIN, [
         f"data.tokens={tokens_path}", f"run.out={pretrain_path}", f"run.seed={args.seed}",
         f"data.exclude_subjects=[{','.join(DEMO_HELD_OUT)}]", f"optim.max_steps={DEMO_PRETRAIN_STEPS}",
         "run.checkpoint_every=250", "run.val_every=250", *(["dist.ray=false"] if args.workers == 1 else [])])
@@ -424,7 +413,7 @@ def _demo_evaluation_args(args: argparse.Namespace, pretrain_path: Path, corpus_
                           results_path: Path) -> argparse.Namespace:
     """The demo's step 4 as `aemg evaluate` options: LOSO of the held-out subjects at 0/10/100 %."""
     args.checkpoint, args.corpus, args.out, args.protocol = [str(pretrain_path)], str(corpus_path), str(results_path), "loso"
-    args.budgets, args.subjects, args.config = "0,10,100", ",".join(DEMO_HELD_OUT), str(DEMO_EVALUATION)
+    args.budgets, args.subjects, args.config = "0,10,100", ",".join(DEMO_HELD_OUT), str(shipped_configs() / DEMO_EVALUATION)
     args.seeds = args.datasets = args.methods = args.max_folds = None
     args.overrides = []
     return args
@@ -539,14 +528,6 @@ def _add_evaluation_options(p: argparse.ArgumentParser, default_methods: str) ->
     _add_runtime_options(p)
 
 
-def _subcommand(sub: Any, name: str, help: str, description: str, examples: Sequence[str]) -> argparse.ArgumentParser:
-    """A subcommand whose --help ends with worked examples."""
-    epilog = "examples:\n" + "\n".join(f"  {e}" for e in examples)
-    description = textwrap.fill(description, width=100)  # raw formatting keeps the examples' lines, so wrap here
-    return sub.add_parser(name, help=help, description=description, epilog=epilog,
-                          formatter_class=argparse.RawDescriptionHelpFormatter)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="aemg",
@@ -563,7 +544,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_runtime_options(p)
     p.set_defaults(func=cmd_demo)
 
-    p = _subcommand(
+    p = subcommand(
         sub, "prepare", "source datasets -> harmonized Zarr corpus",
         "Read datasets through their manifests (or the synthetic generator), harmonize them (filter, notch, "
         "resample, robust z-score, quality flags, electrode positions) and write one Zarr corpus. Re-running "
@@ -583,7 +564,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_runtime_options(p)
     p.set_defaults(func=cmd_prepare)
 
-    p = _subcommand(
+    p = subcommand(
         sub, "tokenize", "corpus -> contraction events -> token shards (Parquet), on Ray Data",
         "Detect contraction events per window and turn them into neuromuscular tokens: one Parquet row per "
         "window (pretraining chunks by default, or labeled classification windows), plus tokens.json (files, "
@@ -599,7 +580,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_runtime_options(p)
     p.set_defaults(func=cmd_tokenize)
 
-    p = _subcommand(
+    p = subcommand(
         sub, "pretrain", "token shards -> pretrained model (Ray Train + DeepSpeed)",
         "Self-supervised pretraining of the conditioned Transformer: VQ reconstruction of the tokens (a codebook "
         "of contraction prototypes) and masked token modeling, on Ray Train workers with DeepSpeed ZeRO. A run "
@@ -621,7 +602,7 @@ def build_parser() -> argparse.ArgumentParser:
         "choices) or test folds (for reporting). Writes summary.csv, report.md (mean ± std and 95 % CI, paired "
         "Wilcoxon tests against the same model from scratch and every baseline), low_label.png and confusion "
         "matrices. Finished folds are kept in trials.jsonl: re-running the same command resumes.")
-    p = _subcommand(
+    p = subcommand(
         sub, "evaluate", "pretrained checkpoint(s) -> LOSO x calibration budgets, with the baselines",
         evaluation_help + " By default a fold is only scored with a checkpoint whose lineage never trained on the "
         "held-out subject: the subjects of its token folder's manifest minus its exclusions, following "
@@ -635,7 +616,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluation_options(p, "aemg_finetune,aemg_probe and every baseline")
     p.set_defaults(func=cmd_evaluate)
 
-    p = _subcommand(
+    p = subcommand(
         sub, "baselines", "the baselines alone (no pretrained checkpoint) -> LOSO x calibration budgets",
         evaluation_help + " Methods: aemg_scratch (the AEMG architecture from scratch), td_lda, cnn, transformer, "
         "simclr, mae.",
@@ -644,7 +625,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluation_options(p, "every baseline")
     p.set_defaults(func=cmd_baselines)
 
-    p = _subcommand(
+    p = subcommand(
         sub, "report", "one report over several evaluations of the same folds",
         "Combine the trials of `aemg evaluate` / `aemg baselines` outputs made with the same protocol (corpus, "
         "windows, budgets, seeds, normalization, splits), e.g. a new checkpoint's AEMG methods against baselines "
@@ -655,7 +636,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for the combined report")
     p.set_defaults(func=cmd_report)
 
-    p = _subcommand(
+    p = subcommand(
         sub, "splits", "development / test subjects per dataset (where choices are made / numbers reported)",
         "Draw, once, the development subjects of every dataset (sessions for a single-subject dataset) and write "
         "them to a YAML file. Give it to `aemg evaluate --splits FILE --role development` to make choices and "
@@ -671,7 +652,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="overwrite an existing file")
     p.set_defaults(func=cmd_splits)
 
-    p = _subcommand(
+    p = subcommand(
         sub, "folds", "held-out subject groups for LOSO-clean pretraining",
         "Split every dataset's subjects into N disjoint groups and print, per group, the pretraining override "
         "that leaves it out. Pretraining once per group and giving all runs to `aemg evaluate` scores every "
@@ -687,7 +668,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--role", choices=["development", "test"], help="with --splits: development or test subjects")
     p.set_defaults(func=cmd_folds)
 
-    p = _subcommand(
+    p = subcommand(
         sub, "sweep", "grid of pretraining configurations x LOSO folds x budgets, on Ray Tune",
         "Pretrain one model per grid configuration (e.g. codebook size x mask ratio; each a Ray Train job run "
         "as a Tune trial, optionally stopped early by ASHA), then score each with one Tune trial per (LOSO fold, "
@@ -708,7 +689,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. out=runs/sweep2 evaluation.budgets=[0,10]")
     p.set_defaults(func=cmd_sweep)
 
-    p = _subcommand(
+    p = subcommand(
         sub, "scaling", "pretraining runs over model sizes x token budgets, and the scaling law L(N, D) fitted to them",
         "run: pretrain every model size x token budget (x seed) of a ScalingRunConfig YAML as Ray Tune trials (each a "
         "Ray Train job), write runs.csv (N non-embedding parameters, D tokens seen, the preset's real FLOPs, the final "
@@ -762,7 +743,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="events: key=value overrides, e.g. events.high=2.5")
     p.set_defaults(func=cmd_plot)
 
-    p = _subcommand(
+    p = subcommand(
         sub, "finetune", "pretrained model + one person's labeled recordings -> a personal decoder folder",
         "Calibrate a pretrained encoder to one subject with the evaluation's recipe: labeled windows tokenized as in "
         "pretraining, a held-out slice of each label's repetitions kept aside, normalization, noise floor and usable "
@@ -786,7 +767,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_runtime_options(p)
     p.set_defaults(func=cmd_finetune, workers=1)
 
-    p = _subcommand(
+    p = subcommand(
         sub, "predict", "personal decoder + a recording or a live stream -> per-window labels and probabilities (CSV)",
         "Decode a recording (a corpus key, a manifest's recording, or one file with an inline reader spec) or a live "
         "stream of raw samples (standard input, or a socket bound to 127.0.0.1) into one CSV row per hop: window end, "
@@ -821,7 +802,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["info", "check"])
     p.add_argument("corpus", help="CORPUS.zarr")
     p.set_defaults(func=cmd_corpus)
-    __import__("aemg_dist.jobs").jobs.add_commands(sub)  # aemg submit / aemg jobs (imports cli: a late import)
+    jobs.add_commands(sub)  # aemg submit / aemg jobs
     for command in sub.choices.values():  # `aemg CMD ... --debug` as well as `aemg --debug CMD ...`
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                              help="print the traceback of a failure")
@@ -880,9 +861,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         return status
 
 
-if __name__ == "__main__":
-    # `python -m aemg_dist.cli` (how `aemg submit` runs a checkout): run the imported module's main, so the errors
-    # other modules raise (aemg_dist.cli.CommandError) are the classes main maps to exit statuses
-    from aemg_dist.cli import main as module_main
-
-    sys.exit(module_main())
+if __name__ == "__main__":  # `python -m aemg_dist.cli` (how `aemg submit` runs a checkout)
+    sys.exit(main())

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import fields, is_dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping, Sequence, TypeVar
 
@@ -19,12 +20,11 @@ import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from aemg_dist import storage
+from aemg_dist.errors import ConfigError
+
 T = TypeVar("T")
 MAX_CONFIG_BYTES = 1 << 20  # a config file is a few KB; a larger one is not a config (and is not parsed)
-
-
-class ConfigError(ValueError):
-    """A config file or override does not fit the config's schema or values."""
 
 
 class FieldError(ConfigError):
@@ -149,8 +149,6 @@ def config_layer(layer: str | Path | Mapping) -> DictConfig:
     MAX_CONFIG_BYTES; it must hold a mapping of settings)."""
     if isinstance(layer, Mapping):
         return OmegaConf.create(dict(layer))
-    from aemg_dist import storage  # a late import: storage imports ConfigError from here
-
     if not storage.exists(layer):  # a file or a URI (e.g. a run's config.yaml on S3)
         raise ConfigError(f"config file {layer} does not exist")
     if storage.isdir(layer):
@@ -235,9 +233,18 @@ def config_from_dict(schema: type[T], values: dict) -> T:
 
 def save_config(config: object, path: str | Path) -> str | Path:
     """Write the resolved config as YAML to a file or a URI; returns the path."""
-    from aemg_dist import storage
-
     if not is_dataclass(config):
         raise TypeError(f"expected a dataclass instance, got {type(config).__name__}")
     storage.write_text(path, OmegaConf.to_yaml(OmegaConf.structured(config)))
     return path
+
+
+def shipped_configs() -> Path:
+    """The configs the project ships (model presets, pretraining, sweep, scaling, evaluation, splits, datasets).
+
+    An installed wheel holds them as the package data `aemg_dist.configs` (pyproject.toml maps the checkout's
+    configs/ there); a checkout on the path (an editable install, PYTHONPATH, a Ray job's working_dir) has them
+    next to the package. Wheels install unpacked, so either is a folder on disk."""
+    package = Path(str(resources.files("aemg_dist")))
+    inside = package / "configs"
+    return inside if inside.is_dir() else package.parent / "configs"

@@ -12,7 +12,7 @@ Three steps:
    Data's `read_zarr` refuses zarr-python 3 and cannot ship array attributes, hence this
    small datasource.
 3. **Tokenize** (`map_batches`, fused with the read, in parallel workers) and **write**
-   Parquet, one row per window (schema in `TOKEN_SCHEMA`): one file per read task, written whole
+   Parquet, one row per window (schema in `artifacts.py`): one file per read task, written whole
    (never half visible) and named after its first window; then `tokens.json` (files, counts,
    feature names, config), which marks the output complete.
 
@@ -27,11 +27,7 @@ by the number of shards in flight whatever the corpus size.
 
 from __future__ import annotations
 
-import io
-import json
-import re
 import time
-import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from functools import partial
@@ -39,40 +35,21 @@ from typing import Any, Collection, Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from omegaconf import OmegaConf
 from ray.data.block import Block, BlockAccessor, BlockMetadata
 from ray.data.datasource import Datasink, Datasource, ReadTask
 from tqdm import tqdm
 
 from aemg_dist import storage
-from aemg_dist.config import check_ranges
-from aemg_dist.events import EventConfig, recording_floor
+from aemg_dist.artifacts import (TOKENIZE_CONFIG, TOKENS_MANIFEST, TokenizeConfig, read_part, write_part,
+                                 windows_to_table, write_tokens_manifest)
+from aemg_dist.events import recording_floor
 from aemg_dist.parallel import ensure_shared, map_unordered
-from aemg_dist.tokens import TokenConfig, WindowTokens, feature_names, tokenize_window
+from aemg_dist.tokens import feature_names, tokenize_window
 from aemg_dist.validate import claim, require_output
-from aemg_dist.windows import WindowConfig, Windows, cut_windows, recording_spans
+from aemg_dist.windows import Windows, cut_windows, recording_spans
 from preprocessing.corpus import Corpus, CorpusError
-from preprocessing.errors import DataError
 from preprocessing.recording import Segment
-from aemg_dist.shards import TOKENS_FORMAT, TOKENS_MANIFEST
-
-TOKENIZE_CONFIG = "tokenize.yaml"
-
-
-@dataclass(frozen=True)
-class TokenizeConfig:
-    """Everything that decides the tokens; saved next to them."""
-
-    events: EventConfig = field(default_factory=EventConfig)
-    tokens: TokenConfig = field(default_factory=TokenConfig)
-    windows: WindowConfig = field(default_factory=WindowConfig)
-    shard_s: float = 60.0  # time range read at once: one block of window rows
-    task_s: float = 600.0  # EMG seconds one Ray Data read task covers (a run of shards); fewer, larger
-    #                        tasks amortize Ray's per-task cost, which dominates on short recordings
-
-    def __post_init__(self) -> None:
-        check_ranges(self, shard_s="(0, inf)", task_s="(0, inf)")
 
 
 @dataclass(frozen=True)
@@ -166,7 +143,7 @@ def read_shard(corpus: Corpus, plan: RecordingPlan, shard: Shard) -> dict[str, n
 
 
 def tokenize_rows(batch: dict[str, np.ndarray], plans: dict[str, RecordingPlan], cfg: TokenizeConfig) -> pa.Table:
-    """Tokenize every window row of a batch; returns Parquet-ready rows (`TOKEN_SCHEMA`)."""
+    """Tokenize every window row of a batch; returns Parquet-ready rows (`artifacts.windows_to_table`)."""
     tokens = []
     for i, key in enumerate(batch["key"]):
         plan = plans[key]
@@ -174,7 +151,7 @@ def tokenize_rows(batch: dict[str, np.ndarray], plans: dict[str, RecordingPlan],
                                       plan.channel_ok, cfg.events, cfg.tokens, floor=plan.floor))
     keys = [str(k) for k in batch["key"]]
     labels = np.asarray(batch["label"], dtype=np.int64)
-    columns = {
+    return windows_to_table({
         "key": keys,
         "dataset": [plans[k].dataset for k in keys],
         "subject": [plans[k].subject for k in keys],
@@ -185,70 +162,14 @@ def tokenize_rows(batch: dict[str, np.ndarray], plans: dict[str, RecordingPlan],
         "label": labels,
         "label_name": [plans[k].label_names.get(int(lab), "") for k, lab in zip(keys, labels)],
         "rep": np.asarray(batch["rep"], dtype=np.int64),
-        "n_tokens": np.array([t.n_tokens for t in tokens], dtype=np.int32),
-    }
-    offsets = pa.array(np.concatenate([[0], np.cumsum(columns["n_tokens"])]).astype(np.int32))
-    for name, dtype in TOKEN_FIELDS.items():
-        flat = np.concatenate([getattr(t, name) for t in tokens]) if tokens else np.zeros(0)
-        values = pa.array(flat.reshape(-1).astype(dtype))
-        if flat.ndim == 2:  # per-token vectors (features, coords) keep their width
-            values = pa.FixedSizeListArray.from_arrays(values, flat.shape[1])
-        columns[name] = pa.ListArray.from_arrays(offsets, values)
-    return pa.table(columns)
-
-
-# per-token arrays of WindowTokens and their stored dtypes
-TOKEN_FIELDS = {"features": np.float32, "coords": np.float32, "onset_s": np.float32, "duration_s": np.float32,
-                "rank": np.int16, "group": np.int16, "channel": np.int16, "active": np.bool_}
-
-
-def table_to_windows(table: pa.Table) -> list[WindowTokens]:
-    """Token rows back to WindowTokens (what the model's batches are collated from)."""
-    columns = {}
-    for name, dtype in TOKEN_FIELDS.items():
-        column = table.column(name).combine_chunks()
-        values = column.values
-        width = values.type.list_size if pa.types.is_fixed_size_list(values.type) else None
-        flat = (values.values if width else values).to_numpy(zero_copy_only=False)
-        flat = flat.astype(np.int64 if dtype == np.int16 else dtype)
-        columns[name] = (flat.reshape(-1, width) if width else flat, column.offsets.to_numpy())
-    return [WindowTokens(**{name: flat[offsets[i]:offsets[i + 1]] for name, (flat, offsets) in columns.items()})
-            for i in range(table.num_rows)]
-
-
-def read_token_table(folder: str | Path, columns: list[str] | None = None) -> pa.Table:
-    """All token rows of a `tokenize` output folder (a path or URI) as one table (in file order)."""
-    files = storage.listdir(folder, ".parquet")
-    if not files:
-        raise FileNotFoundError(f"{folder} holds no token shards (*.parquet); run `aemg tokenize` first")
-    return pa.concat_tables([_read_parquet(f, columns) for f in files])
-
-
-def _read_parquet(path: str, columns: list[str] | None = None) -> pa.Table:
-    fs, inner = storage.filesystem(path)
-    return pq.read_table(inner, columns=columns, filesystem=fs)
-
-
-def write_part(out: str, table: pa.Table) -> str:
-    """Write token rows as one part file named after its first window; returns its path.
-
-    The name is deterministic (the same rows always get the same name) and unique (a window is
-    in exactly one file), and the file appears only once complete, so a re-run can trust every
-    part file it finds."""
-    key, start = table.column("key")[0].as_py(), table.column("start")[0].as_py()
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", key)
-    path = storage.join(out, f"part-{slug}-{zlib.crc32(key.encode()):08x}-{start:012d}.parquet")
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer)
-    storage.write_bytes(path, buffer.getvalue())
-    return path
+    }, tokens)
 
 
 def written_windows(out: str) -> dict[str, set[int]]:
     """Window starts per recording key found in the part files of `out` (what a re-run skips)."""
     done: dict[str, set[int]] = {}
     for path in storage.listdir(out, ".parquet"):
-        table = _read_parquet(path, ["key", "start"])
+        table = read_part(path, ["key", "start"])
         for key, start in zip(table.column("key").to_pylist(), table.column("start").to_pylist()):
             done.setdefault(key, set()).add(start)
     return done
@@ -428,22 +349,14 @@ def _tokenize_batch(batch: dict[str, np.ndarray], plans: Any, cfg: TokenizeConfi
 def _write_manifest(out: str, plans: dict[str, RecordingPlan], cfg: TokenizeConfig) -> TokenizeReport:
     report = TokenizeReport(out=out, recordings=len(plans))
     for path in storage.listdir(out, ".parquet"):
-        n_tokens = _read_parquet(path, ["n_tokens"]).column("n_tokens").to_numpy()  # one row per window
+        n_tokens = read_part(path, ["n_tokens"]).column("n_tokens").to_numpy()  # one row per window
         report.files.append({"path": path.rsplit("/", 1)[-1], "rows": len(n_tokens), "tokens": int(n_tokens.sum())})
         report.windows += len(n_tokens)
         report.tokens += int(n_tokens.sum())
         report.empty_windows += int((n_tokens == 0).sum())
     report.skipped_spans = sum(p.windows.skipped_spans for p in plans.values())
     report.channel_samples = sum(int((p.windows.stop - p.windows.start).sum()) * len(p.coords) for p in plans.values())
-    manifest = {
-        "format": TOKENS_FORMAT,
-        "feature_names": feature_names(cfg.tokens),
-        "config": {"events": asdict(cfg.events), "tokens": asdict(cfg.tokens), "windows": asdict(cfg.windows),
-                   "shard_s": cfg.shard_s},
-        "recordings": sorted(plans),
-        "files": report.files,
-        "windows": report.windows,
-        "tokens": report.tokens,
-    }
-    storage.write_text(storage.join(out, TOKENS_MANIFEST), json.dumps(manifest, indent=1))  # last: marks it complete
+    write_tokens_manifest(out, feature_names(cfg.tokens), {"events": asdict(cfg.events), "tokens": asdict(cfg.tokens),
+                                                          "windows": asdict(cfg.windows), "shard_s": cfg.shard_s},
+                          list(plans), report.files)  # last: marks the output complete
     return report

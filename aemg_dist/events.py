@@ -227,7 +227,19 @@ def detect_events(x: np.ndarray, fs: float, cfg: EventConfig | None = None, chan
     step = _step_samples(fs, cfg)
     start = intervals.start * step
     stop = np.minimum(intervals.stop * step, n_samples)
-    onset, offset, chunk = _overlap_events(start, stop, max_len=round(cfg.max_event_ms * fs / 1000.0))
+    spans = group_intervals(start, stop, intervals.channel, n_channels, max_len=round(cfg.max_event_ms * fs / 1000.0))
+    return Events(*spans, env, env_fs, floor, channel_ok)
+
+
+def group_intervals(start: np.ndarray, stop: np.ndarray, channel: np.ndarray, n_channels: int,
+                    max_len: int) -> tuple[np.ndarray, ...]:
+    """Events of active intervals `[start, stop)` (samples) of `channel`: `detect_events` after the hysteresis.
+
+    Returns (onset, offset, chunk, active, channel_onset, channel_offset) as in `Events`.
+    Intervals that merely touch (one's stop is the other's start) stay separate events, so
+    windows laid end to end on one time axis can be grouped in one call without merging.
+    """
+    onset, offset, chunk = _overlap_events(start, stop, max_len)
 
     # Every (interval, event) pair where they overlap. Events are disjoint and sorted, so the
     # events an interval touches form a contiguous range found by binary search.
@@ -235,7 +247,7 @@ def detect_events(x: np.ndarray, fs: float, cfg: EventConfig | None = None, chan
     last_event = np.searchsorted(onset, stop, side="left") - 1
     pair_interval, within = _expand(last_event - first_event + 1)
     pair_event = first_event[pair_interval] + within
-    pair_channel = intervals.channel[pair_interval]
+    pair_channel = channel[pair_interval]
 
     active = np.zeros((onset.shape[0], n_channels), dtype=bool)
     active[pair_event, pair_channel] = True
@@ -246,7 +258,7 @@ def detect_events(x: np.ndarray, fs: float, cfg: EventConfig | None = None, chan
     np.maximum.at(channel_offset, (pair_event, pair_channel), np.minimum(stop[pair_interval], offset[pair_event]))
     channel_onset = np.where(active, channel_onset, onset[:, None])
     channel_offset = np.where(active, channel_offset, offset[:, None])
-    return Events(onset, offset, chunk, active, channel_onset, channel_offset, env, env_fs, floor, channel_ok)
+    return onset, offset, chunk, active, channel_onset, channel_offset
 
 
 def recording_floor(read: Callable[[int, int], np.ndarray], n_samples: int, fs: float, cfg: EventConfig,

@@ -31,8 +31,9 @@ from pathlib import Path
 import numpy as np
 from omegaconf import OmegaConf
 
+from aemg_dist.artifacts import RUN_CONFIG, TOKENIZE_CONFIG, TokenizeConfig, run_export
 from aemg_dist.config import ConfigError, load_config
-from aemg_dist.data import TokenizeConfig, tokenize_corpus
+from aemg_dist.data import tokenize_corpus
 from aemg_dist.decoder import Decoder, DecoderConfig
 from aemg_dist.evaluation.classifiers import FinetuneConfig
 from aemg_dist.evaluation.data import load_labeled_windows
@@ -161,12 +162,12 @@ def pretrained_settings(path: str | Path) -> tuple[Path, TokenizeConfig]:
     """The export folder of a pretrained run (or the export given) and the token settings it was pretrained with:
     the tokenize.yaml of the run's token folder, else the defaults (checked against the model's feature count)."""
     path = Path(path)
-    export = path if (path / "model.safetensors").is_file() else path / "export"
+    export = run_export(path)
     if not (export / "model.safetensors").is_file():
         raise FileNotFoundError(f"{path} is neither an `aemg pretrain` run nor its export/ (no model.safetensors)")
-    run_config = export.parent / "config.yaml"
+    run_config = export.parent / RUN_CONFIG
     if run_config.is_file():
-        layer = Path(str(OmegaConf.load(run_config).data.tokens)) / "tokenize.yaml"
+        layer = Path(str(OmegaConf.load(run_config).data.tokens)) / TOKENIZE_CONFIG
         if layer.is_file():
             return export, load_config(TokenizeConfig, [layer], [])
     return export, TokenizeConfig()

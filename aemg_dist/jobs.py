@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from aemg_dist import storage
-from aemg_dist.cli import CommandError, _subcommand, format_table
+from aemg_dist.commands import CommandError, format_table, subcommand
 from preprocessing.errors import first_line
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -177,7 +177,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 def add_commands(sub: Any) -> None:
     """Register `aemg submit` and `aemg jobs` on the aemg subparsers."""
     address_help = "Ray job server, http://HEAD:8265 (default: $RAY_API_SERVER_ADDRESS or $RAY_ADDRESS)"
-    p = _subcommand(
+    p = subcommand(
         sub, "submit", "run an aemg command on a Ray cluster (job submission API)",
         "Submit an aemg command as a Ray job: this checkout is uploaded as its working directory (or, with "
         "--installed, the cluster's own aemg runs), the job id is printed, its logs are followed, and the exit "
@@ -198,7 +198,7 @@ def add_commands(sub: Any) -> None:
     p.add_argument("aemg_command", nargs=argparse.REMAINDER, metavar="-- aemg COMMAND ...", help="the aemg command to run")
     p.set_defaults(func=cmd_submit)
 
-    p = _subcommand(
+    p = subcommand(
         sub, "jobs", "list, show logs of, or stop jobs on a Ray cluster",
         "list: every job with its status; logs ID: its output (--follow until it ends, exit status = the "
         "job's); stop ID: ask Ray to stop it.",

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from aemg_dist.artifacts import read_token_table, read_tokens_manifest, table_to_windows
 from aemg_dist.model import batch_to_torch, load_inference
 from aemg_dist.tokens import TokenBatch
 
@@ -46,9 +47,6 @@ class Prototypes:
 def codebook_prototypes(export: str | Path, tokens: str | Path, max_windows: int = 4000, seed: int = 0,
                         batch_size: int = 256) -> Prototypes:
     """Code statistics of the export's tokenizer over up to `max_windows` random windows of a token folder."""
-    from aemg_dist.data import read_token_table, table_to_windows
-    from aemg_dist.shards import read_tokens_manifest
-
     names = read_tokens_manifest(tokens, "--tokens")["feature_names"]
     model = load_inference(export)
     if len(names) != model.cfg.n_features:

@@ -18,11 +18,9 @@ the same on every rank and every run. Plain pyarrow and numpy: no Ray here.
 
 from __future__ import annotations
 
-import json
 import zlib
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -30,11 +28,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from aemg_dist import storage
-from aemg_dist.config import ConfigError
-from preprocessing.errors import DataError
-
-TOKENS_MANIFEST = "tokens.json"
-TOKENS_FORMAT = "aemg-tokens/1"
+from aemg_dist.artifacts import read_tokens_manifest
+from aemg_dist.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -62,27 +57,6 @@ def split_recordings(folder: str, exclude_subjects: Sequence[str] = (), exclude_
         raise ConfigError(f"no training windows left in {folder} after the exclusions (data.exclude_subjects, "
                           "data.exclude_datasets, data.val_fraction)")
     return ShardSplit(folder, files, train, frozenset(val))
-
-
-def read_tokens_manifest(folder: str | Path, what: str) -> dict[str, Any]:
-    """tokens.json of a finished `aemg tokenize` output (written last): FileNotFoundError naming the folder when it
-    is missing, so nothing trains on the shards of an interrupted tokenization; DataError when it is damaged."""
-    storage.check_scheme(folder)
-    path = storage.join(folder, TOKENS_MANIFEST)
-    if not storage.exists(path):
-        state = "an unfinished tokenization" if storage.listdir(folder, ".parquet") else "no tokens"
-        raise FileNotFoundError(f"{what}={folder} holds {state} (no {TOKENS_MANIFEST}); run `aemg tokenize` "
-                                "(again, to finish it) first")
-    try:
-        manifest = json.loads(storage.read_text(path))
-        fine = (manifest.get("format") == TOKENS_FORMAT and isinstance(manifest.get("config"), dict)
-                and all(isinstance(manifest.get(k), list) and all(isinstance(v, str) for v in manifest[k])
-                        for k in ("feature_names", "recordings")))
-    except (ValueError, AttributeError):  # not JSON (JSONDecodeError, UnicodeDecodeError), or not an object
-        fine = False
-    if not fine:
-        raise DataError(path, f"not a manifest of `aemg tokenize` (format {TOKENS_FORMAT}); tokenize again")
-    return manifest
 
 
 def count_rows(split: ShardSplit, keys: frozenset[str], at_most: int | None = None) -> int:

@@ -25,7 +25,7 @@ from typing import Any
 
 import fsspec
 
-from aemg_dist.config import ConfigError
+from aemg_dist.errors import ConfigError
 
 
 # Where storage endpoints, regions and credential files are configured. Ray workers run in the

@@ -15,7 +15,8 @@ are read from the part files as they are needed.
 The run folder (`run.out`) holds the resolved `config.yaml`, `metrics.csv`, TensorBoard events,
 `loss.png` / `codebook.png`, Ray Train's checkpoints (`ray/`), `workers/rank-R.json` (node, process
 and start step of each rank), `workers/rank-R-step1.json` (each rank's first batch, its loss and the parameter
-elements the rank holds) and the exported inference checkpoint (`export/`: safetensors + config.json).
+elements the rank holds) and the exported inference checkpoint (`export/`: safetensors + config.json);
+artifacts.py names them for the stages that read a run.
 """
 
 from __future__ import annotations
@@ -39,17 +40,15 @@ import torch
 from omegaconf import OmegaConf
 
 from aemg_dist import storage
+from aemg_dist.artifacts import (LOCAL_CHECKPOINT, RAY_RUN, RUN_CONFIG, RUN_EXPORT, RUN_METRICS, RUN_WORKERS,
+                                 TOKENS_MANIFEST, last_metrics, model_preset, read_tokens_manifest, table_to_windows)
 from aemg_dist.config import ConfigError, check_ranges, config_from_dict, config_layer, load_config, save_config
-from aemg_dist.data import table_to_windows
-from aemg_dist.shards import (ShardSplit, count_rows, read_rows, read_tokens_manifest, split_recordings, stream_batches,
-                              validation_rows)
+from aemg_dist.shards import ShardSplit, count_rows, read_rows, split_recordings, stream_batches, validation_rows
 from aemg_dist.model import AEMGModel, ModelConfig, batch_to_torch
 from aemg_dist.model.export import check_inference, export_inference, load_inference
 from aemg_dist.tokens import TokenBatch
 from aemg_dist.validate import claim, require_output
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-MODEL_PRESETS = REPO_ROOT / "configs" / "model"
 METRICS = ("loss", "recon_loss", "commit_loss", "mtm_loss", "mtm_accuracy", "feature_loss", "contrast_loss",
            "codebook_usage", "perplexity", "lr")
 
@@ -141,19 +140,39 @@ RESUMABLE_KEYS = ("optim.max_steps", "run.log_every", "run.val_every", "run.val_
 
 
 def load_pretrain_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> PretrainConfig:
-    """Defaults < model preset < YAML file < key=value overrides; validated before anything starts."""
-    given = [o.split("=", 1)[1] for o in overrides if o.startswith("preset=")]
-    preset = str(given[-1] if given else (config_layer(path).get("preset") if path else None) or PretrainConfig.preset)
-    preset_file = MODEL_PRESETS / f"{preset}.yaml"
-    if not preset_file.is_file():
-        raise ConfigError(f"unknown model preset {preset!r}; choose one of {sorted(p.stem for p in MODEL_PRESETS.glob('*.yaml'))}")
-    preset_layer = {"model": OmegaConf.load(preset_file)}  # the lowest layer, under `model:`
-    return load_config(PretrainConfig, [preset_layer, *([path] if path else [])], overrides)
+    """Defaults < model preset < the token folder's features < YAML file < key=value overrides; validated before
+    anything starts.
+
+    The model reads as many features as the tokens carry: when `data.tokens` is a local folder that already holds a
+    finished tokenization, `model.n_features` and `model.gain_features` (the log amplitudes a channel gain shifts)
+    come from its tokens.json, so a tokenizer with other settings needs no model override; one set in the file or
+    the overrides still wins (and `pretrain` refuses it if it does not fit the tokens). A token folder on object
+    storage is not read here (loading a config stays offline, e.g. to check a cluster job's command); `pretrain`
+    checks it and names the values to set."""
+    layers: list[Any] = [{"model": model_preset(_setting("preset", path, overrides, PretrainConfig.preset))},
+                         *([path] if path else [])]  # the preset: the lowest layer
+    tokens = _setting("data.tokens", path, overrides, DataConfig.tokens)
+    if not storage.is_uri(tokens) and storage.exists(storage.join(tokens, TOKENS_MANIFEST)):
+        layers.insert(1, {"model": token_features(read_tokens_manifest(tokens, "data.tokens")["feature_names"])})
+    return load_config(PretrainConfig, layers, overrides)
+
+
+def _setting(key: str, path: str | Path | None, overrides: Sequence[str], default: str) -> str:
+    """One setting as the layers above the defaults give it (the last override, else the file), before the config
+    is built: it decides which layers there are."""
+    given = [o.split("=", 1)[1] for o in overrides if o.startswith(f"{key}=")]
+    return str(given[-1] if given else (OmegaConf.select(config_layer(path), key) if path else None) or default)
 
 
 # ---------------------------------------------------------------- data
 
 GAIN_FEATURES = ("log_peak", "log_rms", "log_snr")  # the token features a channel gain shifts
+
+
+def token_features(names: Sequence[str]) -> dict[str, Any]:
+    """The model settings that follow from the tokens' feature names: how many features, and where the log
+    amplitudes are (what the view augmentation's channel gain shifts)."""
+    return {"n_features": len(names), "gain_features": [names.index(n) for n in GAIN_FEATURES if n in names]}
 
 
 def check_token_features(cfg: PretrainConfig) -> None:
@@ -163,11 +182,11 @@ def check_token_features(cfg: PretrainConfig) -> None:
     names = read_tokens_manifest(cfg.data.tokens, "data.tokens")["feature_names"]
     if len(names) != cfg.model.n_features:
         raise ConfigError(f"{cfg.data.tokens} holds tokens of {len(names)} features; set model.n_features={len(names)} "
-                          f"(it is {cfg.model.n_features})")
+                          f"(it is {cfg.model.n_features}) or leave it unset to take it from {TOKENS_MANIFEST}")
     if cfg.model.contrast_weight > 0 and any(names[i] not in GAIN_FEATURES for i in cfg.model.gain_features):
-        wanted = [names.index(n) for n in GAIN_FEATURES if n in names]
         raise ConfigError(f"model.gain_features={cfg.model.gain_features} are {[names[i] for i in cfg.model.gain_features]} "
-                          f"in {cfg.data.tokens}, not log amplitudes; set model.gain_features={wanted}")
+                          f"in {cfg.data.tokens}, not log amplitudes; set model.gain_features="
+                          f"{token_features(names)['gain_features']}")
 
 
 def recording_split(cfg: DataConfig) -> ShardSplit:
@@ -375,7 +394,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
                        skip=start_step)
     files = storage.StagedFolder(cfg.run.out)
     if rank == 0:
-        files.fetch("metrics.csv")  # a resumed run appends to the rows of the earlier attempts
+        files.fetch(RUN_METRICS)  # a resumed run appends to the rows of the earlier attempts
     log = MetricsLog(files.local, enabled=rank == 0)
     started, last = time.perf_counter(), {}
     for step in range(start_step, cfg.optim.max_steps):
@@ -399,12 +418,12 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         if (step + 1) % cfg.run.checkpoint_every == 0 or step + 1 == cfg.optim.max_steps:
             log.flush()
             if rank == 0:
-                files.sync("metrics.csv", "tensorboard")  # before the checkpoint: never behind it
+                files.sync(RUN_METRICS, "tensorboard")  # before the checkpoint: never behind it
             _checkpoint(stepper, step + 1, last, cfg.run.out, distributed)
     log.close()
-    stepper.export(files.local / "export", cfg.model, rank)
+    stepper.export(files.local / RUN_EXPORT, cfg.model, rank)
     if rank == 0:
-        files.sync("metrics.csv", "tensorboard", "export")
+        files.sync(RUN_METRICS, "tensorboard", RUN_EXPORT)
     files.close()
 
 
@@ -433,7 +452,7 @@ def _record_worker(out: str, rank: int, start_step: int, distributed: bool) -> N
         node_id = ray.get_runtime_context().get_node_id()
     record = {"rank": rank, "pid": os.getpid(), "node_id": node_id, "host": socket.gethostname(),
               "start_step": start_step}
-    storage.write_text(storage.join(out, "workers", f"rank-{rank}.json"), json.dumps(record))
+    storage.write_text(storage.join(out, RUN_WORKERS, f"rank-{rank}.json"), json.dumps(record))
 
 
 def _record_first_step(out: str, rank: int, rows: pa.Table, loss: float, model: torch.nn.Module) -> None:
@@ -445,7 +464,7 @@ def _record_first_step(out: str, rank: int, rows: pa.Table, loss: float, model: 
     record = {"rank": rank, "loss": loss, "windows": list(zip(rows.column("key").to_pylist(),
                                                               rows.column("start").to_pylist())),
               "params_held": int(held), "params_full": int(full)}
-    storage.write_text(storage.join(out, "workers", f"rank-{rank}-step1.json"), json.dumps(record))
+    storage.write_text(storage.join(out, RUN_WORKERS, f"rank-{rank}-step1.json"), json.dumps(record))
 
 
 def _fail_once(out: str) -> None:
@@ -457,7 +476,7 @@ def _fail_once(out: str) -> None:
 
 def _checkpoint(stepper: PlainStepper, step: int, metrics: dict[str, float], out: str, distributed: bool) -> None:
     if not distributed:  # write beside, then swap in: a crash never leaves a half checkpoint
-        final, staging, old = (Path(out) / name for name in ("local_checkpoint", ".checkpoint_new", ".checkpoint_old"))
+        final, staging, old = (Path(out) / name for name in (LOCAL_CHECKPOINT, ".checkpoint_new", ".checkpoint_old"))
         for leftover in (staging, old):
             shutil.rmtree(leftover, ignore_errors=True)
         staging.mkdir(parents=True)
@@ -485,7 +504,7 @@ def _resume(stepper: PlainStepper) -> int:
 
 
 def _resume_local(stepper: PlainStepper, cfg: PretrainConfig) -> int:
-    folder = Path(cfg.run.out) / "local_checkpoint"
+    folder = Path(cfg.run.out) / LOCAL_CHECKPOINT
     return stepper.load(str(folder)) if (folder / "state.pt").exists() else 0
 
 
@@ -499,7 +518,7 @@ class MetricsLog:
         from tensorboardX import SummaryWriter
 
         out.mkdir(parents=True, exist_ok=True)
-        self.csv_path = out / "metrics.csv"
+        self.csv_path = out / RUN_METRICS
         self.tensorboard = SummaryWriter(str(out / "tensorboard"))
 
     def write(self, row: dict[str, float]) -> None:
@@ -556,31 +575,31 @@ def pretrain(cfg: PretrainConfig, callbacks: Sequence[Any] = ()) -> PretrainResu
     check_resumable_run(cfg)
     with claim(cfg.run.out, "run.out"):
         files = storage.StagedFolder(cfg.run.out)
-        save_config(cfg, files.local / "config.yaml")
-        files.sync("config.yaml")
+        save_config(cfg, files.local / RUN_CONFIG)
+        files.sync(RUN_CONFIG)
         if not cfg.dist.ray:
             train_loop({"config": asdict(cfg)})
-            checkpoint = str(files.local / "local_checkpoint")
+            checkpoint = str(files.local / LOCAL_CHECKPOINT)
         else:
             checkpoint = _fit_on_ray(cfg, split, callbacks)
-        files.fetch("metrics.csv")  # written by rank 0, wherever it ran
-        metrics = files.local / "metrics.csv"
+        files.fetch(RUN_METRICS)  # written by rank 0, wherever it ran
+        metrics = files.local / RUN_METRICS
         if not metrics.exists():
-            raise RuntimeError(f"pretraining finished without writing {storage.join(cfg.run.out, 'metrics.csv')}; "
+            raise RuntimeError(f"pretraining finished without writing {storage.join(cfg.run.out, RUN_METRICS)}; "
                                "see the Ray logs above")
         plot_metrics(metrics, files.local)
         files.sync("loss.png", "codebook.png")
-        final = last_metrics(metrics)
+        final = last_metrics(files.local)
         files.close()
     out = files.path
     return PretrainResult(out=out, steps=int(final.get("step", 0)), final=final, checkpoint=checkpoint,
-                          export=storage.join(out, "export") if files.remote else files.local / "export")
+                          export=storage.join(out, RUN_EXPORT) if files.remote else files.local / RUN_EXPORT)
 
 
 def check_resumable_run(cfg: PretrainConfig) -> None:
     """A run folder with a config.yaml is continued: only RESUMABLE_KEYS may differ from it (ConfigError naming the
     first differences otherwise, with nothing written)."""
-    saved = storage.join(cfg.run.out, "config.yaml")
+    saved = storage.join(cfg.run.out, RUN_CONFIG)
     if not storage.exists(saved):
         return
     try:
@@ -625,7 +644,7 @@ def _fit_on_ray(cfg: PretrainConfig, split: ShardSplit, callbacks: Sequence[Any]
         scaling_config=ScalingConfig(num_workers=cfg.dist.num_workers, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": cfg.dist.cpus_per_worker}),
         # same name + path = resume from its checkpoints; a URI path is written through pyarrow by Ray itself
-        run_config=RayRunConfig(name="ray", storage_path=cfg.run.out,
+        run_config=RayRunConfig(name=RAY_RUN, storage_path=cfg.run.out,
                                 failure_config=FailureConfig(max_failures=cfg.dist.max_failures),
                                 checkpoint_config=CheckpointConfig(num_to_keep=2), callbacks=list(callbacks),
                                 worker_runtime_env={"env_vars": {"DS_ACCELERATOR": os.environ["DS_ACCELERATOR"]}}),
@@ -633,15 +652,6 @@ def _fit_on_ray(cfg: PretrainConfig, split: ShardSplit, callbacks: Sequence[Any]
     )
     result = trainer.fit()
     return result.checkpoint.path if result.checkpoint else ""
-
-
-def last_metrics(path: Path) -> dict[str, float]:
-    """The last row of a run's metrics.csv ({} before the first one)."""
-    if not path.exists():
-        return {}
-    with path.open() as f:
-        rows = list(csv.DictReader(f))
-    return {k: float(v) for k, v in rows[-1].items() if v not in ("", None)} if rows else {}
 
 
 def plot_metrics(csv_path: Path, out: Path) -> list[Path]:

@@ -1,6 +1,7 @@
 """Event detection and tokenization: onset F1 vs SNR, and single-process throughput.
 
     python benchmarks/bench_events.py --out benchmarks/out/events.json
+    python benchmarks/bench_events.py --throughput-only   # (b) alone
 
 (a) Onset F1 within +-25 ms on synthetic bursts with known onsets (the generator of
     tests/test_events.py: band-limited noise bursts with ramps on white or pink background
@@ -8,8 +9,9 @@
     default thresholds, for a 1 kHz device (20-450 Hz) and a 200 Hz one (20-95 Hz content).
 (b) Channel-samples per second of `detect_events` alone and of `tokenize_window` (detection
     + features) on one 10-minute 8-channel 1 kHz recording in one call, and cut into 2-second
-    windows with a recording-level noise floor (what a tokenizing worker does); median of
-    `--repeats` runs, one thread.
+    windows with a recording-level noise floor (what a tokenizing worker does): one
+    `tokenize_window` call per window, and all windows in one `tokenize_windows` call (same
+    tokens, per-call overhead shared); median of `--repeats` runs, one thread.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from aemg_dist.events import ENVELOPE_KINDS, EventConfig, detect_events, envelope, noise_floor, onset_f1  # noqa: E402
-from aemg_dist.tokens import TokenConfig, tokenize_window  # noqa: E402
+from aemg_dist.tokens import TokenConfig, tokenize_window, tokenize_windows  # noqa: E402
 from test_events import burst_recording  # noqa: E402
 
 FS = 1000.0
@@ -92,15 +94,23 @@ def throughput(repeats: int, window_s: float = 2.0) -> dict:
     cfg, tok_cfg = EventConfig(), TokenConfig()
     window = int(window_s * FS)
 
+    starts = range(0, x.shape[0] - window + 1, window)
+
     def windowed() -> None:
         floor = noise_floor(envelope(x, FS, cfg)[0], cfg)  # once per recording, shared by its windows
-        for start in range(0, x.shape[0] - window + 1, window):
+        for start in starts:
             tokenize_window(x[start:start + window], FS, positions, FS, ev_cfg=cfg, tok_cfg=tok_cfg, floor=floor)
+
+    def batched() -> None:
+        floor = noise_floor(envelope(x, FS, cfg)[0], cfg)
+        tokenize_windows([x[start:start + window] for start in starts], FS, positions, FS, ev_cfg=cfg,
+                         tok_cfg=tok_cfg, floor=floor)
 
     runs = {
         "detect_events, one call": lambda: detect_events(x, FS, cfg),
         "tokenize_window, one call": lambda: tokenize_window(x, FS, positions, FS),
         f"tokenize_window, {window_s:g} s windows": windowed,
+        f"tokenize_windows, {window_s:g} s windows": batched,
     }
     results = {}
     for name, fn in runs.items():
@@ -114,7 +124,19 @@ def throughput(repeats: int, window_s: float = 2.0) -> dict:
     return results
 
 
-def markdown(f1_rows: list[dict], speed: dict) -> str:
+def markdown(f1_rows: list[dict] | None, speed: dict) -> str:
+    lines = f1_markdown(f1_rows) + [""] if f1_rows is not None else []
+    rec = speed["recording"]
+    lines += [f"Throughput, one thread, {rec['seconds'] / 60:g} min x {rec['channels']} channels at "
+              f"{FS:g} Hz ({rec['events']} events, {rec['tokens']} tokens):", "",
+              "| run | median s | M channel-samples/s |", "|---|---|---|"]
+    for name, row in speed.items():
+        if name != "recording":
+            lines.append(f"| {name} | {row['seconds']:.3f} | {row['channel_samples_per_s'] / 1e6:.1f} |")
+    return "\n".join(lines)
+
+
+def f1_markdown(f1_rows: list[dict]) -> list[str]:
     cell = {(r["snr_db"], r["device"], r["envelope"], r["noise"]): r for r in f1_rows}
     columns = list(itertools.product(ENVELOPE_KINDS, BANDS))
     headers = [f"{kind}, {device}" for kind, device in columns] + [f"rms onset error, {device}" for device in BANDS]
@@ -126,14 +148,7 @@ def markdown(f1_rows: list[dict], speed: dict) -> str:
         errors = [" / ".join(str(cell[snr, device, "rms", noise]["median_onset_error_ms"]) for noise in NOISES)
                   for device in BANDS]
         lines.append(f"| {snr:g} | " + " | ".join(f1s + errors) + " |")
-    rec = speed["recording"]
-    lines += ["", f"Throughput, one thread, {rec['seconds'] / 60:g} min x {rec['channels']} channels at "
-              f"{FS:g} Hz ({rec['events']} events, {rec['tokens']} tokens):", "",
-              "| run | median s | M channel-samples/s |", "|---|---|---|"]
-    for name, row in speed.items():
-        if name != "recording":
-            lines.append(f"| {name} | {row['seconds']:.3f} | {row['channel_samples_per_s'] / 1e6:.1f} |")
-    return "\n".join(lines)
+    return lines
 
 
 def main() -> None:
@@ -141,8 +156,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3, help="synthetic recordings per (SNR, noise)")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per throughput measurement")
     parser.add_argument("--out", help="write the results as JSON here")
+    parser.add_argument("--throughput-only", action="store_true", help="skip the onset F1 part (a)")
     args = parser.parse_args()
-    f1_rows = onset_accuracy(args.seeds)
+    f1_rows = None if args.throughput_only else onset_accuracy(args.seeds)
     speed = throughput(args.repeats)
     print(markdown(f1_rows, speed))
     if args.out:

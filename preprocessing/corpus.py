@@ -30,11 +30,14 @@ from aemg_dist import storage
 
 from .harmonize import BAD_FLAGS, HarmonizeConfig, HarmonizedRecording
 from .errors import DataError, first_line
-from .recording import Segment, validate_segments
+from .recording import RawRecording, Segment, validate_segments
+from .streaming import harmonize_chunked
 
 CORPUS_FORMAT = "aemg-corpus/1"
 MANIFEST_FILE = "manifest.json"
 CHUNK_SECONDS = 30.0
+# HarmonizeConfig fields that change how a corpus is computed, not what it holds: a re-run may differ in them
+RUN_ONLY_FIELDS = ("chunk_seconds",)
 
 
 class CorpusError(RuntimeError):
@@ -85,16 +88,39 @@ class CorpusWriter:
             self.root.require_group(parent)
 
     def write(self, rec: HarmonizedRecording) -> None:
-        """Write one recording; an incomplete leftover of an earlier crash is replaced."""
-        key = rec.key
+        """Write one recording harmonized in memory; an incomplete leftover of an earlier crash is replaced."""
+        group, array = self._create(rec.key, rec.emg.shape, rec.fs)
+        array[...] = rec.emg
+        group.attrs.update({**rec.attrs(self.config), "complete": True})
+
+    def write_raw(self, raw: RawRecording) -> HarmonizedRecording:
+        """Harmonize one recording chunk by chunk straight into its array (streaming.harmonize_chunked), so memory
+        does not grow with its length; the group says complete only once the samples are final."""
+        group: list[zarr.Group] = []
+
+        def allocate(n_samples: int, n_channels: int) -> zarr.Array:
+            made, array = self._create(raw.key, (n_samples, n_channels), self.config.target_fs)
+            group.append(made)
+            return array
+
+        try:
+            rec = harmonize_chunked(raw, self.config, allocate)
+        except BaseException:
+            if group:  # a recording refused after its samples were written (e.g. no usable channel) leaves nothing
+                del self.root[raw.key]
+            raise
+        group[0].attrs.update({**rec.attrs(self.config), "complete": True})
+        return rec
+
+    def _create(self, key: str, shape: tuple[int, int], fs: float) -> tuple[zarr.Group, zarr.Array]:
+        """A new group marked incomplete with its empty emg array; an earlier leftover of `key` is replaced."""
         if key in self.root:
             del self.root[key]
         group = self.root.create_group(key, attributes={"complete": False})
-        chunk_rows = max(1, int(CHUNK_SECONDS * rec.fs))
-        array = group.create_array("emg", shape=rec.emg.shape, chunks=(min(chunk_rows, rec.emg.shape[0]), rec.emg.shape[1]),
+        chunk_rows = max(1, int(CHUNK_SECONDS * fs))
+        array = group.create_array("emg", shape=shape, chunks=(min(chunk_rows, shape[0]), shape[1]),
                                    dtype="float32", compressors=_compressor())
-        array[...] = rec.emg
-        group.attrs.update({**rec.attrs(self.config), "complete": True})
+        return group, array
 
     def write_manifest(self) -> list[RecordingEntry]:
         """Rebuild the manifest from the complete groups and replace it atomically."""
@@ -119,9 +145,9 @@ def check_corpus_output(path: str | Path, config: HarmonizeConfig) -> None:
     if stored.get("format") != CORPUS_FORMAT or not isinstance(stored.get("harmonize"), dict):
         raise CorpusError(f"{root_file}: not a corpus of format {CORPUS_FORMAT} (format {stored.get('format')!r}); "
                           "choose a new --out")
-    wanted = asdict(config)
-    if stored["harmonize"] != wanted:
-        changed = {k: (stored["harmonize"].get(k), v) for k, v in wanted.items() if stored["harmonize"].get(k) != v}
+    wanted = {k: v for k, v in asdict(config).items() if k not in RUN_ONLY_FIELDS}
+    changed = {k: (stored["harmonize"].get(k), v) for k, v in wanted.items() if stored["harmonize"].get(k) != v}
+    if changed:
         raise CorpusError(f"{path} was prepared with other settings {changed} (stored, requested); "
                           "write to a new --out or delete it")
 

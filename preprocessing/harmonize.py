@@ -1,5 +1,9 @@
 """Harmonization: one recording in source units/rate -> the corpus's common representation.
 
+`harmonize` below does it on the whole recording at once (the reference, and what in-memory callers use);
+`streaming.harmonize_chunked` does the same in time chunks with bounded memory and is what `aemg prepare`
+runs. Both share the decisions made here (flags, notch lines, segment rescaling).
+
 Steps, in order, each per contiguous piece (between file joins) so no filter transient or
 resampling kernel crosses a join:
 
@@ -71,12 +75,18 @@ class HarmonizeConfig:
     clip_dead_fraction: float = 0.5  # more samples at the rails than this marks a channel dead
     flat_tolerance: float = 1e-6  # a channel whose MAD and std are below this (source units) is flat (and dead)
     max_nan_fraction: float = 0.25  # more non-finite (repaired) samples than this marks a channel dead
+    # time chunk of the streaming path (streaming.py): its working memory is about 15 float64 chunks (10 s of 64
+    # channels at 2 kHz is 10 MB) whatever the recording's length; each notch's backward pass also runs over a
+    # 4.4 s margin per chunk (Q 30 at 50 Hz), so much shorter chunks cost time. The corpus content does not
+    # depend on it (within float32 tolerance), so a corpus is not tied to the value
+    chunk_seconds: float = 10.0
 
     def __post_init__(self) -> None:
         check_ranges(self, target_fs=f"[{MIN_FS_HZ:g}, {MAX_FS_HZ:g}]", highpass_hz="(0, inf)", lowpass_hz="(0, inf)",
                      band_fraction="(0, 0.5)", filter_order="[1, 16]", notch_q="(0, inf)", line_prominence="(0, inf)",
                      powerline_flag_ratio="(0, 1]", clip_fraction="(0, 1]", clip_dead_fraction="(0, 1]",
-                     flat_tolerance="[0, inf)", max_nan_fraction="[0, 1)")
+                     flat_tolerance="[0, inf)", max_nan_fraction="[0, 1)",
+                     chunk_seconds="(0, inf)")
         if not self.highpass_hz < self.lowpass_hz:
             raise ValueError(f"need 0 < highpass_hz < lowpass_hz, got {self.highpass_hz}, {self.lowpass_hz}")
         if self.clip_dead_fraction < self.clip_fraction:
@@ -155,8 +165,17 @@ def resample_ratio(source_fs: float, target_fs: float) -> Fraction:
     return Fraction(target_fs / source_fs).limit_denominator(1000)
 
 
+def harmonized_length(n_samples: int, source_fs: float, config: HarmonizeConfig) -> int:
+    """Samples of a harmonized recording of n_samples at source_fs: its pieces' rescaled lengths add up to this."""
+    return _scaled(n_samples, resample_ratio(source_fs, config.target_fs))
+
+
 def harmonize(raw: RawRecording, config: HarmonizeConfig | None = None) -> HarmonizedRecording:
-    """Harmonize one recording; raises DataError naming the recording for unusable input."""
+    """Harmonize the whole recording at once; raises DataError naming the recording for unusable input.
+
+    The reference path: it holds the recording as float64 several times over. `streaming.harmonize_chunked`
+    gives the same result in bounded memory and is what `aemg prepare` uses.
+    """
     config = config or HarmonizeConfig()
     where = raw.source_files[0] if len(raw.source_files) == 1 else raw.key
     _check_input(raw, where)
@@ -168,9 +187,7 @@ def harmonize(raw: RawRecording, config: HarmonizeConfig | None = None) -> Harmo
     _flag_raw_quality(x, raw, config, quality)
     sos_band = signal.butter(config.filter_order, band, btype="bandpass", fs=raw.fs, output="sos")
     freqs, psd = _power_spectrum(x, raw.fs)
-    notch_hz = sorted({float(f) for f in raw.notch_hz if band[0] < f < band[1]}
-                      | set(_mains_lines(freqs, psd, band, config) if config.detect_notch else [])) \
-        if config.notch else []
+    notch_hz = _notch_lines(raw, band, freqs, psd, config)
     _flag_powerline(freqs, psd, band, config, quality)
 
     ratio = resample_ratio(raw.fs, config.target_fs)
@@ -188,6 +205,33 @@ def harmonize(raw: RawRecording, config: HarmonizeConfig | None = None) -> Harmo
     filtered = np.concatenate(out_pieces, axis=0)
 
     center, scale = _robust_statistics(filtered, _at_rate(~repaired, ratio, filtered.shape[0]))
+    scale = _finish_quality(quality, scale, where)
+    z = ((filtered - center) / scale).astype(np.float32)
+    return HarmonizedRecording(
+        raw=raw, emg=z, fs=float(config.target_fs), valid_band_hz=band, center=center, scale=scale,
+        quality=quality, notch_hz=notch_hz, segments=scaled_segments(raw, ratio),
+        joins=[_scaled(a, ratio) for a, _ in pieces[1:]],
+    )
+
+
+def scaled_segments(raw: RawRecording, ratio: Fraction) -> list[Segment]:
+    """The recording's segments at the new rate (the same rounding as the joins)."""
+    return [Segment(_scaled(s.start, ratio), _scaled(s.stop, ratio), s.label, s.label_name, s.rep)
+            for s in raw.segments]
+
+
+def _notch_lines(raw: RawRecording, band: tuple[float, float], freqs: np.ndarray, psd: np.ndarray,
+                 config: HarmonizeConfig) -> list[float]:
+    """The declared mains lines inside the band, plus detected ones when asked; none with notch off."""
+    if not config.notch:
+        return []
+    return sorted({float(f) for f in raw.notch_hz if band[0] < f < band[1]}
+                  | set(_mains_lines(freqs, psd, band, config) if config.detect_notch else []))
+
+
+def _finish_quality(quality: list[list[str]], scale: np.ndarray, where: str) -> np.ndarray:
+    """A zero scale flags the channel flat (its scale becomes 1); flat is dead; DataError when all are dead."""
+    scale = np.array(scale, dtype=np.float64)
     degenerate = ~(scale > 0)
     scale[degenerate] = 1.0
     for ch in np.flatnonzero(degenerate):
@@ -198,14 +242,7 @@ def harmonize(raw: RawRecording, config: HarmonizeConfig | None = None) -> Harmo
     if all("dead" in flags for flags in quality):
         raise DataError(where, "no usable channel (" + ", ".join(f"channel {ch}: {'/'.join(flags)}"
                                                                  for ch, flags in enumerate(quality)) + ")")
-    z = ((filtered - center) / scale).astype(np.float32)
-
-    segments = [Segment(_scaled(s.start, ratio), _scaled(s.stop, ratio), s.label, s.label_name, s.rep)
-                for s in raw.segments]
-    return HarmonizedRecording(
-        raw=raw, emg=z, fs=float(config.target_fs), valid_band_hz=band, center=center, scale=scale,
-        quality=quality, notch_hz=notch_hz, segments=segments, joins=[_scaled(a, ratio) for a, _ in pieces[1:]],
-    )
+    return scale
 
 
 def _check_input(raw: RawRecording, where: str) -> None:
@@ -232,24 +269,31 @@ def _repair_non_finite(x: np.ndarray, config: HarmonizeConfig,
                        where: str) -> tuple[np.ndarray, list[list[str]], np.ndarray]:
     """(x with every non-finite sample interpolated, or the channel zeroed when more than max_nan_fraction of it
     is missing; quality flags; the (samples, channels) mask of repaired samples)."""
-    quality: list[list[str]] = [[] for _ in range(x.shape[1])]
     bad = ~np.isfinite(x)
+    quality, dead = _repair_flags(bad.mean(axis=0), config)
     if not bad.any():
         return x, quality, bad
     if bad.all():
         raise DataError(where, "every sample is NaN or Inf")
     x = x.copy()
     t = np.arange(x.shape[0])
-    fraction = bad.mean(axis=0)
-    for ch in np.flatnonzero(fraction > 0):
-        if fraction[ch] > config.max_nan_fraction:
-            x[:, ch] = 0.0
-            _add_flag(quality, ch, "dead")
-        else:
-            ok = ~bad[:, ch]
-            x[bad[:, ch], ch] = np.interp(t[bad[:, ch]], t[ok], x[ok, ch])
-        _add_flag(quality, ch, "nan_runs")
+    x[:, dead] = 0.0
+    for ch in np.flatnonzero(bad.any(axis=0) & ~dead):
+        ok = ~bad[:, ch]
+        x[bad[:, ch], ch] = np.interp(t[bad[:, ch]], t[ok], x[ok, ch])
     return x, quality, bad
+
+
+def _repair_flags(fraction: np.ndarray, config: HarmonizeConfig) -> tuple[list[list[str]], np.ndarray]:
+    """(quality flags, dead mask) from each channel's share of non-finite samples: past max_nan_fraction
+    the channel is zeroed and dead; any share flags nan_runs."""
+    quality: list[list[str]] = [[] for _ in range(len(fraction))]
+    dead = fraction > config.max_nan_fraction
+    for ch in np.flatnonzero(fraction > 0):
+        if dead[ch]:
+            _add_flag(quality, ch, "dead")
+        _add_flag(quality, ch, "nan_runs")
+    return quality, dead
 
 
 def _at_rate(mask: np.ndarray, ratio: Fraction, n: int) -> np.ndarray:
@@ -273,14 +317,19 @@ def _robust_statistics(x: np.ndarray, kept: np.ndarray) -> tuple[np.ndarray, np.
 
 def _flag_raw_quality(x: np.ndarray, raw: RawRecording, config: HarmonizeConfig, quality: list[list[str]]) -> None:
     spread = np.median(np.abs(x - np.median(x, axis=0)), axis=0)
-    for ch in np.flatnonzero((spread <= config.flat_tolerance) & (x.std(axis=0) <= config.flat_tolerance)):
-        _add_flag(quality, ch, "flat")
     if raw.adc_range is not None:
         low, high = raw.adc_range
         at_rail = (x <= low) | (x >= high)
     else:  # unknown converter: a repeated extreme value is a rail
         at_rail = (x == x.min(axis=0)) | (x == x.max(axis=0))
-    share = at_rail.mean(axis=0)
+    _flag_raw_spread(spread, x.std(axis=0), at_rail.mean(axis=0), config, quality)
+
+
+def _flag_raw_spread(spread: np.ndarray, std: np.ndarray, share: np.ndarray, config: HarmonizeConfig,
+                     quality: list[list[str]]) -> None:
+    """Flat (MAD and std within flat_tolerance) and clipped/dead (share of samples at the rails) channels."""
+    for ch in np.flatnonzero((spread <= config.flat_tolerance) & (std <= config.flat_tolerance)):
+        _add_flag(quality, ch, "flat")
     for ch in np.flatnonzero(share > config.clip_fraction):
         if "flat" not in quality[ch]:
             _add_flag(quality, ch, "clipped")

@@ -87,7 +87,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from aemg_dist.config import ConfigError, read_yaml
+from aemg_dist.config import ConfigError, read_yaml, shipped_configs
 
 from .channel_map import ChannelMap
 from .errors import DataError, ManifestError
@@ -373,8 +373,7 @@ def manifest_jobs(manifest: DatasetManifest, data_root: str | Path) -> list[Mani
 
 def shipped_manifests() -> dict[str, Path]:
     """The manifests shipped with the project: configs/datasets/<name>.yaml, by name."""
-    folder = Path(__file__).resolve().parents[1] / "configs" / "datasets"
-    return {p.stem: p for p in sorted(folder.glob("*.yaml"))}
+    return {p.stem: p for p in sorted((shipped_configs() / "datasets").glob("*.yaml"))}
 
 
 def default_data_root() -> Path:

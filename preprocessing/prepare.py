@@ -25,7 +25,7 @@ from aemg_dist.validate import claim, require_output
 
 from .corpus import CorpusWriter, RecordingEntry, check_corpus_output
 from .errors import ManifestError
-from .harmonize import HarmonizeConfig, harmonize
+from .harmonize import HarmonizeConfig
 from .recording import RawRecording
 
 PREPARE_CONFIG = "prepare.yaml"  # the resolved settings of the last prepare
@@ -70,8 +70,7 @@ def prepare_job(job: SourceJob, out: str, config: HarmonizeConfig) -> JobResult:
     """Read, harmonize and write one recording. Runs inside a Ray task; never raises."""
     try:
         raw = job.load()
-        rec = harmonize(raw, config)
-        CorpusWriter(out, config).write(rec)
+        CorpusWriter(out, config).write_raw(raw)  # streamed: memory bounded by config.chunk_seconds
         return JobResult(job.key, emg_seconds=raw.n_samples / raw.fs)
     except Exception as err:  # noqa: BLE001 - one bad recording must not stop the others
         message = str(err) if isinstance(err, (ValueError, OSError)) else f"{type(err).__name__}: {err}"

@@ -11,7 +11,7 @@ import pytest
 
 from aggregates import expected_sweep_cells, subject_means
 from tuning.scaling import downstream_rows
-from tuning.sweep import Configuration
+from tuning.trials import Configuration
 from tuning.sweep_report import aggregate_cells
 
 CONFIGURATIONS = [Configuration(f"codebook_size-{k}", {"codebook_size": k}) for k in (32, 64)]

@@ -6,6 +6,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -108,13 +109,21 @@ def test_rayjob_targets_the_raycluster_with_a_valid_aemg_command():
     assert _env(submitter)["RAY_AUTH_MODE"]["value"] == "token"
 
 
-def test_dockerfile_copies_what_exists_onto_the_matching_ray_image():
+def test_dockerfile_copies_every_package_onto_the_matching_ray_image():
     lines = [line.split() for line in (CLUSTER / "Dockerfile").read_text().splitlines() if line and line[0] != "#"]
     base = next(words[1] for words in lines if words[0] == "FROM")
     assert base.startswith(f"rayproject/ray:{ray.__version__}-")
     assert next(words[1] for words in lines if words[0] == "WORKDIR") == IMAGE_WORKDIR
     copied = [src for words in lines if words[0] == "COPY" for src in words[1:-1] if not src.startswith("--")]
     assert copied and all((ROOT / src).exists() for src in copied), copied
+    # every folder a package of the wheel is built from (pyproject.toml's packages, mapped by package-dir) is in the
+    # image, with what the build reads
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    folders = {setuptools.get("package-dir", {}).get(p, p.replace(".", "/")) for p in setuptools["packages"]}
+    missing = sorted(f for f in folders if not any(f == src or f.startswith(f"{src}/") for src in copied))
+    assert not missing, f"cluster/Dockerfile does not copy {missing}"
+    assert {"pyproject.toml", "README.md"} <= set(copied)
+    assert not any("-e" in words for words in lines if words[0] == "RUN"), "install the package, not editable"
 
 
 def test_every_pod_template_passes_the_kubernetes_schema():

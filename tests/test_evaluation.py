@@ -15,7 +15,8 @@ import pytest
 
 from aemg_dist import cli
 from aemg_dist.config import ConfigError, load_config
-from aemg_dist.data import read_token_table, tokenize_corpus
+from aemg_dist.artifacts import read_token_table
+from aemg_dist.data import tokenize_corpus
 from aemg_dist.evaluation import calibration_split, loso_folds
 from aemg_dist.evaluation.folds import reference_split
 from aemg_dist.evaluation.methods import METHODS
@@ -370,7 +371,7 @@ def test_folds_of_one_role(setup, capsys):
 def test_windows_tokenized_unlike_the_checkpoints_tokens_are_refused(setup, tmp_path):
     root, runs = setup
     other = tmp_path / "windows"
-    from aemg_dist.data import TokenizeConfig
+    from aemg_dist.artifacts import TokenizeConfig
     from aemg_dist.tokens import TokenConfig
     from aemg_dist.windows import WindowConfig
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from aemg_dist.data import TokenizeConfig, read_token_table, tokenize_corpus
+from aemg_dist.artifacts import TokenizeConfig, read_token_table
+from aemg_dist.data import tokenize_corpus
 from aemg_dist.train import load_pretrain_config, pretrain
 from runs import metric_steps, reached_before_restart, registered_step
 

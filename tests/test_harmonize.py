@@ -1,10 +1,15 @@
+import tracemalloc
+from pathlib import Path
+
 import numpy as np
 import pytest
 from scipy import signal
 
+from preprocessing.corpus import CorpusWriter
 from preprocessing.errors import DataError
 from preprocessing.harmonize import HarmonizeConfig, denormalize, harmonize, valid_band
-from preprocessing.recording import Segment
+from preprocessing.recording import RawRecording, Segment
+from preprocessing.streaming import harmonize_chunked
 from recordings import make_raw, noise
 
 
@@ -177,3 +182,95 @@ def test_config_rejects_nonsense():
         HarmonizeConfig(target_fs=0)
     with pytest.raises(ValueError, match="highpass"):
         HarmonizeConfig(highpass_hz=500, lowpass_hz=450)
+
+
+# --- the streaming path (preprocessing/streaming.py) against the whole-recording one ---
+
+def _stream_case(source_fs: float, notch: bool, seconds: float = 23.7) -> RawRecording:
+    """Three files joined, DC offsets and scales that differ per channel, a humming channel, labeled segments."""
+    n = int(seconds * source_fs)
+    t = np.arange(n) / source_fs
+    emg = noise(n, 3, seed=int(source_fs)) * np.array([1.0, 40.0, 0.2]) + np.array([5.0, -300.0, 0.0])
+    emg[:, 0] += 4 * np.sin(2 * np.pi * 50 * t)
+    joins = [n // 3, n // 3 + int(5.1 * source_fs)]
+    segments = [Segment(0, joins[0], 0, "rest", 0), Segment(joins[0] + 3, joins[1] - 1, 1, "fist", 0),
+                Segment(joins[1], n - 11, 1, "fist", 1)]
+    return make_raw(emg, fs=source_fs, segments=segments, joins=joins, notch_hz=(50.0,) if notch else ())
+
+
+def _assert_same(got, ref) -> None:
+    assert got.emg.shape == ref.emg.shape and got.emg.dtype == np.float32
+    np.testing.assert_allclose(got.emg, ref.emg, rtol=0, atol=1e-6)  # z-scores: float32 resolution at |z| ~ 8
+    assert np.all(np.abs(got.center - ref.center) <= 1e-6 * ref.scale)  # center: in units of the scale
+    np.testing.assert_allclose(got.scale, ref.scale, rtol=1e-6)
+    assert got.segments == ref.segments and got.joins == ref.joins  # the same sample indices, exactly
+    assert (got.quality, got.notch_hz, got.valid_band_hz) == (ref.quality, ref.notch_hz, ref.valid_band_hz)
+
+
+@pytest.mark.parametrize("source_fs", [2048.0, 200.0, 1000.0])  # down-, up-sampling, equal rates
+@pytest.mark.parametrize("notch", [True, False])
+def test_chunked_equals_whole_recording(source_fs, notch):
+    raw = _stream_case(source_fs, notch)
+    ref = harmonize(raw)
+    # 10 s and 3.7 s do not divide the pieces; 0.37 s is shorter than the band-pass's and the notch's transients
+    for chunk_seconds in (10.0, 3.7, 0.37):
+        _assert_same(harmonize_chunked(raw, HarmonizeConfig(chunk_seconds=chunk_seconds)), ref)
+
+
+def test_chunked_equals_whole_recording_on_repaired_flat_and_clipped_channels():
+    emg = noise(30_000, 6, seed=3) * 20
+    emg[:, 1] = 7.0  # flat
+    emg[:, 2] = np.clip(emg[:, 2] * 10, -127, 127)  # at the rails of an 8-bit converter
+    emg[3000:3050, 3] = np.nan  # a short run
+    emg[9_500:14_200, 5] = np.nan  # a run across several chunks
+    emg[:, 4] = np.nan
+    emg[:100, 4] = 1.0  # mostly NaN: dead
+    for adc_range in ((-128, 127), None):
+        raw = make_raw(emg, adc_range=adc_range)
+        ref = harmonize(raw)
+        assert ["flat" in ref.quality[1], "clipped" in ref.quality[2], "dead" in ref.quality[4]] == [True] * 3
+        assert ref.channel_ok[3] and ref.channel_ok[5] and "nan_runs" in ref.quality[5]
+        _assert_same(harmonize_chunked(raw, HarmonizeConfig(chunk_seconds=2.0)), ref)
+
+
+def test_chunked_detects_the_same_mains_lines():
+    fs = 1000.0
+    t = np.arange(int(30 * fs)) / fs
+    raw = make_raw(noise(len(t), 2) + 5 * np.sin(2 * np.pi * 50 * t)[:, None], fs=fs)
+    config = HarmonizeConfig(detect_notch=True, chunk_seconds=4.0)
+    ref = harmonize(raw, config)
+    assert 50.0 in ref.notch_hz
+    _assert_same(harmonize_chunked(raw, config), ref)
+
+
+def test_chunked_refuses_what_the_whole_path_refuses():
+    raw = make_raw(np.full((5000, 4), np.nan))
+    with pytest.raises(DataError, match="NaN"):
+        harmonize_chunked(raw)
+    raw = make_raw(np.full((5000, 2), 3.0))
+    with pytest.raises(DataError, match="no usable channel"):
+        harmonize_chunked(raw)
+
+
+def _peak_bytes(raw: RawRecording, out: Path) -> int:
+    """tracemalloc peak of streaming one recording into a corpus; the source array exists before it starts."""
+    writer = CorpusWriter(out, HarmonizeConfig(chunk_seconds=2.0))
+    tracemalloc.start()
+    try:
+        writer.write_raw(raw)
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_streaming_memory_does_not_grow_with_recording_length(tmp_path):
+    fs = 2048.0
+
+    def recording(seconds: float) -> RawRecording:
+        return make_raw(noise(int(seconds * fs), 8, seed=1), fs=fs, notch_hz=(50.0,))
+
+    short, long = recording(20.0), recording(200.0)
+    short_peak = _peak_bytes(short, tmp_path / "short.zarr")
+    long_peak = _peak_bytes(long, tmp_path / "long.zarr")
+    assert long_peak < 2 * short_peak, (short_peak, long_peak)
+    assert long_peak < long.emg.nbytes  # below one float64 copy of the recording (the whole path makes several)

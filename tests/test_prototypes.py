@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from aemg_dist import cli
-from aemg_dist.data import read_token_table, table_to_windows, tokenize_corpus
+from aemg_dist.artifacts import read_token_table, table_to_windows
+from aemg_dist.data import tokenize_corpus
 from aemg_dist.model import batch_to_torch, load_inference
 from aemg_dist.prototypes import codebook_prototypes
 from aemg_dist.tokens import TokenBatch

@@ -18,10 +18,11 @@ from omegaconf import OmegaConf
 from aemg_dist import cli
 from aemg_dist.config import ConfigError, load_config
 from aemg_dist.data import tokenize_corpus
+from aemg_dist.artifacts import last_metrics
+from aemg_dist.train import PretrainConfig, load_pretrain_config, split_tables
 from aggregates import check_scaling_downstream
-from aemg_dist.train import PretrainConfig, last_metrics, load_pretrain_config, split_tables
 from tuning.scaling import load_scaling_config, scaling_run
-from tuning.sweep import EXECUTIONS_FILE
+from tuning.trials import EXECUTIONS_FILE
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "scaling" / "tiny.yaml"
@@ -73,7 +74,7 @@ def test_runs_table_counts_what_each_run_trained_on(scaled):
             run = runs[f"{size}-s{steps}"]
             assert float(run["D"]) == pytest.approx(steps * BATCH * mean_tokens)
             # the final held-out loss of the run's own metrics
-            final = last_metrics(result.out / "pretrain" / f"{size}-s{steps}-g0" / "metrics.csv")
+            final = last_metrics(result.out / "pretrain" / f"{size}-s{steps}-g0")
             assert final["step"] == steps and float(run["loss"]) == pytest.approx(final["val_loss"])
         assert float(runs[f"{size}-s8"]["flops"]) == pytest.approx(2 * float(runs[f"{size}-s4"]["flops"]))
     n = [float(runs[f"{size}-s4"]["N"]) for size in SIZES]

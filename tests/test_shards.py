@@ -7,7 +7,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from aemg_dist.data import TokenizeConfig, read_token_table, tokenize_corpus
+from aemg_dist.artifacts import TokenizeConfig, read_token_table
+from aemg_dist.data import tokenize_corpus
 from aemg_dist.shards import read_rows, split_recordings, stream_batches, validation_rows
 from aemg_dist.train import DataConfig, split_tables, train_dataset
 

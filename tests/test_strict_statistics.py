@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from aemg_dist.data import TokenizeConfig, tokenize_corpus
+from aemg_dist.artifacts import TokenizeConfig
+from aemg_dist.data import tokenize_corpus
 from aemg_dist.evaluation.classifiers import FinetuneConfig
 from aemg_dist.evaluation.data import load_labeled_windows
 from aemg_dist.evaluation.folds import calibration_split, loso_folds, reference_split

@@ -30,7 +30,8 @@ from aemg_dist.config import ConfigError, save_config
 from aemg_dist.data import tokenize_corpus
 from aggregates import check_sweep_aggregate
 from runs import metric_steps, reached_before_restart, registered_step
-from tuning.sweep import CONFIG_FILE, EXECUTIONS_FILE, configurations, exported, load_sweep_config, log_execution, sweep
+from tuning.sweep import CONFIG_FILE, configurations, load_sweep_config, sweep
+from tuning.trials import EXECUTIONS_FILE, exported, log_execution
 from tuning.sweep_report import ALL_DATASETS, dataset_means, t_interval
 
 REPO = Path(__file__).resolve().parents[1]
@@ -274,7 +275,7 @@ def test_a_phase_resumed_without_a_saved_tune_state_runs_every_trial(ray_local, 
     made) but no experiment state: --resume runs the phase's trials."""
     from ray import tune
 
-    from tuning.sweep import run_phase
+    from tuning.trials import run_phase
 
     out = str(tmp_path)
 

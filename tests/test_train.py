@@ -2,6 +2,8 @@
 
 import csv
 import json
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -9,9 +11,11 @@ import numpy as np
 import pytest
 import torch
 
+from aemg_dist.artifacts import TokenizeConfig
 from aemg_dist.config import ConfigError
 from aemg_dist.data import tokenize_corpus
 from aemg_dist.model import load_inference, param_count
+from aemg_dist.tokens import TokenConfig
 from aemg_dist.train import load_pretrain_config, pretrain, split_tables, collate
 from preprocessing.prepare import prepare
 from preprocessing.synthetic import SyntheticConfig, synthetic_jobs
@@ -47,6 +51,16 @@ def test_plain_loop_learns_and_uses_the_codebook(tokens, tmp_path):
     assert last["codebook_usage"] >= 0.25 and last["perplexity"] > 4  # no collapse onto a few codes
     for name in ("config.yaml", "loss.png", "codebook.png", "export/model.safetensors", "local_checkpoint/state.pt"):
         assert (tmp_path / name).exists(), name
+
+
+def test_no_ray_pretraining_never_imports_ray(tokens, tmp_path):
+    code = (f"import sys; from aemg_dist.train import load_pretrain_config, pretrain; "
+            f"pretrain(load_pretrain_config({str(TINY)!r}, ['data.tokens={tokens}', 'run.out={tmp_path / 'run'}', "
+            f"'dist.ray=false', 'optim.max_steps=2', 'data.batch_size=8'])); "
+            f"print(sorted(m for m in sys.modules if m.split('.')[0] == 'ray'))")
+    shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    assert shown.stdout.strip().splitlines()[-1] == "[]"
 
 
 def test_resume_continues_the_same_curve(tokens, tmp_path):
@@ -197,12 +211,26 @@ def test_zero_stages_run_with_two_workers(tokens, tmp_path, ray_local, stage, mo
 
 
 def test_token_features_are_checked_against_the_model_before_anything_is_written(tokens, tmp_path):
-    with pytest.raises(ConfigError, match="holds tokens of 32 features; set model.n_features=32"):
+    # an explicit model.n_features wins over the tokens' and is refused when it does not fit them
+    with pytest.raises(ConfigError, match="holds tokens of 32 features; set model.n_features=32 .it is 30. or leave "
+                                          "it unset to take it from tokens.json"):
         pretrain(_config(tokens, tmp_path / "a", "dist.ray=false", "model.n_features=30"))
     with pytest.raises(ConfigError, match=r"not log amplitudes; set model.gain_features=\[16, 17, 18\]"):
         pretrain(_config(tokens, tmp_path / "b", "dist.ray=false", "model.contrast_weight=1.0",
                          "model.gain_features=[0,1]"))
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_a_non_default_tokenizer_pretrains_without_model_overrides(tokens, tmp_path):
+    """n_features and the log-amplitude columns come from the token folder's tokens.json (8 envelope points and 8
+    bands: 28 features, log_peak at 8 rather than 16), so only the tokenizer was configured."""
+    other = tmp_path / "tokens"
+    tokenize_corpus(tokens.parent / "corpus.zarr", other,
+                    TokenizeConfig(tokens=TokenConfig(n_envelope_points=8, n_bands=8)), workers=1, progress=False)
+    cfg = _config(other, tmp_path / "run", "dist.ray=false", "optim.max_steps=3", "model.contrast_weight=1.0")
+    assert (cfg.model.n_features, cfg.model.gain_features) == (28, [8, 9, 10])
+    result = pretrain(cfg)
+    assert result.steps == 3 and load_inference(result.export).cfg.n_features == 28
 
 
 def test_bf16_through_the_deepspeed_engine_on_cpu_tracks_fp32(tokens, tmp_path, monkeypatch):

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 from aemg_dist.config import ConfigError, load_config
-from aemg_dist.data import (TokenizeConfig, make_shards, plan_recording, read_shard, read_token_table,
-                            table_to_windows, tokenize_corpus, tokenize_rows)
+from aemg_dist.artifacts import TokenizeConfig, read_token_table, table_to_windows
+from aemg_dist.data import make_shards, plan_recording, read_shard, tokenize_corpus, tokenize_rows
 from aemg_dist.events import EventConfig
 from aemg_dist.tokens import tokenize_window
 from aemg_dist.windows import WindowConfig, cut_windows, recording_spans

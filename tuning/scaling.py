@@ -35,13 +35,14 @@ from typing import Any, Sequence
 import numpy as np
 
 from aemg_dist import storage
-from aemg_dist.config import ConfigError, check_ranges, load_config, save_config
+from aemg_dist.artifacts import last_metrics
+from aemg_dist.config import ConfigError, check_ranges, load_config
 from aemg_dist.evaluation.runner import EvaluateConfig
 from aemg_dist.train import PretrainConfig, load_pretrain_config
 from tuning.scaling_fit import (MIN_DISTINCT, MIN_POINTS, PARAMS, bootstrap_scaling_law, load_fit, plot_scaling,
                                 save_fit)
-from tuning.sweep import (ConcurrencyConfig, Configuration, PretrainRun, ResourcesConfig, SweepError, absolute_paths,
-                          check_evaluation_unset, driving, evaluate_phase, evaluated_folds, pretrain_phase, pretrain_runs)
+from tuning.trials import (ConcurrencyConfig, Configuration, PretrainRun, ResourcesConfig, SweepError, absolute_paths,
+                           check_evaluation_unset, driving, evaluate_phase, evaluated_folds, pretrain_phase, pretrain_runs)
 
 REQUIRED = ("N", "D", "loss")
 CONFIG_FILE = "scaling.yaml"
@@ -193,10 +194,9 @@ def run_row(run: PretrainRun, values: dict[str, Any], metric: str, lengths: np.n
     lengths: the token count of every window of the run's training split, after data.max_tokens. Batches
     are uniform draws from it, so steps x batch_size windows carry that many times its mean in tokens."""
     from aemg_dist.model import param_count, training_flops
-    from aemg_dist.train import last_metrics
 
     model, windows = run.config.model, run.config.optim.max_steps * run.config.data.batch_size
-    final = last_metrics(Path(run.config.run.out) / "metrics.csv")
+    final = last_metrics(run.config.run.out)
     if metric not in final:
         raise SweepError(f"run {run.key} reported no {metric} (columns {sorted(final)}); is there a validation split?")
     return {"run": run.configuration, **values, "N": param_count(model, non_embedding=True),
@@ -226,7 +226,7 @@ def scaling_run(cfg: ScalingRunConfig, resume: bool = False, progress: bool = Tr
     out = Path(cfg.out)
     grid = grid_configurations(cfg)
     tokens = storage.absolute(next(iter(grid.values()))[1].data.tokens)
-    with driving(cfg, out, tokens, cfg.evaluation.corpus if cfg.evaluate else "", resume, "scaling run"):
+    with driving(cfg, out, CONFIG_FILE, tokens, cfg.evaluation.corpus if cfg.evaluate else "", resume, "scaling run"):
         ensure_shared([("out", out)], address=cfg.address or None)  # trials on every node write run folders there
         evaluation = replace(cfg.evaluation, out=str(out))
         windows, folds, groups = evaluated_folds(evaluation, tokens, 1, progress) if cfg.evaluate else ("", [], [[]])

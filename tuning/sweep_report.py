@@ -21,17 +21,15 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from aemg_dist.evaluation.methods import AEMG_METHODS
 from aemg_dist.evaluation.report import PRIMARY, SUMMARY_COLUMNS, aggregate, budget_label, pyplot, t_interval
-from aemg_dist.train import last_metrics
-
-if TYPE_CHECKING:
-    from aemg_dist.evaluation.runner import EvaluateConfig
-    from tuning.sweep import Configuration, PretrainRun
+from aemg_dist.artifacts import last_metrics
+from aemg_dist.evaluation.runner import EvaluateConfig
+from tuning.trials import Configuration, PretrainRun
 
 METRICS = ("balanced_accuracy", "macro_f1")
 PRETRAIN_METRICS = ("loss", "val_loss", "mtm_accuracy", "codebook_usage", "perplexity")
@@ -99,7 +97,7 @@ def write_sweep_report(rows: list[dict[str, Any]], runs: list["PretrainRun"], co
     if selection:  # the grid as the selection saw it: development folds only
         test_cells = [c for c in cells if c["role"] == "test" and c["configuration"] == selection[0]]
         cells = [c for c in cells if c["role"] == "development"]
-    finals = {r.key: last_metrics(Path(r.config.run.out) / "metrics.csv") for r in runs}
+    finals = {r.key: last_metrics(r.config.run.out) for r in runs}
     plots = [plot_codebook(runs, finals, configurations, out / "codebook.png")]
     datasets = sorted({c["dataset"] for c in cells})
     overall = dataset_means(cells) if len(datasets) > 1 else []

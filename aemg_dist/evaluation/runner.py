@@ -43,6 +43,8 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from aemg_dist import storage
+from aemg_dist.artifacts import (RUN_CONFIG, RUN_EXPORT, TOKENS_MANIFEST, TokenizeConfig, model_preset,
+                                 read_tokens_manifest)
 from aemg_dist.config import ConfigError, check_ranges, config_from_dict, load_config, save_config
 from aemg_dist.evaluation.classifiers import FinetuneConfig
 from aemg_dist.evaluation.data import DatasetWindows, load_labeled_windows
@@ -53,7 +55,7 @@ from aemg_dist.evaluation.splits import ROLES, fold_role, load_splits
 from aemg_dist.evaluation.td_lda import balanced_accuracy, macro_f1
 from aemg_dist.model import ModelConfig
 from aemg_dist.model.export import CheckpointError, check_inference, read_model_config
-from aemg_dist.train import MODEL_PRESETS, PretrainConfig
+from aemg_dist.train import PretrainConfig
 from aemg_dist.validate import claim, require_input, require_output
 from aemg_dist.windows import WindowConfig
 from preprocessing.corpus import Corpus
@@ -138,8 +140,8 @@ class Checkpoint:
         """The run folder (a local path or a URI), or its export/."""
         path = storage.absolute(path)
         parent, name = posixpath.split(path.rstrip("/"))
-        run = parent if name == "export" else path
-        export, config = storage.join(run, "export"), storage.join(run, "config.yaml")
+        run = parent if name == RUN_EXPORT else path
+        export, config = storage.join(run, RUN_EXPORT), storage.join(run, RUN_CONFIG)
         if not storage.exists(storage.join(export, "model.safetensors")) or not storage.exists(config):
             raise FileNotFoundError(f"{path} is not a finished `aemg pretrain` run (needs config.yaml and "
                                     "export/model.safetensors)")
@@ -174,12 +176,10 @@ class Checkpoint:
 
 def _trained_on(tokens: str, exclude_subjects: set[str], exclude_datasets: set[str], run: str) -> set[tuple[str, str]]:
     """(dataset, subject) of every recording in a token folder's manifest that the exclusions keep."""
-    from aemg_dist.shards import read_tokens_manifest
-
     try:
         recordings = read_tokens_manifest(tokens, "data.tokens")["recordings"]
     except FileNotFoundError:
-        raise ConfigError(f"{run} was pretrained on {tokens}, which has no tokens.json any more; the guard "
+        raise ConfigError(f"{run} was pretrained on {tokens}, which has no {TOKENS_MANIFEST} any more; the guard "
                           "cannot tell which subjects it saw") from None
     seen = set()
     for key in recordings:
@@ -234,7 +234,7 @@ def exclusion_groups(subjects: dict[str, list[str]], n_groups: int) -> list[list
 
 def labeled_tokens(cfg: EvaluateConfig, checkpoints: list[Checkpoint], progress: bool = True) -> str:
     """OUT/windows (made here when missing) or cfg.windows_tokens, absolute: the labeled token rows of the corpus."""
-    from aemg_dist.data import TokenizeConfig, tokenize_corpus
+    from aemg_dist.data import tokenize_corpus
 
     layers = sorted({storage.join(c.tokens, "tokenize.yaml") for c in checkpoints})
     if cfg.windows_tokens:
@@ -362,8 +362,7 @@ def _scratch_config(cfg: EvaluateConfig, checkpoint: str, data: DatasetWindows) 
     if checkpoint:
         return read_model_config(checkpoint)
     n_features = int(data.tokens[0].features.shape[1])  # (T, F) even for a window without tokens
-    preset = OmegaConf.to_container(OmegaConf.load(MODEL_PRESETS / f"{cfg.scratch_preset}.yaml"))
-    return ModelConfig(**{**preset, "n_features": n_features})
+    return ModelConfig(**{**model_preset(cfg.scratch_preset), "n_features": n_features})
 
 
 # ---------------------------------------------------------------- the whole evaluation

@@ -10,17 +10,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 from functools import lru_cache
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import yaml
 
+from aemg_dist.artifacts import model_preset, model_preset_names
 from aemg_dist.config import check_ranges
 
 OBJECTIVES = ("joint", "tokenizer", "masked")
-PRESETS = Path(__file__).resolve().parents[2] / "configs" / "model"
 # the fields that size the model (and the memory and time it takes to build), with their least value; a codebook
 # of one code carries no information
 SIZE_FIELDS = {"n_features": 1, "d_model": 1, "n_layers": 1, "n_heads": 1, "n_fourier": 1, "n_time_frequencies": 1,
@@ -36,7 +34,7 @@ def size_limits() -> dict[str, float]:
     Derived from the presets rather than fixed, so a new larger preset moves them. They are far beyond any
     model this project trains, and they stop a config (or a checkpoint's config.json) that asks for a billion
     layers before anything is built: building one took minutes of a climbing memory before failing."""
-    presets = [yaml.safe_load(p.read_text()) or {} for p in sorted(PRESETS.glob("*.yaml"))]
+    presets = [model_preset(name) for name in model_preset_names()]
     defaults = {f.name: f.default for f in fields(ModelConfig)}
     return {name: SIZE_HEADROOM * max(float(p.get(name, defaults[name])) for p in [defaults, *presets])
             for name in [*SIZE_FIELDS, "mlp_ratio", "kmeans_iters"]}
