@@ -314,8 +314,8 @@ def test_every_aggregated_cell_and_the_report(finished_sweep):
     assert set(keys) == expected and set(keys.values()) == {1}
     for c in cells:
         assert c["n"] == "1" and 0 <= float(c["mean"]) <= 1  # one held-out subject per role
-    assert check_sweep_aggregate(out) == len(cells)  # every cell recomputed from the trials' own rows
         assert c["configuration"] == f"codebook_size-{c['codebook_size']}_mask_ratio-{c['mask_ratio']}"
+    assert check_sweep_aggregate(out) == len(cells)  # every cell recomputed from the trials' own rows
     with (out / "summary.csv").open() as f:
         reader = csv.DictReader(f)
         rows = list(reader)
