@@ -14,7 +14,8 @@ are read from the part files as they are needed.
 
 The run folder (`run.out`) holds the resolved `config.yaml`, `metrics.csv`, TensorBoard events,
 `loss.png` / `codebook.png`, Ray Train's checkpoints (`ray/`), `workers/rank-R.json` (node, process
-and start step of each rank) and the exported inference checkpoint (`export/`: safetensors + config.json);
+and start step of each rank), `workers/rank-R-step1.json` (each rank's first batch, its loss and the parameter
+elements the rank holds) and the exported inference checkpoint (`export/`: safetensors + config.json);
 artifacts.py names them for the stages that read a run.
 """
 
@@ -403,7 +404,10 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         # resumed run repeats exactly what the uninterrupted one would have done
         torch.manual_seed(zlib.crc32(f"{cfg.run.seed}/{rank}/{step}".encode()))
         model.train()
-        out = stepper.forward(stepper.prepare(collate(next(batches), cfg.data.max_tokens)))
+        rows = next(batches)
+        out = stepper.forward(stepper.prepare(collate(rows, cfg.data.max_tokens)))
+        if step == 0:
+            _record_first_step(cfg.run.out, rank, rows, float(out["loss"].detach()), model)
         stepper.step(out["loss"])
         last = {name: float(out[name].detach()) for name in METRICS if name in out}
         last.update(lr=stepper.lr(), step=step + 1, elapsed_s=time.perf_counter() - started)
@@ -449,6 +453,18 @@ def _record_worker(out: str, rank: int, start_step: int, distributed: bool) -> N
     record = {"rank": rank, "pid": os.getpid(), "node_id": node_id, "host": socket.gethostname(),
               "start_step": start_step}
     storage.write_text(storage.join(out, RUN_WORKERS, f"rank-{rank}.json"), json.dumps(record))
+
+
+def _record_first_step(out: str, rank: int, rows: pa.Table, loss: float, model: torch.nn.Module) -> None:
+    """workers/rank-R-step1.json: the windows (key, start) of this rank's first batch in order, its loss, and the
+    parameter elements this rank holds against the model's (ZeRO-3 keeps a partition per rank): what a test needs to
+    recompute the step with the plain model and to see that the ZeRO stage took effect."""
+    held = sum(p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel() for p in model.parameters())
+    full = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
+    record = {"rank": rank, "loss": loss, "windows": list(zip(rows.column("key").to_pylist(),
+                                                              rows.column("start").to_pylist())),
+              "params_held": int(held), "params_full": int(full)}
+    storage.write_text(storage.join(out, RUN_WORKERS, f"rank-{rank}-step1.json"), json.dumps(record))
 
 
 def _fail_once(out: str) -> None:

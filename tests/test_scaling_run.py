@@ -20,6 +20,7 @@ from aemg_dist.config import ConfigError, load_config
 from aemg_dist.data import tokenize_corpus
 from aemg_dist.artifacts import last_metrics
 from aemg_dist.train import PretrainConfig, load_pretrain_config, split_tables
+from aggregates import check_scaling_downstream
 from tuning.scaling import load_scaling_config, scaling_run
 from tuning.trials import EXECUTIONS_FILE
 
@@ -92,6 +93,7 @@ def test_fit_downstream_and_report(scaled):
     assert sorted(r["run"] for r in downstream) == sorted(r["run"] for r in result.runs)
     assert {(r["method"], r["budget"], r["datasets"]) for r in downstream} == {("aemg_finetune", "10.0", "1")}
     assert all(0 <= float(r["balanced_accuracy"]) <= 1 for r in downstream)
+    assert check_scaling_downstream(result.out) == len(downstream)  # recomputed from the trials' own rows
     # the accuracy of a run is its evaluation trial's
     trial = json.loads(next((result.out / "trials").glob("d64-s8-*.json")).read_text())
     row = next(r for r in downstream if r["run"] == "d64-s8")

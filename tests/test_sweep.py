@@ -28,6 +28,7 @@ from omegaconf import OmegaConf
 from aemg_dist import cli
 from aemg_dist.config import ConfigError, save_config
 from aemg_dist.data import tokenize_corpus
+from aggregates import check_sweep_aggregate
 from runs import metric_steps, reached_before_restart, registered_step
 from tuning.sweep import CONFIG_FILE, configurations, load_sweep_config, sweep
 from tuning.trials import EXECUTIONS_FILE, exported, log_execution
@@ -318,6 +319,7 @@ def test_every_aggregated_cell_and_the_report(finished_sweep):
     for c in cells:
         assert c["n"] == "1" and 0 <= float(c["mean"]) <= 1  # one held-out subject per role
         assert c["configuration"] == f"codebook_size-{c['codebook_size']}_mask_ratio-{c['mask_ratio']}"
+    assert check_sweep_aggregate(out) == len(cells)  # every cell recomputed from the trials' own rows
     with (out / "summary.csv").open() as f:
         reader = csv.DictReader(f)
         rows = list(reader)

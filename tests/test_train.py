@@ -1,8 +1,10 @@
 """Pretraining: the plain loop, resume, Ray Train + DeepSpeed (ZeRO 0/2/3), fault recovery, export."""
 
 import csv
+import json
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +14,7 @@ import torch
 from aemg_dist.artifacts import TokenizeConfig
 from aemg_dist.config import ConfigError
 from aemg_dist.data import tokenize_corpus
-from aemg_dist.model import load_inference
+from aemg_dist.model import load_inference, param_count
 from aemg_dist.tokens import TokenConfig
 from aemg_dist.train import load_pretrain_config, pretrain, split_tables, collate
 from preprocessing.prepare import prepare
@@ -106,24 +108,108 @@ def test_missing_tokens_fail_with_the_path(tmp_path):
         pretrain(_config(tmp_path / "nothing", tmp_path, "dist.ray=false"))
 
 
+def _first_steps(run):
+    return [json.loads((run / "workers" / f"rank-{rank}-step1.json").read_text()) for rank in (0, 1)]
+
+
+def _check_first_step_matches_the_plain_model(tokens, run, cfg):
+    """Each rank's first-step loss equals the plain model's (same seed, so the same initial weights) on the windows
+    that rank drew, with the masks of (seed, rank, step 0), and rank 0's is the step-1 loss in metrics.csv.
+
+    The Ray path cannot draw the plain loop's first batch by design: each rank streams its own share through Ray
+    Data, and the masks are drawn per (seed, rank, step). So the reference is the plain model on exactly the windows
+    each rank recorded; the loss of the global batch is the mean of the two. One more thing is shared by design: the
+    codebook's k-means initialisation on the first batch is broadcast from rank 0 (quantizer.py), so every rank's
+    reference runs its own initialisation (as the rank did, drawing the same random numbers) and then takes rank 0's.
+    Tolerance 1e-5 relative: the same float32 ops, but ZeRO's flattened and gathered parameters may change a
+    summation order by an ulp (measured: equal to the last digit)."""
+    from aemg_dist.model import AEMGModel
+
+    records = _first_steps(run)
+    train, _ = split_tables(cfg.data)
+    where = {w: i for i, w in enumerate(zip(train.column("key").to_pylist(), train.column("start").to_pylist()))}
+    plain, rank0_codebook = [], []
+    for record in records:  # rank 0 first
+        assert len(record["windows"]) == cfg.data.batch_size // 2
+        rows = train.take([where[tuple(w)] for w in record["windows"]])
+        torch.manual_seed(cfg.run.seed)  # the loop's initial weights
+        model = AEMGModel(cfg.model).train()
+        quantizer = model.tokenizer.quantizer
+        kmeans_init = quantizer._kmeans_init
+
+        def broadcast_init(vectors, quantizer=quantizer, kmeans_init=kmeans_init):
+            kmeans_init(vectors)
+            if rank0_codebook:
+                quantizer.codebook.copy_(rank0_codebook[0])
+            else:
+                rank0_codebook.append(quantizer.codebook.clone())
+
+        quantizer._kmeans_init = broadcast_init
+        torch.manual_seed(zlib.crc32(f"{cfg.run.seed}/{record['rank']}/0".encode()))
+        with torch.no_grad():
+            plain.append(float(model(collate(rows, cfg.data.max_tokens))["loss"]))
+    np.testing.assert_allclose([r["loss"] for r in records], plain, rtol=1e-5)
+    np.testing.assert_allclose(np.mean([r["loss"] for r in records]), np.mean(plain), rtol=1e-5)  # the global batch
+    assert _metrics(run)[0]["step"] == 1 and _metrics(run)[0]["loss"] == pytest.approx(records[0]["loss"], rel=1e-6)
+
+
+def _check_export_is_the_trained_model(run, checkpoint, cfg):
+    """The exported model (written after the last step, ZeRO-3 gathering its partitions) gives identical outputs to
+    the trained weights as DeepSpeed's own checkpoint of that step holds them (its fp32 partitions merged offline)."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    from aemg_dist.model import AEMGModel
+
+    trained = AEMGModel(cfg.model)
+    state = get_fp32_state_dict_from_zero_checkpoint(checkpoint, tag="state")
+    trained.load_state_dict(state, strict=False)  # parameters and buffers: check nothing trained is missing
+    assert {n for n, p in trained.named_parameters() if p.requires_grad} <= set(state)
+    exported = load_inference(run / "export")
+    assert not torch.equal(next(exported.parameters()), next(AEMGModel(cfg.model).parameters()))  # it trained
+    train, _ = split_tables(cfg.data)
+    batch = collate(train.slice(0, 8), cfg.data.max_tokens)
+    trained.eval(), exported.eval()
+    with torch.no_grad():
+        a, b = trained.encode(batch)[0], exported.encode(batch)[0]
+    assert torch.equal(a, b)
+
+
 @pytest.mark.claim("dist.max_failures retries a failed worker from the latest checkpoint")
 def test_ray_train_deepspeed_recovers_from_a_worker_failure(tokens, tmp_path, ray_local):
-    result = pretrain(_config(tokens, tmp_path, "optim.max_steps=30", "run.checkpoint_every=10", "run.fail_at_step=15"))
+    cfg = _config(tokens, tmp_path, "optim.max_steps=30", "run.checkpoint_every=10", "run.fail_at_step=15",
+                  "run.log_every=1")
+    result = pretrain(cfg)
     assert (tmp_path / ".fault_injected").exists()  # the failure happened...
     assert result.steps == 30 and result.checkpoint  # ...and the retried run finished from a checkpoint
     steps = [r["step"] for r in _metrics(tmp_path)]
-    # rows up to the failure, then the retry from step 10: 15 is logged again, nothing before 10 is
-    assert steps == [5, 10, 15, 15, 20, 25, 30]
+    # rows up to the failure, then the retry from step 10: 11-15 are logged again, nothing before 10 is
+    assert steps == [*range(1, 16), *range(11, 31)]
     assert load_inference(tmp_path / "export") is not None
+    # ZeRO-0: the first step is the plain model's, and every rank holds the whole model
+    _check_first_step_matches_the_plain_model(tokens, tmp_path, cfg)
+    assert all(r["params_held"] == r["params_full"] == param_count(cfg.model) for r in _first_steps(tmp_path))
 
 
 @pytest.mark.parametrize("stage", [2, 3])
 def test_zero_stages_run_with_two_workers(tokens, tmp_path, ray_local, stage, monkeypatch):
     monkeypatch.chdir(tmp_path)  # a relative run.out must reach the workers as the driver's folder
-    result = pretrain(_config(tokens, "run", "optim.max_steps=10", "run.checkpoint_every=10", f"dist.zero_stage={stage}"))
-    rows = _metrics(tmp_path / "run")
+    cfg = _config(tokens, "run", "optim.max_steps=10", "run.checkpoint_every=10", f"dist.zero_stage={stage}",
+                  "run.log_every=1")
+    result = pretrain(cfg)
+    run = tmp_path / "run"
+    rows = _metrics(run)
     assert result.steps == 10 and np.isfinite(rows[-1]["loss"])
-    assert (tmp_path / "run" / "export" / "model.safetensors").exists()
+    _check_first_step_matches_the_plain_model(tokens, run, cfg)
+    # ZeRO-3 partitions the parameters: each of the 2 ranks holds about half (padding aside); ZeRO-2 only the
+    # gradients and optimizer state, so each holds the whole model
+    full = param_count(cfg.model)
+    held = [r["params_held"] for r in _first_steps(run)]
+    assert all(r["params_full"] == full for r in _first_steps(run))
+    if stage == 3:
+        assert all(0.45 * full <= h <= 0.55 * full for h in held) and sum(held) >= full, (held, full)
+    else:
+        assert held == [full, full]
+    _check_export_is_the_trained_model(run, result.checkpoint, cfg)
 
 
 def test_token_features_are_checked_against_the_model_before_anything_is_written(tokens, tmp_path):
