@@ -149,6 +149,7 @@ def config_layer(layer: str | Path | Mapping) -> DictConfig:
     MAX_CONFIG_BYTES; it must hold a mapping of settings)."""
     if isinstance(layer, Mapping):
         return OmegaConf.create(dict(layer))
+    layer = config_path(layer)
     if not storage.exists(layer):  # a file or a URI (e.g. a run's config.yaml on S3)
         raise ConfigError(f"config file {layer} does not exist")
     if storage.isdir(layer):
@@ -237,6 +238,16 @@ def save_config(config: object, path: str | Path) -> str | Path:
         raise TypeError(f"expected a dataclass instance, got {type(config).__name__}")
     storage.write_text(path, OmegaConf.to_yaml(OmegaConf.structured(config)))
     return path
+
+
+def config_path(path: str | Path) -> str | Path:
+    """`path` as given when it exists (or is a URI); else a relative `configs/...` path names a shipped config, so the
+    README's `--config configs/pretrain/tiny.yaml` works from an installed wheel in any working directory."""
+    parts = Path(path).parts
+    if storage.is_uri(path) or storage.exists(path) or len(parts) < 2 or parts[0] != "configs":
+        return path
+    shipped = shipped_configs().joinpath(*parts[1:])
+    return shipped if shipped.is_file() else path
 
 
 def shipped_configs() -> Path:

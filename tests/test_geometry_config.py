@@ -74,3 +74,20 @@ def test_bad_configs_fail_with_the_culprit_named(overrides, match):
 def test_missing_config_file(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(HarmonizeConfig, tmp_path / "nope.yaml")
+
+
+def test_a_readme_config_path_resolves_to_the_shipped_config_outside_the_checkout(tmp_path, monkeypatch):
+    """`--config configs/pretrain/tiny.yaml` names the shipped config wherever the command runs; a file of that name
+    in the working directory wins, and a name the project does not ship still fails naming it."""
+    from aemg_dist.config import config_path, shipped_configs
+    from aemg_dist.train import load_pretrain_config
+
+    monkeypatch.chdir(tmp_path)
+    assert config_path("configs/pretrain/tiny.yaml") == shipped_configs() / "pretrain" / "tiny.yaml"
+    assert load_pretrain_config("configs/pretrain/tiny.yaml").model.d_model == \
+        load_pretrain_config(shipped_configs() / "pretrain" / "tiny.yaml").model.d_model
+    (tmp_path / "configs" / "pretrain").mkdir(parents=True)
+    (tmp_path / "configs" / "pretrain" / "tiny.yaml").write_text("optim:\n  max_steps: 7\n")
+    assert load_pretrain_config("configs/pretrain/tiny.yaml").optim.max_steps == 7  # the user's own file
+    with pytest.raises(ConfigError, match="configs/pretrain/nothing.yaml does not exist"):
+        load_pretrain_config("configs/pretrain/nothing.yaml")

@@ -86,12 +86,13 @@ print(json.dumps({"package": aemg_dist.__file__, "configs": str(shipped_configs(
     assert Path(loaded["package"]).is_relative_to(venv) and Path(loaded["configs"]).is_relative_to(venv), loaded
     assert {"tiny", "small", "base"} <= set(loaded["presets"]) and loaded["pretrain"], loaded
     assert loaded["models"] == len(loaded["presets"]) * len(loaded["pretrain"]) and "3dc" in loaded["manifests"]
-    # a tiny demo stage: prepare, tokenize and pretrain a few steps without Ray, with the shipped tiny config
+    # a tiny demo stage: prepare, tokenize and pretrain a few steps without Ray, with the shipped tiny config named as
+    # the README names it (configs/pretrain/tiny.yaml, which does not exist in this working directory)
     aemg = str(venv / "bin" / "aemg")
     _run([aemg, "prepare", "--source", "synthetic", "--scale", "tiny", "--out", "corpus.zarr", "--workers", "1",
           "--quiet"], work, env)
     _run([aemg, "tokenize", "--corpus", "corpus.zarr", "--out", "tokens", "--workers", "1", "--quiet"], work, env)
-    tiny = next(c for c in loaded["pretrain"] if c.endswith("tiny.yaml"))
-    _run([aemg, "pretrain", "--config", tiny, "--no-ray", "data.tokens=tokens", "run.out=run", "optim.max_steps=3",
+    assert not (work / "configs").exists()
+    _run([aemg, "pretrain", "--config", "configs/pretrain/tiny.yaml", "--no-ray", "data.tokens=tokens", "run.out=run", "optim.max_steps=3",
           "data.batch_size=8", "run.log_every=1"], work, env)
     assert (work / "run" / "export" / "model.safetensors").is_file()

@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 from ray import tune
 
 from aemg_dist import storage
-from aemg_dist.config import ConfigError, check_ranges, config_from_dict, save_config
+from aemg_dist.config import ConfigError, check_ranges, config_from_dict, config_path, save_config
 from aemg_dist.artifacts import RUN_EXPORT, last_metrics, read_tokens_manifest
 from aemg_dist.evaluation.runner import (Checkpoint, EvaluateConfig, FoldJob, heldout_subject, assign_checkpoints,
                                          exclusion_groups, labeled_tokens, run_fold, select_folds)
@@ -224,7 +224,7 @@ def absolute_paths(cfg: Any, what: str) -> Any:
     a local or mounted path (Tune's state and the run folders are written there)."""
     if storage.is_uri(cfg.out):
         raise ConfigError(f"out={cfg.out}: a {what} writes its results to a local or mounted path")
-    return replace(cfg, out=str(Path(cfg.out).resolve()), pretrain_config=str(Path(cfg.pretrain_config).resolve()),
+    return replace(cfg, out=str(Path(cfg.out).resolve()), pretrain_config=str(Path(config_path(cfg.pretrain_config)).resolve()),
                    evaluation=absolute_inputs(cfg.evaluation))
 
 

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Issue 14: a pretraining recipe chosen on the development subjects (benchmarks/ablate_real.sh) evaluated on the test
+# subjects, the way benchmarks/eval_real.sh evaluates the sweep's choice: pretrained twice, each time without one half
+# of the subjects (pt-g0 / pt-g1), then the AEMG methods on the same test folds, seeds and windows settings. The
+# baselines are not re-run: benchmarks/compare_runs.py sets the recipe against the eval_real.sh test run.
+# Usage: RECIPE=v1-summary TOKENS=runs/ablate/tokens-ws WINDOWS=runs/ablate/windows-ws FOLDS=6 SEEDS=0 \
+#          bash benchmarks/recipe_test.sh [OUT] [ABLATIONS]   (defaults runs/eval_real, runs/ablate)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+OUT=${1:-runs/eval_real}
+ABL=${2:-runs/ablate}
+RECIPE=${RECIPE:-v1-summary}  # a pretraining run of ablate_real.sh: its resolved config is the recipe
+TOKENS=${TOKENS:-$ABL/tokens-ws}
+WINDOWS=${WINDOWS:-$ABL/windows-ws}
+FOLDS=${FOLDS:-6}
+SEEDS=${SEEDS:-0}
+AEMG=.venv/bin/aemg
+SPLITS=configs/splits/shared.yaml
+
+pretrain() {  # half, exclusion override; the recipe's development-subject exclusion is replaced by the half's
+  [ -f "$ABL/$RECIPE-$1/export/model.safetensors" ] || $AEMG pretrain --config "$ABL/$RECIPE/config.yaml" --no-ray \
+    data.tokens="$TOKENS" run.out="$ABL/$RECIPE-$1" data.exclude_subjects=[] "$2"
+}
+pretrain g0 "$($AEMG folds --corpus "$OUT/corpus.zarr" --groups 2 --group 0)"
+pretrain g1 "$($AEMG folds --corpus "$OUT/corpus.zarr" --groups 2 --group 1)"
+$AEMG evaluate --checkpoint "$ABL/$RECIPE-g0" --checkpoint "$ABL/$RECIPE-g1" --corpus "$OUT/corpus.zarr" \
+  --out "$ABL/test-$RECIPE" --splits "$SPLITS" --role test --methods aemg_finetune,aemg_probe,aemg_scratch \
+  --budgets 0,1,5,10,100 --max-folds "$FOLDS" --seeds "$SEEDS" --quiet windows_tokens="$WINDOWS" train.probe_init=true
+.venv/bin/python benchmarks/compare_runs.py "$ABL/test-$RECIPE" "$OUT/test" --methods aemg_finetune,aemg_probe,aemg_scratch \
+  --out "$ABL/test-$RECIPE-vs-selected.md"
