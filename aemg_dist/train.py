@@ -14,7 +14,7 @@ are read from the part files as they are needed.
 
 The run folder (`run.out`) holds the resolved `config.yaml`, `metrics.csv`, TensorBoard events,
 `loss.png` / `codebook.png`, Ray Train's checkpoints (`ray/`), `workers/rank-R.json` (node, process
-and start step of each rank), `workers/rank-R-step1.json` (each rank's first batch, its loss and the parameter
+and start step of each rank), `workers/first-step-rank-R.json` (each rank's first batch, its loss and the parameter
 elements the rank holds) and the exported inference checkpoint (`export/`: safetensors + config.json);
 artifacts.py names them for the stages that read a run.
 """
@@ -456,7 +456,7 @@ def _record_worker(out: str, rank: int, start_step: int, distributed: bool) -> N
 
 
 def _record_first_step(out: str, rank: int, rows: pa.Table, loss: float, model: torch.nn.Module) -> None:
-    """workers/rank-R-step1.json: the windows (key, start) of this rank's first batch in order, its loss, and the
+    """workers/first-step-rank-R.json: the windows (key, start) of this rank's first batch in order, its loss, and the
     parameter elements this rank holds against the model's (ZeRO-3 keeps a partition per rank): what a test needs to
     recompute the step with the plain model and to see that the ZeRO stage took effect."""
     held = sum(p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel() for p in model.parameters())
@@ -464,7 +464,7 @@ def _record_first_step(out: str, rank: int, rows: pa.Table, loss: float, model: 
     record = {"rank": rank, "loss": loss, "windows": list(zip(rows.column("key").to_pylist(),
                                                               rows.column("start").to_pylist())),
               "params_held": int(held), "params_full": int(full)}
-    storage.write_text(storage.join(out, RUN_WORKERS, f"rank-{rank}-step1.json"), json.dumps(record))
+    storage.write_text(storage.join(out, RUN_WORKERS, f"first-step-rank-{rank}.json"), json.dumps(record))
 
 
 def _fail_once(out: str) -> None:

@@ -109,7 +109,7 @@ def test_missing_tokens_fail_with_the_path(tmp_path):
 
 
 def _first_steps(run):
-    return [json.loads((run / "workers" / f"rank-{rank}-step1.json").read_text()) for rank in (0, 1)]
+    return [json.loads((run / "workers" / f"first-step-rank-{rank}.json").read_text()) for rank in (0, 1)]
 
 
 def _check_first_step_matches_the_plain_model(tokens, run, cfg):
