@@ -104,6 +104,11 @@ class SyntheticDatasetSpec:
     def electrode_layout(self) -> ElectrodeLayout:
         return ElectrodeLayout.from_dict(self.layout)
 
+    @property
+    def protocol_seconds(self) -> float:
+        """Nominal length of one recording: rest, then every gesture n_reps times, each followed by rest."""
+        return (self.n_gestures - 1) * self.n_reps * (self.gesture_s + self.rest_s) + self.rest_s
+
     def label_names(self) -> dict[int, str]:
         return {g: GESTURE_NAMES[g] if g < len(GESTURE_NAMES) else f"gesture{g}" for g in range(self.n_gestures)}
 
@@ -125,7 +130,8 @@ class SyntheticConfig:
             raise ValueError("synthetic subjects applies to the default datasets; set n_subjects in each dataset instead")
 
 
-# Protocol size per scale; seconds per recording = (n_gestures - 1) * n_reps * (gesture_s + rest_s) + rest_s.
+# Protocol size per scale; seconds per recording (SyntheticDatasetSpec.protocol_seconds) =
+# (n_gestures - 1) * n_reps * (gesture_s + rest_s) + rest_s.
 _SCALES = {
     "tiny": dict(n_subjects=3, n_sessions=1, n_gestures=4, n_reps=2, gesture_s=1.0, rest_s=1.0),  # 13 s
     "demo": dict(n_subjects=5, n_sessions=2, n_gestures=6, n_reps=5, gesture_s=2.0, rest_s=1.5),  # 89 s
