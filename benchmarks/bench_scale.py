@@ -37,7 +37,8 @@ STAGES = ("prepare", "tokenize", "pretrain")
 TARGET_RATIO = 1.2
 
 
-def stage_commands(scale: str, subjects: int, work: Path, steps: int, workers: int) -> dict[str, list[str]]:
+def stage_commands(scale: str, subjects: int, work: Path, steps: int, workers: int,
+                   batch_size: int) -> dict[str, list[str]]:
     """The three `aemg` commands of one size, in order."""
     aemg = [sys.executable, "-m", "aemg_dist.cli"]  # this checkout's code, whatever `aemg` is installed
     corpus, tokens = work / "corpus.zarr", work / "tokens"
@@ -49,7 +50,8 @@ def stage_commands(scale: str, subjects: int, work: Path, steps: int, workers: i
         # one checkpoint and one validation, at the end: the steps measure training, not saving
         "pretrain": [*aemg, "pretrain", "--config", str(ROOT / "configs" / "pretrain" / "tiny.yaml"),
                      f"data.tokens={tokens}", f"run.out={work / 'pretrain'}", f"optim.max_steps={steps}",
-                     f"run.checkpoint_every={steps}", f"run.val_every={steps}", "dist.num_workers=2"],
+                     f"run.checkpoint_every={steps}", f"run.val_every={steps}", f"data.batch_size={batch_size}",
+                     "dist.num_workers=2"],
     }
 
 
@@ -61,11 +63,11 @@ def corpus_size(scale: str, subjects: int) -> dict:
             "recordings": len(jobs), "emg_hours": round(seconds / 3600, 2)}
 
 
-def measure(scale: str, subjects: int, work: Path, steps: int, workers: int) -> dict:
+def measure(scale: str, subjects: int, work: Path, steps: int, workers: int, batch_size: int) -> dict:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}  # one torch thread per process (STACK_NOTES)
     result = {"size": corpus_size(scale, subjects), "stages": {}}
-    for stage, cmd in stage_commands(scale, subjects, work, steps, workers).items():
+    for stage, cmd in stage_commands(scale, subjects, work, steps, workers, batch_size).items():
         print(f"  {stage}: {' '.join(cmd[1:])}", flush=True)
         peaks = run_sampled(cmd, env=env, log=work / f"{stage}.log")
         result["stages"][stage] = {**asdict(peaks), "max_worker_mb": peaks.max_worker_mb,
@@ -113,6 +115,7 @@ def main() -> None:
     parser.add_argument("--factor", type=int, default=4, help="the larger corpus has this many times the subjects")
     parser.add_argument("--scale", default="large", help="synthetic scale whose protocol and subjects are used")
     parser.add_argument("--steps", type=int, default=200, help="pretraining steps per size")
+    parser.add_argument("--batch-size", type=int, default=32, help="global pretraining batch (the tiny preset's)")
     parser.add_argument("--workers", type=int, default=2, help="CPUs of each stage's local Ray")
     parser.add_argument("--out", default="benchmarks/out/scale", help="folder for scale.json, scale.md and the logs")
     parser.add_argument("--work", help="folder for the corpora, tokens and runs (default: a temporary one, removed)")
@@ -128,14 +131,15 @@ def main() -> None:
         for name, subjects in (("1x", base), (f"{args.factor}x", args.factor * base)):
             print(f"{name}: {subjects} subjects per device", flush=True)
             (work / name).mkdir(parents=True, exist_ok=True)
-            results[name] = measure(args.scale, subjects, work / name, args.steps, args.workers)
+            results[name] = measure(args.scale, subjects, work / name, args.steps, args.workers, args.batch_size)
             for stage in STAGES:  # the logs outlive a temporary work folder
                 shutil.copy(work / name / f"{stage}.log", out / f"{name}-{stage}.log")
     finally:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
     record = {"command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]), "scale": args.scale,
-              "fraction": args.fraction, "factor": args.factor, "steps": args.steps, "workers": args.workers,
+              "fraction": args.fraction, "factor": args.factor, "steps": args.steps, "batch_size": args.batch_size,
+              "workers": args.workers,
               "cpus": os.cpu_count(), "git": _git_head(), "results": results, "ratios": ratios(results)}
     (out / "scale.json").write_text(json.dumps(record, indent=1))
     table = tables(results)

@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 def test_bench_scale_runs_every_stage_at_both_sizes(tmp_path):
     out = tmp_path / "out"
     cmd = [sys.executable, str(REPO / "benchmarks" / "bench_scale.py"), "--scale", "tiny", "--fraction", "0.3",
-           "--factor", "2", "--steps", "2", "--out", str(out), "--work", str(tmp_path / "work")]
+           "--factor", "2", "--steps", "2", "--batch-size", "8", "--out", str(out), "--work", str(tmp_path / "work")]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     record = json.loads((out / "scale.json").read_text())
