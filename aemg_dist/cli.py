@@ -45,7 +45,7 @@ def _source_jobs(args: argparse.Namespace) -> list:
     if args.source == "synthetic" and not args.manifest:
         from preprocessing.synthetic import SyntheticConfig, synthetic_jobs
 
-        return synthetic_jobs(SyntheticConfig(seed=args.seed, scale=args.scale))
+        return synthetic_jobs(SyntheticConfig(seed=args.seed, scale=args.scale, subjects=args.subjects))
     from preprocessing.manifest import DatasetManifest, manifest_jobs, resolve_source
 
     if args.manifest:
@@ -371,8 +371,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     corpus_path, tokens_path = out / "corpus.zarr", out / "tokens"
     config = HarmonizeConfig()
     print(f"[1/4] prepare: synthetic ({args.scale}, seed {args.seed}) -> {corpus_path}", flush=True)
-    report = prepare(synthetic_jobs(SyntheticConfig(seed=args.seed, scale=args.scale)), corpus_path, config,
-                     workers=args.workers, progress=not args.quiet)
+    report = prepare(synthetic_jobs(SyntheticConfig(seed=args.seed, scale=args.scale, subjects=args.subjects)),
+                     corpus_path, config, workers=args.workers, progress=not args.quiet)
     print(report.summary())
     problems = check_corpus(corpus_path)
     if problems or not report.ok:
@@ -494,7 +494,12 @@ def _stdin_bytes():
 # ---------------------------------------------------------------- parser
 
 def _add_synthetic_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--scale", default="demo", choices=["tiny", "demo", "full"], help="synthetic corpus size")
+    p.add_argument("--scale", default="demo", choices=["tiny", "demo", "full", "large"],
+                   help="synthetic corpus size: tiny (tests, 3 min of EMG), demo (1 h), full (23 h), large (scale "
+                        "tests: 105 h, 256 subjects, hours on 2 cores)")
+    p.add_argument("--subjects", type=int, default=None,
+                   help="synthetic subjects per simulated device instead of the scale's (same protocol), e.g. a "
+                        "slice of --scale large")
     p.add_argument("--seed", type=int, default=0, help="synthetic generator seed")
 
 
@@ -552,7 +557,8 @@ def build_parser() -> argparse.ArgumentParser:
         ["aemg prepare --source ../shared/data --out corpus.zarr",
          "aemg prepare --source 3dc --out corpus.zarr target_fs=2000",
          "aemg prepare --manifest my_dataset.yaml --source /data --out corpus.zarr",
-         "aemg prepare --source synthetic --scale tiny --out synth.zarr"])
+         "aemg prepare --source synthetic --scale tiny --out synth.zarr",
+         "aemg prepare --source synthetic --scale large --out large.zarr"])
     p.add_argument("--source", help="'synthetic', a shipped dataset name (3dc, coteallard, ...), or a folder "
                                     "holding dataset folders (e.g. ../shared/data); with --manifest: the data root")
     p.add_argument("--manifest", help="a dataset manifest YAML (see README: adding a dataset)")

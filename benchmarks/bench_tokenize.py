@@ -17,13 +17,9 @@ import argparse
 import dataclasses
 import json
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
-
-import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -31,6 +27,7 @@ from aemg_dist.data import tokenize_corpus  # noqa: E402
 from aemg_dist.parallel import ensure_ray  # noqa: E402
 from preprocessing.prepare import prepare  # noqa: E402
 from preprocessing.synthetic import SyntheticConfig, default_datasets, synthetic_jobs  # noqa: E402
+from process_memory import run_sampled  # noqa: E402 - benchmarks/, this script's folder
 
 
 def synthetic_corpus(out: Path, subjects: int) -> Path:
@@ -51,19 +48,7 @@ def throughput(corpus: Path, scratch: Path, workers: int) -> dict:
 def peak_memory_mb(corpus: Path, out: Path) -> float:
     """Peak summed RSS of `aemg tokenize` and every process it starts (Ray included)."""
     aemg = Path(sys.executable).with_name("aemg")
-    proc = subprocess.Popen([str(aemg), "tokenize", "--corpus", str(corpus), "--out", str(out), "--quiet"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    root, peak = psutil.Process(proc.pid), 0
-    while proc.poll() is None:
-        try:
-            procs = [root, *root.children(recursive=True)]
-            peak = max(peak, sum(p.memory_info().rss for p in procs if p.is_running()))
-        except psutil.Error:
-            pass
-        time.sleep(0.1)
-    if proc.returncode != 0:
-        raise RuntimeError(f"aemg tokenize failed on {corpus}")
-    return peak / 2**20
+    return run_sampled([str(aemg), "tokenize", "--corpus", str(corpus), "--out", str(out), "--quiet"]).total_mb
 
 
 def main() -> None:

@@ -33,7 +33,7 @@ the same seed gives bit-identical arrays. All per-sample work is vectorized nump
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy import fft
@@ -104,6 +104,11 @@ class SyntheticDatasetSpec:
     def electrode_layout(self) -> ElectrodeLayout:
         return ElectrodeLayout.from_dict(self.layout)
 
+    @property
+    def protocol_seconds(self) -> float:
+        """Nominal length of one recording: rest, then every gesture n_reps times, each followed by rest."""
+        return (self.n_gestures - 1) * self.n_reps * (self.gesture_s + self.rest_s) + self.rest_s
+
     def label_names(self) -> dict[int, str]:
         return {g: GESTURE_NAMES[g] if g < len(GESTURE_NAMES) else f"gesture{g}" for g in range(self.n_gestures)}
 
@@ -111,19 +116,30 @@ class SyntheticDatasetSpec:
 @dataclass
 class SyntheticConfig:
     seed: int = 0
-    scale: str = "demo"  # "tiny" (tests), "demo" (a few minutes of pipeline on 2 cores), "full"
+    scale: str = "demo"  # "tiny" (tests), "demo" (a few minutes of pipeline on 2 cores), "full", "large" (scale tests)
     datasets: list[SyntheticDatasetSpec] | None = None  # None => default_datasets(scale)
+    # subjects per simulated device instead of the scale's, same protocol: a slice of a scale (or several
+    # times it) for memory-scaling benchmarks; only with the default datasets
+    subjects: int | None = None
 
     def __post_init__(self) -> None:
-        check_ranges(self, seed="[0, inf)")  # numpy's generators refuse negative seeds
+        # numpy's generators refuse negative seeds
+        check_ranges(self, seed="[0, inf)", **({"subjects": "[1, inf)"} if self.subjects is not None else {}))
         _scale_protocol(self.scale)
+        if self.subjects is not None and self.datasets is not None:
+            raise ValueError("synthetic subjects applies to the default datasets; set n_subjects in each dataset instead")
 
 
-# Protocol size per scale; seconds per recording = (n_gestures - 1) * n_reps * (gesture_s + rest_s) + rest_s.
+# Protocol size per scale; seconds per recording (SyntheticDatasetSpec.protocol_seconds) =
+# (n_gestures - 1) * n_reps * (gesture_s + rest_s) + rest_s.
 _SCALES = {
     "tiny": dict(n_subjects=3, n_sessions=1, n_gestures=4, n_reps=2, gesture_s=1.0, rest_s=1.0),  # 13 s
     "demo": dict(n_subjects=5, n_sessions=2, n_gestures=6, n_reps=5, gesture_s=2.0, rest_s=1.5),  # 89 s
     "full": dict(n_subjects=20, n_sessions=3, n_gestures=8, n_reps=10, gesture_s=3.0, rest_s=2.0),  # 352 s
+    # scale tests (issue 15): 7 * 21 * 5 + 2 = 737 s per recording (a 12-minute session, so a recording's
+    # memory stays that of a real one) x 2 sessions x 64 subjects x 4 devices = 512 recordings,
+    # 377,344 s = 104.8 h of EMG from 256 subjects
+    "large": dict(n_subjects=64, n_sessions=2, n_gestures=8, n_reps=21, gesture_s=3.0, rest_s=2.0),  # 737 s
 }
 
 
@@ -182,6 +198,8 @@ class SyntheticJob:
 def synthetic_jobs(config: SyntheticConfig) -> list[SyntheticJob]:
     """Every (dataset, subject, session) of the configuration."""
     specs = config.datasets if config.datasets is not None else default_datasets(config.scale)
+    if config.subjects is not None:
+        specs = [replace(spec, n_subjects=config.subjects) for spec in specs]
     names = [spec.name for spec in specs]
     if len(set(names)) != len(names):
         raise ValueError(f"synthetic dataset names must be unique, got {names}")

@@ -71,7 +71,8 @@ def test_scales_and_jobs():
         assert len(jobs) == 4 * subjects * sessions == len({job.key for job in jobs})
         for spec in specs:
             protocol_s = (spec.n_gestures - 1) * spec.n_reps * (spec.gesture_s + spec.rest_s) + spec.rest_s
-            assert (spec.n_subjects, spec.n_sessions, protocol_s) == (subjects, sessions, seconds)
+            assert (spec.n_subjects, spec.n_sessions, protocol_s) == (subjects, sessions, seconds) == (
+                spec.n_subjects, spec.n_sessions, spec.protocol_seconds)
     assert default_datasets("demo")[0].n_gestures == 6 and default_datasets("demo")[0].n_reps == 5
     assert jobs[-1].key == "synth_hdgrid/s20/session3"
     with pytest.raises(ValueError, match="scale"):
@@ -82,6 +83,33 @@ def test_scales_and_jobs():
         replace(TINY["synth_myo"], n_gestures=1)
     with pytest.raises(ValueError):
         replace(TINY["synth_myo"], layout={"layout": "star"})
+
+
+def test_large_scale_is_100_hours_of_200_subjects_on_the_four_devices():
+    # from the specs alone: generating the large scale takes hours
+    jobs = synthetic_jobs(SyntheticConfig(scale="large"))
+    assert len({(job.spec.name, job.subject) for job in jobs}) >= 200
+    assert sum(job.spec.protocol_seconds for job in jobs) / 3600 >= 100
+    assert [spec.name for spec in default_datasets("large")] == [spec.name for spec in default_datasets("demo")]
+    # a slice (or a multiple) of a scale: other subject counts, the same protocol
+    sliced = synthetic_jobs(SyntheticConfig(scale="large", subjects=3))
+    assert len(sliced) == 4 * 3 * 2 and {job.key for job in sliced} <= {job.key for job in jobs}
+    assert all(replace(job.spec, n_subjects=64) == default_datasets("large")[i // 6] for i, job in enumerate(sliced))
+    with pytest.raises(ValueError, match="subjects"):
+        SyntheticConfig(subjects=0)
+    with pytest.raises(ValueError, match="default datasets"):
+        SyntheticConfig(subjects=2, datasets=[TINY["synth_myo"]])
+
+
+def test_cli_offers_every_scale():
+    from aemg_dist.cli import build_parser
+    from preprocessing.synthetic import _SCALES
+
+    for command in ("prepare", "demo"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args([command, "--scale", "huge"])
+        for scale in _SCALES:
+            assert build_parser().parse_args([command, "--scale", scale, "--out", "x"]).scale == scale
 
 
 def test_deterministic_and_independent_of_other_jobs():
