@@ -11,6 +11,7 @@ import csv
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -148,6 +149,7 @@ class Killed(NamedTuple):
     # registered once the killed driver's processes were gone
     recorded: list[set[str]]  # per kill, the trials Tune's saved state held as finished
     left_behind: list[list[int]]  # per kill, the pids of its trial actors and Train workers still running
+    held: list[str]  # placement groups still holding the cluster's CPUs 120 s after the sweep had ended
 
 
 def _process(pid: int) -> str | None:
@@ -175,6 +177,15 @@ def _kill(driver: subprocess.Popen, out: Path, since: int) -> list[int]:
     while (left := [pid for pid, start in running.items() if _process(pid) == start]) and time.monotonic() < deadline:
         time.sleep(0.5)
     return left
+
+
+def _held_placement_groups(ray, seconds: float = 120) -> list[str]:
+    """The cluster's placement groups not removed within `seconds` (their bundles keep CPUs from later runs)."""
+    deadline = time.monotonic() + seconds
+    while (held := [f"{pg_id} {pg['state']} {pg['bundles']}" for pg_id, pg in ray.util.placement_group_table().items()
+                    if pg["state"] != "REMOVED"]) and time.monotonic() < deadline:
+        time.sleep(1)
+    return held
 
 
 def _recorded_finished(out: Path, phase: str) -> set[str]:
@@ -227,7 +238,7 @@ def killed(sweep_config, ray_local, tmp_path_factory) -> Killed:
         left_behind.append(_kill(driver, out, since))
     recorded.append(_recorded_finished(out, "pretrain") | _recorded_finished(out, "evaluate"))
     assert cli.main(["sweep", "--config", str(root / "sweep.yaml"), "--resume", "--quiet", f"out={out}"]) == 0
-    return Killed(out, run.name, registered, recorded, left_behind)
+    return Killed(out, run.name, registered, recorded, left_behind, _held_placement_groups(ray_local))
 
 
 @pytest.mark.slow
@@ -238,6 +249,7 @@ def test_a_killed_driver_leaves_no_trial_behind_and_resumes_without_redoing_fini
     assert [r[0]["event"] for r in runs] == ["begin", "resume", "resume"]
     assert not [e for e in runs[0] if e["phase"] == "evaluate"]  # the first kill landed in pretraining
     assert killed.left_behind == [[], []]  # Ray ended the dead driver's trial actors and Train workers
+    assert killed.held == []  # and released their CPUs: a later run on the cluster does not wait for them
     keys = {e["trial"] for e in events if e["event"] == "finish"}
     assert len(keys) == N_PRETRAIN + N_EVALUATE and not [e for e in events if e["event"] == "error"]
     print("finished trials a SIGKILL lost from Tune's saved state:")
@@ -332,9 +344,11 @@ def test_every_aggregated_cell_and_the_report(finished_sweep):
     # the selection, recomputed from the rows: the best mean of aemg_finetune on the development subject
     mean = lambda c, role: sum(float(r["balanced_accuracy"]) for r in rows if r["configuration"] == c and
                                r["method"] == "aemg_finetune" and r["role"] == role) / len(BUDGETS)
-    chosen = max(CONFIGURATIONS, key=lambda c: mean(c, "development"))
     report = (out / "report.md").read_text()
-    assert f"## {chosen} on the test subjects" in report and f"| **{chosen}** | {mean(chosen, 'development'):.3f} |" in report
+    chosen = re.search(r"^## (\S+) on the test subjects$", report, re.M).group(1)
+    # ties happen on this easy set (two configurations at 1.0): any configuration with the best mean may be chosen
+    assert mean(chosen, "development") == max(mean(c, "development") for c in CONFIGURATIONS)
+    assert f"| **{chosen}** | {mean(chosen, 'development'):.3f} |" in report
     test_row = next(line for line in report.split(f"## {chosen} on the test subjects")[1].splitlines()
                     if line.startswith("| synth_myo | aemg_finetune |"))
     for budget in BUDGETS:
