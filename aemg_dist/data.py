@@ -251,7 +251,9 @@ def plan_corpus(corpus_path: str | Path, cfg: TokenizeConfig, *, keys: list[str]
                 address: str | None = None, progress: bool = True) -> dict[str, RecordingPlan]:
     corpus = Corpus(corpus_path)
     keys = keys if keys is not None else corpus.keys()
-    plans = map_unordered(plan_recording, keys, str(corpus_path), cfg, workers=workers, address=address)
+    # a plan takes milliseconds per recording: several recordings per task
+    plans = map_unordered(plan_recording, keys, str(corpus_path), cfg, workers=workers, address=address,
+                          per_task=None)
     by_key = {p.key: p for p in tqdm(plans, total=len(keys), desc="plan", unit="rec", disable=not progress)}
     return {k: by_key[k] for k in keys}
 

@@ -42,27 +42,50 @@ def ensure_shared(paths: Iterable[tuple[str, str | Path]], workers: int = 0, add
 
 
 def map_unordered(fn: Callable[..., Any], items: Iterable[Any], *args: Any, workers: int = 0,
-                  address: str | None = None, max_in_flight: int | None = None) -> Iterator[Any]:
+                  address: str | None = None, max_in_flight: int | None = None, per_task: int | None = 1) -> Iterator[Any]:
     """Yield fn(item, *args) for every item, in completion order.
 
-    workers == 1 runs in this process (debugging, benchmarks); otherwise each call is a Ray
-    task with one CPU, at most `max_in_flight` (default 2 x cluster CPUs) submitted at once so
-    results never pile up in the object store.
+    workers == 1 runs in this process (debugging, benchmarks); otherwise each `per_task` consecutive items
+    are one Ray task with one CPU, at most `max_in_flight` (default 2 x cluster CPUs) submitted at once so
+    results never pile up in the object store. Items of a few milliseconds each want per_task > 1: a task's
+    round trip through the driver would otherwise leave the CPUs idle between them; per_task=None makes about
+    8 tasks per cluster CPU.
     """
     if workers == 1:
         for item in items:
             yield fn(item, *args)
         return
     ensure_ray(address, num_cpus=workers or None)
-    remote = ray.remote(num_cpus=1, max_retries=0)(fn)
-    limit = max_in_flight or max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    if per_task is None:
+        items = list(items)
+        per_task = max(1, len(items) // (8 * cpus))
+    if per_task < 1:
+        raise ValueError(f"per_task must be >= 1, got {per_task}")
+    remote = ray.remote(num_cpus=1, max_retries=0)(_apply_each)
+    limit = max_in_flight or max(2, 2 * cpus)
     shared = [ray.put(a) for a in args]  # ship the shared arguments once, not per task
     pending: list[ray.ObjectRef] = []
-    for item in items:
+    for chunk in _chunks(items, per_task):
         if len(pending) >= limit:
             done, pending = ray.wait(pending, num_returns=1)
-            yield ray.get(done[0])
-        pending.append(remote.remote(item, *shared))
+            yield from ray.get(done[0])
+        pending.append(remote.remote(fn, chunk, *shared))
     while pending:
         done, pending = ray.wait(pending, num_returns=1)
-        yield ray.get(done[0])
+        yield from ray.get(done[0])
+
+
+def _apply_each(fn: Callable[..., Any], chunk: list[Any], *args: Any) -> list[Any]:
+    return [fn(item, *args) for item in chunk]
+
+
+def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    chunk: list[Any] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk

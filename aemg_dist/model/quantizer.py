@@ -129,9 +129,10 @@ class VectorQuantizer(nn.Module):
     @torch.no_grad()
     def _ema_update(self, counts: torch.Tensor, sums: torch.Tensor, vectors: torch.Tensor) -> None:
         """EMA step from this batch's per-code counts (K,) and sums (K, D); restart codes unused for too long."""
-        if _distributed():
-            dist.all_reduce(counts)
-            dist.all_reduce(sums)
+        if _distributed():  # one all-reduce for both: a round trip costs more than the tiny model's step does
+            both = torch.cat([counts[:, None], sums], dim=1)
+            dist.all_reduce(both)
+            counts, sums = both[:, 0], both[:, 1:]
         self.cluster_size.mul_(self.decay).add_(counts, alpha=1 - self.decay)
         self.embed_sum.mul_(self.decay).add_(sums, alpha=1 - self.decay)
         used = counts > 0
