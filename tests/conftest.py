@@ -4,6 +4,7 @@ when AEMG_REQUIRE_CLAIMS=1 (tests/claims.py)."""
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -56,3 +57,16 @@ def ray_local():
         yield ray
     finally:
         ray.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def _no_process_group_left():
+    """A test that starts torch.distributed in this process (a DeepSpeed engine does) ends it: the forked ranks of a
+    later test would inherit the group and fail to start their own ("initialize the default process group twice")."""
+    yield
+    if "torch" in sys.modules:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+
