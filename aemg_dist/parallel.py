@@ -62,7 +62,8 @@ def map_unordered(fn: Callable[..., Any], items: Iterable[Any], *args: Any, work
         per_task = max(1, len(items) // (8 * cpus))
     if per_task < 1:
         raise ValueError(f"per_task must be >= 1, got {per_task}")
-    remote = ray.remote(num_cpus=1, max_retries=0)(_apply_each)
+    # named after fn, not the wrapper: what the dashboard, `ray list tasks` and the process titles show
+    remote = ray.remote(num_cpus=1, max_retries=0)(_apply_each).options(name=getattr(fn, "__name__", "task"))
     limit = max_in_flight or max(2, 2 * cpus)
     shared = [ray.put(a) for a in args]  # ship the shared arguments once, not per task
     pending: list[ray.ObjectRef] = []
