@@ -13,8 +13,9 @@ batches from a shuffle buffer of `buffer_batches` batches; every training row is
 per epoch (a last partial batch waits for the next epoch's first rows). The Ray path reads the same
 files with Ray Data (`ray.data.read_parquet` with the same key filter pushed into the scan; the file
 list is repeated for as many epochs as the run needs and shuffled as one, so every file is read that
-many times in a random order and Ray Data's per-execution start-up is paid once); `validation_rows` reads the first rows of the validation recordings,
-the same on every rank and every run. Plain pyarrow and numpy: no Ray here.
+many times in a random order and Ray Data's per-execution start-up is paid once); `validation_rows`
+reads the first rows of the validation recordings, the same on every rank and every run. Plain pyarrow
+and numpy: no Ray here.
 """
 
 from __future__ import annotations

@@ -232,8 +232,9 @@ MAX_FILES_PER_EXECUTION = 4096
 
 def epochs_per_execution(split: ShardSplit, rows_needed: int) -> int:
     """How many epochs one Ray Data execution of the training rows covers: enough for `rows_needed` rows (the
-    whole run) within MAX_FILES_PER_EXECUTION files. A new execution starts its read tasks anew, seconds that a
-    small token folder paid every epoch (every ~55 steps of the demo: ~25 % of the tiny preset's time)."""
+    whole run) within MAX_FILES_PER_EXECUTION files. A new execution starts its read tasks anew: with one per
+    epoch, the demo's tokens stalled 10-17 s every ~55 steps and the tiny preset took 3.6x plain torch's time
+    per sample (1.1x with one execution for the run; benchmarks/RESULTS.md)."""
     wanted = math.ceil(rows_needed / max(1, split.train_rows))
     return max(1, min(wanted, MAX_FILES_PER_EXECUTION // len(split.files)))
 
@@ -257,7 +258,7 @@ def train_dataset(split: ShardSplit, seed: int, epochs: int = 1, readers: int = 
     v2, context.use_datasource_v2 = context.use_datasource_v2, False
     try:
         # CPU-free read tasks are otherwise started all at once, each in a new worker process (the demo's files
-        # read 3x slower)
+        # read 2-3x slower)
         dataset = ray.data.read_parquet(paths, filesystem=fs, shuffle=FileShuffleConfig(seed=seed), num_cpus=0,
                                         concurrency=readers)
     finally:

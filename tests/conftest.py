@@ -69,4 +69,3 @@ def _no_process_group_left():
 
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
-

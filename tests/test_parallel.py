@@ -34,4 +34,3 @@ def test_in_process_and_bad_chunk_size(ray_local):
 
 def test_tasks_are_named_after_the_function(ray_local):
     assert set(map_unordered(_task_name, range(4), workers=2, per_task=2)) == {"_task_name"}
-
