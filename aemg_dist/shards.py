@@ -11,11 +11,9 @@ No process holds the token table. The split is decided from the token folder's m
 rank's share of them (every `world`-th file), keeps the rows of training recordings and draws
 batches from a shuffle buffer of `buffer_batches` batches; every training row is served exactly once
 per epoch (a last partial batch waits for the next epoch's first rows). The Ray path reads the same
-files with Ray Data (`ray.data.read_parquet` with the same key filter pushed into the scan; the file
-list is repeated for as many epochs as the run needs and shuffled as one, so every file is read that
-many times in a random order and Ray Data's per-execution start-up is paid once); `validation_rows`
-reads the first rows of the validation recordings, the same on every rank and every run. Plain pyarrow
-and numpy: no Ray here.
+files with Ray Data (`ray.data.read_parquet` with the same key filter pushed into the scan and the
+file order reshuffled per epoch); `validation_rows` reads the first rows of the validation recordings,
+the same on every rank and every run. Plain pyarrow and numpy: no Ray here.
 """
 
 from __future__ import annotations
@@ -42,7 +40,6 @@ class ShardSplit:
     files: tuple[str, ...]  # every part file (paths or URIs), in the manifest's order
     train_keys: frozenset[str]
     val_keys: frozenset[str]
-    train_rows: int  # estimated from the manifest: the part files' rows times the training recordings' share
 
 
 def split_recordings(folder: str, exclude_subjects: Sequence[str] = (), exclude_datasets: Sequence[str] = (),
@@ -59,8 +56,7 @@ def split_recordings(folder: str, exclude_subjects: Sequence[str] = (), exclude_
     if not train:
         raise ConfigError(f"no training windows left in {folder} after the exclusions (data.exclude_subjects, "
                           "data.exclude_datasets, data.val_fraction)")
-    rows = sum(f["rows"] for f in manifest["files"])
-    return ShardSplit(folder, files, train, frozenset(val), rows * len(train) // max(1, len(manifest["recordings"])))
+    return ShardSplit(folder, files, train, frozenset(val))
 
 
 def count_rows(split: ShardSplit, keys: frozenset[str], at_most: int | None = None) -> int:

@@ -226,29 +226,15 @@ def ray_batches(micro_batch: int, seed: int, shuffle_buffer: int) -> Iterator[pa
         epoch += 1
 
 
-# Most part files one Ray Data execution reads (the file list repeated for epochs): bounds the driver's read plan
-MAX_FILES_PER_EXECUTION = 4096
-
-
-def epochs_per_execution(split: ShardSplit, rows_needed: int) -> int:
-    """How many epochs one Ray Data execution of the training rows covers: enough for `rows_needed` rows (the
-    whole run) within MAX_FILES_PER_EXECUTION files. A new execution starts its read tasks anew: with one per
-    epoch, the demo's tokens stalled 10-17 s every ~55 steps and the tiny preset took 3.6x plain torch's time
-    per sample (1.1x with one execution for the run; benchmarks/RESULTS.md)."""
-    wanted = math.ceil(rows_needed / max(1, split.train_rows))
-    return max(1, min(wanted, MAX_FILES_PER_EXECUTION // len(split.files)))
-
-
-def train_dataset(split: ShardSplit, seed: int, epochs: int = 1, readers: int = 2) -> Any:
-    """The training rows as a Ray Data dataset, each row `epochs` times: the part files repeated `epochs` times in
-    one order, reshuffled at every execution, read with the training recordings' filter pushed into the Parquet
-    scan by at most `readers` tasks at once."""
+def train_dataset(split: ShardSplit, seed: int) -> Any:
+    """The training rows as a Ray Data dataset: the part files in an order reshuffled every epoch, read with the
+    training recordings' filter pushed into the Parquet scan."""
     import ray.data
     from ray.data.datasource import FileShuffleConfig
     from ray.data.expressions import col
 
     fs, _ = storage.filesystem(split.files[0])
-    paths = [storage.filesystem(p)[1] for p in split.files] * epochs
+    paths = [storage.filesystem(p)[1] for p in split.files]
     # Ray Train leaves Ray Data no CPU of what the training workers hold: on a cluster whose CPUs they hold
     # all (2 workers on 2 cores) a read task that needs a CPU never runs. The read and the filter are I/O
     # light, so they ask for none; the V1 Parquet read takes that for all of its tasks, while the V2 path's
@@ -257,10 +243,7 @@ def train_dataset(split: ShardSplit, seed: int, epochs: int = 1, readers: int = 
     context = ray.data.DataContext.get_current()
     v2, context.use_datasource_v2 = context.use_datasource_v2, False
     try:
-        # CPU-free read tasks are otherwise started all at once, each in a new worker process (the demo's files
-        # read 2-3x slower)
-        dataset = ray.data.read_parquet(paths, filesystem=fs, shuffle=FileShuffleConfig(seed=seed), num_cpus=0,
-                                        concurrency=readers)
+        dataset = ray.data.read_parquet(paths, filesystem=fs, shuffle=FileShuffleConfig(seed=seed), num_cpus=0)
     finally:
         context.use_datasource_v2 = v2
     return dataset.filter(expr=col("key").is_in(sorted(split.train_keys)), num_cpus=0)
@@ -665,8 +648,7 @@ def _fit_on_ray(cfg: PretrainConfig, split: ShardSplit, callbacks: Sequence[Any]
                                 failure_config=FailureConfig(max_failures=cfg.dist.max_failures),
                                 checkpoint_config=CheckpointConfig(num_to_keep=2), callbacks=list(callbacks),
                                 worker_runtime_env={"env_vars": {"DS_ACCELERATOR": os.environ["DS_ACCELERATOR"]}}),
-        datasets={"train": train_dataset(split, cfg.run.seed, readers=max(2, cfg.dist.num_workers),
-                                         epochs=epochs_per_execution(split, cfg.optim.max_steps * cfg.data.batch_size))},
+        datasets={"train": train_dataset(split, cfg.run.seed)},
     )
     result = trainer.fit()
     return result.checkpoint.path if result.checkpoint else ""

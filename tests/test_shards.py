@@ -10,7 +10,7 @@ import pytest
 from aemg_dist.artifacts import TokenizeConfig, read_token_table
 from aemg_dist.data import tokenize_corpus
 from aemg_dist.shards import read_rows, split_recordings, stream_batches, validation_rows
-from aemg_dist.train import MAX_FILES_PER_EXECUTION, DataConfig, epochs_per_execution, split_tables, train_dataset
+from aemg_dist.train import DataConfig, split_tables, train_dataset
 
 EXCLUDED = ["synth_myo/s01"]
 
@@ -86,22 +86,11 @@ def test_validation_rows_are_the_first_rows_of_the_validation_recordings(tokens)
     assert validation_rows(split_recordings(tokens, val_fraction=0.0), 10) is None
 
 
-def test_the_ray_data_dataset_holds_the_training_rows_once_per_epoch(tokens, ray_local):
+def test_the_ray_data_dataset_holds_the_training_rows(tokens, ray_local):
     split = _split(tokens)
     train, _ = split_tables(DataConfig(tokens=tokens, exclude_subjects=EXCLUDED, val_fraction=0.25))
-    for epochs in (1, 3):
-        rows = train_dataset(split, seed=0, epochs=epochs).select_columns(["key", "start"]).take_all()
-        assert sorted((r["key"], r["start"]) for r in rows) == sorted(_rows([train]) * epochs)
-
-
-def test_one_execution_covers_the_run_within_the_file_bound(tokens):
-    split = _split(tokens)
-    train, _ = split_tables(DataConfig(tokens=tokens, exclude_subjects=EXCLUDED, val_fraction=0.25))
-    assert split.train_rows == pytest.approx(train.num_rows, rel=0.5)  # the manifest's estimate
-    assert epochs_per_execution(split, 1) == 1
-    assert epochs_per_execution(split, 10 * split.train_rows) == 10
-    assert epochs_per_execution(split, 10 * split.train_rows + 1) == 11
-    assert epochs_per_execution(split, 10**12) * len(split.files) <= MAX_FILES_PER_EXECUTION
+    rows = train_dataset(split, seed=0).select_columns(["key", "start"]).take_all()
+    assert sorted((r["key"], r["start"]) for r in rows) == sorted(_rows([train]))
 
 
 def _recording_order(dataset) -> list[str]:
