@@ -1,19 +1,19 @@
 """`aemg tokenize`: harmonized corpus -> token shards (Parquet), streamed through Ray Data.
 
-Three steps:
+Three steps, which overlap on Ray:
 
-1. **Plan** (one Ray task per recording): the recording-level noise floor of every channel
-   (from its envelope, read in bounded pieces) and the recording's windows (`windows.py`).
-   The floor is a property of the recording, so a window is tokenized the same way whichever
-   shard, worker or run it lands in.
-2. **Read** (`CorpusWindowsDatasource`, a Ray Data datasource driven by the corpus manifest):
-   a shard is a run of consecutive windows of one recording spanning at most `shard_s`
-   seconds; its read task reads that time range once and emits one row per window. Ray
-   Data's `read_zarr` refuses zarr-python 3 and cannot ship array attributes, hence this
-   small datasource.
-3. **Tokenize** (`map_batches`, fused with the read, in parallel workers) and **write**
-   Parquet, one row per window (schema in `artifacts.py`): one file per read task, written whole
-   (never half visible) and named after its first window; then `tokens.json` (files, counts,
+1. **Plan** (Ray tasks of several recordings each, `parallel.submit_each`): the recording-level noise
+   floor of every channel (from its envelope, read in bounded pieces) and the recording's windows
+   (`windows.py`). The floor is a property of the recording, so a window is tokenized the same way
+   whichever shard, worker or run it lands in.
+2. **Read and tokenize** (`CorpusTokensDatasource`, a Ray Data datasource driven by the corpus manifest):
+   the recordings are cut into groups of about `task_s` seconds (`group_recordings`, from the manifest
+   alone, so the pipeline starts while planning runs); a group's read task waits for its recordings'
+   plans, then reads shards (consecutive windows spanning at most `shard_s` seconds, one time range
+   each) and tokenizes them. Ray Data's `read_zarr` refuses zarr-python 3 and cannot ship array
+   attributes, hence this small datasource.
+3. **Write** Parquet, one row per window (schema in `artifacts.py`): one file per read task, written
+   whole (never half visible) and named after its first window; then `tokens.json` (files, counts,
    feature names, config), which marks the output complete.
 
 Resuming: `tokenize.yaml` (the resolved config) is written first. A run that was killed is finished
@@ -44,7 +44,7 @@ from aemg_dist import storage
 from aemg_dist.artifacts import (TOKENIZE_CONFIG, TOKENS_MANIFEST, TokenizeConfig, read_part, write_part,
                                  windows_to_table, write_tokens_manifest)
 from aemg_dist.events import recording_floor
-from aemg_dist.parallel import ensure_shared, map_unordered
+from aemg_dist.parallel import ensure_shared, submit_each
 from aemg_dist.tokens import feature_names, tokenize_windows
 from aemg_dist.validate import claim, require_output
 from aemg_dist.windows import Windows, cut_windows, recording_spans
@@ -118,16 +118,39 @@ def make_shards(plan: RecordingPlan, shard_s: float, done: Collection[int] = ())
     return shards
 
 
-def group_shards(shards: list[Shard], plans: dict[str, RecordingPlan], task_s: float) -> list[list[Shard]]:
-    """Runs of consecutive shards covering about `task_s` seconds of EMG: one read task, one part file."""
-    groups, run, seconds = [], [], 0.0
-    for shard in shards:
-        run.append(shard)
-        seconds += (shard.stop - shard.start) / plans[shard.key].fs
-        if seconds >= task_s:
-            groups.append(run)
-            run, seconds = [], 0.0
+@dataclass(frozen=True)
+class Stretch:
+    """Samples [start, stop) of one recording: the windows that start there are tokenized by one read task."""
+
+    key: str
+    start: int
+    stop: int
+
+
+def group_recordings(corpus: Corpus, keys: list[str], task_s: float) -> list[list[Stretch]]:
+    """Runs of consecutive recordings covering about `task_s` seconds of EMG, a recording cut where a run is full:
+    one read task, one part file. Made from the corpus manifest alone, so tokenizing starts before every
+    recording is planned."""
+    groups, run, left = [], [], task_s
+    for key in keys:
+        entry = corpus.entry(key)
+        start = 0
+        while start < entry.n_samples:
+            stop = min(entry.n_samples, start + max(1, round(left * entry.fs)))
+            run.append(Stretch(key, start, stop))
+            left -= (stop - start) / entry.fs
+            start = stop
+            if left * entry.fs < 1:
+                groups.append(run)
+                run, left = [], task_s
     return groups + ([run] if run else [])
+
+
+def stretch_shards(plan: RecordingPlan, stretch: Stretch, shard_s: float, done: Collection[int] = ()) -> list[Shard]:
+    """The shards of the windows that start in the stretch and are not `done`."""
+    starts = plan.windows.start
+    outside = starts[(starts < stretch.start) | (starts >= stretch.stop)]
+    return make_shards(plan, shard_s, {*done, *outside.tolist()})
 
 
 def read_shard(corpus: Corpus, plan: RecordingPlan, shard: Shard) -> dict[str, np.ndarray]:
@@ -193,37 +216,48 @@ class TokenPartSink(Datasink):
             write_part(self.out, pa.concat_tables(tables))
 
 
-class CorpusWindowsDatasource(Datasource):
-    """Ray Data datasource: read tasks over runs of shards (about `task_s` seconds of EMG each),
-    yielding one block per shard with one row per window."""
+class CorpusTokensDatasource(Datasource):
+    """Ray Data datasource: one read task per group of stretches (`group_recordings`), which tokenizes the windows
+    that start in them and yields one block of token rows per shard. A recording's plan comes as an object ref of
+    the Ray task planning it: a read task waits for the plans of its own recordings only."""
 
-    def __init__(self, corpus_path: str, plans: dict[str, RecordingPlan], shards: list[Shard], task_s: float):
+    def __init__(self, corpus_path: str, groups: list[list[Stretch]], plans: dict[str, Any],
+                 done: dict[str, set[int]], cfg: TokenizeConfig):
         super().__init__()
-        self.corpus_path, self.plans, self.shards, self.task_s = corpus_path, plans, shards, task_s
+        self.corpus_path, self.groups, self.plans, self.done, self.cfg = corpus_path, groups, plans, done, cfg
 
-    def _bytes(self, shard: Shard) -> int:
-        return (shard.stop - shard.start) * len(self.plans[shard.key].coords) * 4
-
-    def estimate_inmemory_data_size(self) -> int:
-        return sum(self._bytes(s) for s in self.shards)
+    def estimate_inmemory_data_size(self) -> None:
+        return None  # token rows: not known before tokenizing
 
     def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
                        data_context: Any = None) -> list[ReadTask]:
         tasks = []
-        for run in group_shards(self.shards, self.plans, self.task_s):
-            meta = BlockMetadata(num_rows=sum(s.last - s.first for s in run), size_bytes=sum(map(self._bytes, run)),
-                                 input_files=None, exec_stats=None)
-            # a task carries only its own shards and their plans, not the whole corpus plan
-            plans = {s.key: self.plans[s.key] for s in run}
-            tasks.append(ReadTask(partial(_read_blocks, self.corpus_path, run, plans), meta,
-                                  per_task_row_limit=per_task_row_limit))
+        for group in self.groups:
+            keys = {s.key for s in group}  # a task carries only its own recordings' plans and windows
+            read = partial(_read_tokens, self.corpus_path, group, {k: self.plans[k] for k in keys},
+                           {k: self.done[k] for k in keys if k in self.done}, self.cfg)
+            meta = BlockMetadata(num_rows=None, size_bytes=None, input_files=None, exec_stats=None)
+            tasks.append(ReadTask(read, meta, per_task_row_limit=per_task_row_limit))
         return tasks
 
 
-def _read_blocks(corpus_path: str, shards: list[Shard], plans: dict[str, RecordingPlan]) -> Iterator[Any]:
-    corpus = Corpus(corpus_path)
-    for shard in shards:  # one block per shard: memory is bounded by the shard, not the task
-        yield BlockAccessor.batch_to_block(read_shard(corpus, plans[shard.key], shard))
+def _read_tokens(corpus_path: str, group: list[Stretch], plans: dict[str, Any], done: dict[str, set[int]],
+                 cfg: TokenizeConfig) -> Iterator[pa.Table]:
+    import ray
+
+    corpus, planned = Corpus(corpus_path), {}
+    for stretch in group:
+        if stretch.key not in planned:  # waits for the Ray task planning this recording, if it still runs
+            planned[stretch.key] = ray.get(plans[stretch.key])
+        yield from tokenize_stretch(corpus, stretch, planned[stretch.key], done.get(stretch.key, ()), cfg)
+
+
+def tokenize_stretch(corpus: Corpus, stretch: Stretch, plan: RecordingPlan, done: Collection[int],
+                     cfg: TokenizeConfig) -> Iterator[pa.Table]:
+    """Token rows of the windows that start in the stretch and are not `done`, one table per shard: memory is
+    bounded by the shard, not the stretch."""
+    for shard in stretch_shards(plan, stretch, cfg.shard_s, done):
+        yield tokenize_rows(read_shard(corpus, plan, shard), {plan.key: plan}, cfg)
 
 
 @dataclass
@@ -247,25 +281,17 @@ class TokenizeReport:
                 + (f"; {self.resumed_windows} windows were already written by an earlier run" if self.resumed_windows else ""))
 
 
-def plan_corpus(corpus_path: str | Path, cfg: TokenizeConfig, *, keys: list[str] | None = None, workers: int = 0,
-                address: str | None = None, progress: bool = True) -> dict[str, RecordingPlan]:
-    corpus = Corpus(corpus_path)
-    keys = keys if keys is not None else corpus.keys()
-    # a plan takes milliseconds per recording: several recordings per task
-    plans = map_unordered(plan_recording, keys, str(corpus_path), cfg, workers=workers, address=address,
-                          per_task=None)
-    by_key = {p.key: p for p in tqdm(plans, total=len(keys), desc="plan", unit="rec", disable=not progress)}
-    return {k: by_key[k] for k in keys}
-
-
 def tokenize_corpus(corpus_path: str | Path, out: str | Path, cfg: TokenizeConfig | None = None, *,
                     keys: list[str] | None = None, workers: int = 0, address: str | None = None,
                     progress: bool = True) -> TokenizeReport:
     """Tokenize a corpus (or the recordings `keys`) into Parquet token shards at `out`.
 
     workers == 1 runs everything in this process; otherwise planning runs as Ray tasks and
-    tokenization as a Ray Data pipeline (local Ray, or the cluster at `address`). `corpus_path` and
-    `out` may be URIs. A re-run on the `out` of a killed run (same config) does only what is missing.
+    tokenization as a Ray Data pipeline (local Ray, or the cluster at `address`) that starts at once, each read
+    task waiting only for the plans of its own recordings. `corpus_path` and `out` may be URIs. A re-run on the
+    `out` of a killed run (same config) does only what is missing. In this process a recording that cannot be
+    read stops the run before anything is written; with Ray, part files of other recordings may already be
+    written by then (complete, and kept for the re-run).
     """
     cfg = cfg or TokenizeConfig()
     start_time = time.perf_counter()
@@ -278,14 +304,13 @@ def tokenize_corpus(corpus_path: str | Path, out: str | Path, cfg: TokenizeConfi
     resolved = _check_output(out, cfg)
     with claim(out, "--out"):
         ensure_shared([("--corpus", corpus_path), ("--out", out)], workers, address)  # read and written by workers
-        plans = plan_corpus(corpus_path, cfg, keys=keys, workers=workers, address=address, progress=progress)
-        storage.write_text(storage.join(out, TOKENIZE_CONFIG), resolved)  # before any shard: a re-run finishes them
+        keys = keys or corpus.keys()
+        groups = group_recordings(corpus, keys, cfg.task_s)
         done = written_windows(out)
-        shards = [s for plan in plans.values() for s in make_shards(plan, cfg.shard_s, done.get(plan.key, ()))]
-        if shards and workers == 1:
-            _tokenize_local(corpus_path, plans, shards, cfg, out, progress)
-        elif shards:
-            _tokenize_ray_data(corpus_path, plans, shards, cfg, out)
+        if workers == 1:
+            plans = _tokenize_local(corpus, keys, groups, done, cfg, out, resolved, progress)
+        else:
+            plans = _tokenize_ray_data(corpus_path, keys, groups, done, cfg, out, resolved, address)
         report = _write_manifest(out, plans, cfg)
     report.resumed_windows = sum(len(starts) for starts in done.values())
     report.wall_seconds = time.perf_counter() - start_time
@@ -310,48 +335,37 @@ def _check_output(out: str, cfg: TokenizeConfig) -> str:
     return resolved
 
 
-def _tokenize_local(corpus_path: str, plans: dict[str, RecordingPlan], shards: list[Shard], cfg: TokenizeConfig,
-                    out: str, progress: bool) -> None:
-    corpus = Corpus(corpus_path)
-    with tqdm(total=len(shards), desc="tokenize", unit="shard", disable=not progress) as bar:
-        for group in group_shards(shards, plans, cfg.task_s):  # the part files the Ray Data path writes
-            tables = []
-            for shard in group:
-                tables.append(tokenize_rows(read_shard(corpus, plans[shard.key], shard), plans, cfg))
-                bar.update()
+def _tokenize_local(corpus: Corpus, keys: list[str], groups: list[list[Stretch]], done: dict[str, set[int]],
+                    cfg: TokenizeConfig, out: str, resolved: str, progress: bool) -> dict[str, RecordingPlan]:
+    """Plan every recording, then tokenize group after group into the part files the Ray Data path writes."""
+    plans = {key: plan_recording(key, str(corpus.path), cfg)
+             for key in tqdm(keys, desc="plan", unit="rec", disable=not progress)}
+    storage.write_text(storage.join(out, TOKENIZE_CONFIG), resolved)  # before any part: a re-run finishes them
+    for group in tqdm(groups, desc="tokenize", unit="part", disable=not progress):
+        tables = [table for stretch in group
+                  for table in tokenize_stretch(corpus, stretch, plans[stretch.key], done.get(stretch.key, ()), cfg)]
+        if tables:
             write_part(out, pa.concat_tables(tables))
+    return plans
 
 
-def _tokenize_ray_data(corpus_path: str, plans: dict[str, RecordingPlan], shards: list[Shard],
-                       cfg: TokenizeConfig, out: str) -> None:
+def _tokenize_ray_data(corpus_path: str, keys: list[str], groups: list[list[Stretch]], done: dict[str, set[int]],
+                       cfg: TokenizeConfig, out: str, resolved: str, address: str | None) -> dict[str, RecordingPlan]:
+    """Planning tasks and the Ray Data pipeline at once: no barrier between them (on the real corpus planning is
+    about a third of the work)."""
     import ray
 
     # On small clusters Ray Data's per-operator reservations serialize a read+map pipeline;
     # without them a 2-CPU machine runs it ~1.7x faster (STACK_NOTES.md).
     ray.data.DataContext.get_current().op_resource_reservation_enabled = False
-    plans_ref = ray.put(plans)
-    source = CorpusWindowsDatasource(corpus_path, plans, shards, cfg.task_s)
-    # one block per read task keeps the read fused with the tokenizer; Ray Data would otherwise split
-    # the few large tasks into many blocks and run the unfused map one task at a time on small clusters
-    dataset = ray.data.read_datasource(source, override_num_blocks=len(source.get_read_tasks(1)))
-    dataset = dataset.map_batches(_tokenize_batch, fn_kwargs={"plans": plans_ref, "cfg": cfg},
-                                  batch_format="numpy", batch_size=None, zero_copy_batch=True)
+    # in the groups' order, a few milliseconds each: several recordings per task (submit_each)
+    plans = dict(zip(keys, submit_each(plan_recording, keys, corpus_path, cfg, address=address)))
+    storage.write_text(storage.join(out, TOKENIZE_CONFIG), resolved)  # before any part: a re-run finishes them
+    # one block per read task keeps the read fused with the writer: one part file per task
+    dataset = ray.data.read_datasource(CorpusTokensDatasource(corpus_path, groups, plans, done, cfg),
+                                       override_num_blocks=len(groups))
     dataset.write_datasink(TokenPartSink(out))
-
-
-_PLANS_CACHE: dict[str, dict[str, RecordingPlan]] = {}  # per worker process: fetch the plans once
-
-
-def _tokenize_batch(batch: dict[str, np.ndarray], plans: Any, cfg: TokenizeConfig) -> pa.Table:
-    import ray
-
-    if isinstance(plans, ray.ObjectRef):
-        ref = plans.hex()
-        if ref not in _PLANS_CACHE:
-            _PLANS_CACHE.clear()  # one tokenize run at a time per worker
-            _PLANS_CACHE[ref] = ray.get(plans)
-        plans = _PLANS_CACHE[ref]
-    return tokenize_rows(batch, plans, cfg)
+    return dict(zip(keys, ray.get(list(plans.values()))))
 
 
 def _write_manifest(out: str, plans: dict[str, RecordingPlan], cfg: TokenizeConfig) -> TokenizeReport:

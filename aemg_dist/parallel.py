@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import ray
 
@@ -56,15 +56,10 @@ def map_unordered(fn: Callable[..., Any], items: Iterable[Any], *args: Any, work
             yield fn(item, *args)
         return
     ensure_ray(address, num_cpus=workers or None)
-    cpus = int(ray.cluster_resources().get("CPU", 1))
-    if per_task is None:
-        items = list(items)
-        per_task = max(1, len(items) // (8 * cpus))
-    if per_task < 1:
-        raise ValueError(f"per_task must be >= 1, got {per_task}")
-    # named after fn, not the wrapper: what the dashboard, `ray list tasks` and the process titles show
-    remote = ray.remote(num_cpus=1, max_retries=0)(_apply_each).options(name=getattr(fn, "__name__", "task"))
-    limit = max_in_flight or max(2, 2 * cpus)
+    items = list(items) if per_task is None else items
+    remote, per_task = _remote_chunks(_apply_each, fn, per_task, len(items) if per_task is None else 0)
+    remote = remote.options(name=_task_name(fn))
+    limit = max_in_flight or max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
     shared = [ray.put(a) for a in args]  # ship the shared arguments once, not per task
     pending: list[ray.ObjectRef] = []
     for chunk in _chunks(items, per_task):
@@ -77,8 +72,47 @@ def map_unordered(fn: Callable[..., Any], items: Iterable[Any], *args: Any, work
         yield from ray.get(done[0])
 
 
+def submit_each(fn: Callable[..., Any], items: Sequence[Any], *args: Any, address: str | None = None,
+                per_task: int | None = None) -> list[ray.ObjectRef]:
+    """Submit fn(item, *args) for every item at once, as Ray tasks of `per_task` consecutive items (None: about
+    8 tasks per cluster CPU), and return one object ref per item, in the items' order: whoever needs an item's
+    result waits for that item only, not for the others (map_unordered's consumer waits for all). The results
+    stay in the object store until the refs are dropped: for many small results, not for large ones."""
+    ensure_ray(address)
+    remote, per_task = _remote_chunks(_apply_each_returned, fn, per_task, len(items))
+    shared = [ray.put(a) for a in args]
+    refs: list[ray.ObjectRef] = []
+    for chunk in _chunks(items, per_task):
+        out = remote.options(name=_task_name(fn), num_returns=len(chunk)).remote(fn, chunk, *shared)
+        refs.extend(out if len(chunk) > 1 else [out])
+    return refs
+
+
+def _remote_chunks(wrapper: Callable[..., Any], fn: Callable[..., Any], per_task: int | None,
+                   n_items: int) -> tuple[Any, int]:
+    """`wrapper` (which runs fn on a chunk of items) as a Ray remote function, and the chunk size (per_task None:
+    n_items / (8 x cluster CPUs))."""
+    if per_task is None:
+        per_task = max(1, n_items // (8 * int(ray.cluster_resources().get("CPU", 1))))
+    if per_task < 1:
+        raise ValueError(f"per_task must be >= 1, got {per_task}")
+    return ray.remote(num_cpus=1, max_retries=0)(wrapper), per_task
+
+
+def _task_name(fn: Callable[..., Any]) -> str:
+    """fn's name, not the wrapper's: what the dashboard, `ray list tasks` and the process titles show."""
+    return getattr(fn, "__name__", "task")
+
+
 def _apply_each(fn: Callable[..., Any], chunk: list[Any], *args: Any) -> list[Any]:
     return [fn(item, *args) for item in chunk]
+
+
+def _apply_each_returned(fn: Callable[..., Any], chunk: list[Any], *args: Any) -> Any:
+    """The chunk's results as the task's return values (num_returns=len(chunk)): Ray unpacks a list of n > 1,
+    and takes the value itself as the one return of a task with num_returns=1."""
+    results = _apply_each(fn, chunk, *args)
+    return results if len(results) > 1 else results[0]
 
 
 def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:

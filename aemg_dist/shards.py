@@ -8,12 +8,11 @@ No process holds the token table. The split is decided from the token folder's m
   so no validation window shares a recording with a training window).
 
 `stream_batches` then reads the part files in an order drawn per epoch from (seed, epoch), this
-rank's share of them (every `world`-th file), keeps the rows of training recordings and draws
-batches from a shuffle buffer of `buffer_batches` batches; every training row is served exactly once
-per epoch (a last partial batch waits for the next epoch's first rows). The Ray path reads the same
-files with Ray Data (`ray.data.read_parquet` with the same key filter pushed into the scan and the
-file order reshuffled per epoch); `validation_rows` reads the first rows of the validation recordings,
-the same on every rank and every run. Plain pyarrow and numpy: no Ray here.
+rank's share of them (every `world`-th file, `rank_files`), keeps the rows of training recordings and
+draws batches from a shuffle buffer of `buffer_batches` batches; every training row is served exactly
+once per epoch (a last partial batch waits for the next epoch's first rows). The Ray path reads each
+rank's same files with Ray Data (train.py); `validation_rows` reads the first rows of the validation
+recordings, the same on every rank and every run. Plain pyarrow and numpy: no Ray here.
 """
 
 from __future__ import annotations
@@ -40,6 +39,7 @@ class ShardSplit:
     files: tuple[str, ...]  # every part file (paths or URIs), in the manifest's order
     train_keys: frozenset[str]
     val_keys: frozenset[str]
+    train_rows: int  # estimated from the manifest: the part files' rows times the training recordings' share
 
 
 def split_recordings(folder: str, exclude_subjects: Sequence[str] = (), exclude_datasets: Sequence[str] = (),
@@ -56,7 +56,15 @@ def split_recordings(folder: str, exclude_subjects: Sequence[str] = (), exclude_
     if not train:
         raise ConfigError(f"no training windows left in {folder} after the exclusions (data.exclude_subjects, "
                           "data.exclude_datasets, data.val_fraction)")
-    return ShardSplit(folder, files, train, frozenset(val))
+    rows = sum(f["rows"] for f in manifest["files"])
+    return ShardSplit(folder, files, train, frozenset(val), rows * len(train) // max(1, len(manifest["recordings"])))
+
+
+def rank_files(split: ShardSplit, seed: int, epoch: int, rank: int = 0, world: int = 1) -> list[str]:
+    """The part files `rank` of `world` reads in `epoch`, in its reading order: every `world`-th file of an order
+    drawn from (seed, epoch), the same on every rank, so the ranks share each epoch's files without overlap."""
+    order = np.random.default_rng([seed, epoch]).permutation(len(split.files))
+    return [split.files[i] for i in order[rank::world]]
 
 
 def count_rows(split: ShardSplit, keys: frozenset[str], at_most: int | None = None) -> int:
@@ -87,8 +95,8 @@ def stream_batches(split: ShardSplit, batch_size: int, seed: int, rank: int = 0,
     served, epoch, buffer = 0, 0, []
     while True:
         rng = np.random.default_rng([seed, epoch, rank])
-        order = np.random.default_rng([seed, epoch]).permutation(len(split.files))  # the same on every rank
-        mine = (read_rows(split.files[i], split.train_keys) for i in order[rank::world])  # one file at a time
+        files = rank_files(split, seed, epoch, rank, world)
+        mine = (read_rows(path, split.train_keys) for path in files)  # one file at a time
         read = 0
         for rows in _then_none(mine):  # None: the epoch's end, where the buffer is served down to a partial batch
             if rows is not None:

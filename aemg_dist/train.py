@@ -4,8 +4,9 @@ One training loop (`train_loop`) serves both paths, and neither holds the token 
 training and validation recordings comes from the token folder's manifest (shards.py), and the rows
 are read from the part files as they are needed.
 - Ray (default): a `TorchTrainer` starts `dist.num_workers` workers; each streams its share of
-  the token shards through Ray Data (`ray.data.read_parquet` with the training recordings' filter
-  in the scan, file order reshuffled per epoch, a local shuffle buffer), wraps the model in `deepspeed.initialize`
+  the token shards through its own Ray Data dataset (`ray.data.read_parquet` over the files the rank
+  reads epoch after epoch, the training recordings' filter in the scan, a local shuffle buffer),
+  wraps the model in `deepspeed.initialize`
   (ZeRO stage from config; bf16 on GPU, fp32 on CPU with a torch AdamW, so no compiled ops),
   checkpoints every `run.checkpoint_every` steps on all ranks through `ray.train.report`, resumes
   from the latest checkpoint automatically, and is retried `dist.max_failures` times.
@@ -43,7 +44,8 @@ from aemg_dist import storage
 from aemg_dist.artifacts import (LOCAL_CHECKPOINT, RAY_RUN, RUN_CONFIG, RUN_EXPORT, RUN_METRICS, RUN_WORKERS,
                                  TOKENS_MANIFEST, last_metrics, model_preset, read_tokens_manifest, table_to_windows)
 from aemg_dist.config import ConfigError, check_ranges, config_from_dict, config_layer, load_config, save_config
-from aemg_dist.shards import ShardSplit, count_rows, read_rows, split_recordings, stream_batches, validation_rows
+from aemg_dist.shards import (ShardSplit, count_rows, rank_files, read_rows, split_recordings, stream_batches,
+                              validation_rows)
 from aemg_dist.model import AEMGModel, ModelConfig, batch_to_torch
 from aemg_dist.model.export import check_inference, export_inference, load_inference
 from aemg_dist.tokens import TokenBatch
@@ -214,27 +216,54 @@ def collate(rows: pa.Table, max_tokens: int) -> dict[str, torch.Tensor]:
     return batch_to_torch(TokenBatch.collate(table_to_windows(rows), max_tokens=max_tokens))
 
 
-def ray_batches(micro_batch: int, seed: int, shuffle_buffer: int) -> Iterator[pa.Table]:
+def input_readers(n_files: int, world: int) -> int:
+    """How many Ray Data readers feed `world` ranks: one per rank when every rank can read whole part files of its
+    own, else one that all ranks share (a small token folder: fewer part files than ranks)."""
+    return world if n_files >= world else 1
+
+
+def reader_dataset_name(reader: int) -> str:
+    return f"train-reader-{reader}"
+
+
+def ray_batches(rank: int, world: int, readers: int, micro_batch: int, seed: int,
+                shuffle_buffer: int) -> Iterator[pa.Table]:
+    """This rank's training batches forever, from its reader's Ray Data dataset (`reader_datasets`); after the
+    epochs that dataset lists, it is read again. Ranks that share a reader draw the same batches of
+    `world // readers` micro-batches, in the same order (one read task at a time, the same shuffle seed), and each
+    keeps its own slice."""
     import ray.train
 
-    shard = ray.train.get_dataset_shard("train")
-    epoch = 0
+    reader, share = rank % readers, world // readers
+    shard = ray.train.get_dataset_shard(reader_dataset_name(reader))
+    execution = 0
     while True:
-        for batch in shard.iter_batches(batch_size=micro_batch, batch_format="pyarrow", drop_last=True,
-                                        local_shuffle_buffer_size=shuffle_buffer, local_shuffle_seed=seed + epoch):
-            yield batch
-        epoch += 1
+        for batch in shard.iter_batches(batch_size=micro_batch * share, batch_format="pyarrow", drop_last=True,
+                                        local_shuffle_buffer_size=shuffle_buffer,
+                                        local_shuffle_seed=seed + reader + 1000 * execution):
+            yield batch.slice(rank // readers * micro_batch, micro_batch)
+        execution += 1
 
 
-def train_dataset(split: ShardSplit, seed: int) -> Any:
-    """The training rows as a Ray Data dataset: the part files in an order reshuffled every epoch, read with the
-    training recordings' filter pushed into the Parquet scan."""
+# Most part files one reader's dataset lists (its files repeated for the epochs of the run): bounds the read plan
+MAX_FILES_PER_EXECUTION = 4096
+
+
+def reader_datasets(split: ShardSplit, seed: int, readers: int, rows_needed: int) -> dict[str, Any]:
+    """One Ray Data dataset per reader, named `reader_dataset_name(reader)`: the part files that reader reads in
+    each epoch (`shards.rank_files`, as `--no-ray` reads them), listed for as many epochs as the run needs
+    (`rows_needed` rows in all), read with the training recordings' filter pushed into the Parquet scan.
+
+    Each reader runs its own execution in its rank's process, once for the run: a Ray Data execution's start-up
+    (new read tasks, their worker processes) costs seconds, and a dataset split across the ranks
+    (`streaming_split`) starts one per epoch behind a barrier of all ranks; the demo's tiny model then
+    stalled 10-17 s every ~55 steps (3.6x plain torch's time per sample; benchmarks/RESULTS.md)."""
     import ray.data
-    from ray.data.datasource import FileShuffleConfig
     from ray.data.expressions import col
 
     fs, _ = storage.filesystem(split.files[0])
-    paths = [storage.filesystem(p)[1] for p in split.files]
+    epochs = max(1, min(math.ceil(rows_needed / max(1, split.train_rows)),
+                        MAX_FILES_PER_EXECUTION * readers // len(split.files)))
     # Ray Train leaves Ray Data no CPU of what the training workers hold: on a cluster whose CPUs they hold
     # all (2 workers on 2 cores) a read task that needs a CPU never runs. The read and the filter are I/O
     # light, so they ask for none; the V1 Parquet read takes that for all of its tasks, while the V2 path's
@@ -242,11 +271,19 @@ def train_dataset(split: ShardSplit, seed: int) -> Any:
     # Building it samples one file in a 1-CPU task: here on the driver, before the workers take the CPUs.
     context = ray.data.DataContext.get_current()
     v2, context.use_datasource_v2 = context.use_datasource_v2, False
+    datasets = {}
     try:
-        dataset = ray.data.read_parquet(paths, filesystem=fs, shuffle=FileShuffleConfig(seed=seed), num_cpus=0)
+        for reader in range(readers):
+            paths = [storage.filesystem(p)[1] for epoch in range(epochs)
+                     for p in rank_files(split, seed, epoch, reader, readers)]
+            # one read task at a time: the order ranks sharing a reader rely on, and CPU-free tasks would
+            # otherwise all start at once, each in a new worker process, beside the training workers
+            dataset = ray.data.read_parquet(paths, filesystem=fs, num_cpus=0, concurrency=1)
+            datasets[reader_dataset_name(reader)] = dataset.filter(expr=col("key").is_in(sorted(split.train_keys)),
+                                                                   num_cpus=0)
     finally:
         context.use_datasource_v2 = v2
-    return dataset.filter(expr=col("key").is_in(sorted(split.train_keys)), num_cpus=0)
+    return datasets
 
 
 # ---------------------------------------------------------------- optimisation
@@ -389,7 +426,8 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     micro_batch = cfg.data.batch_size // world
     split = recording_split(cfg.data)  # from the manifest: every rank reads its rows itself
     val = validation_rows(split, cfg.data.batch_size * cfg.run.val_batches)
-    batches = ray_batches(micro_batch, cfg.run.seed + rank, cfg.data.shuffle_buffer) if distributed else \
+    readers = input_readers(len(split.files), world)
+    batches = ray_batches(rank, world, readers, micro_batch, cfg.run.seed, cfg.data.shuffle_buffer) if distributed else \
         stream_batches(split, micro_batch, cfg.run.seed, buffer_batches=max(1, cfg.data.shuffle_buffer // micro_batch),
                        skip=start_step)
     files = storage.StagedFolder(cfg.run.out)
@@ -627,6 +665,7 @@ def _dotted(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def _fit_on_ray(cfg: PretrainConfig, split: ShardSplit, callbacks: Sequence[Any] = ()) -> str:
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig as RayRunConfig, ScalingConfig
+    from ray.train import DataConfig as RayDataConfig
     from ray.train.torch import TorchTrainer
 
     from aemg_dist.parallel import ensure_ray
@@ -648,7 +687,9 @@ def _fit_on_ray(cfg: PretrainConfig, split: ShardSplit, callbacks: Sequence[Any]
                                 failure_config=FailureConfig(max_failures=cfg.dist.max_failures),
                                 checkpoint_config=CheckpointConfig(num_to_keep=2), callbacks=list(callbacks),
                                 worker_runtime_env={"env_vars": {"DS_ACCELERATOR": os.environ["DS_ACCELERATOR"]}}),
-        datasets={"train": train_dataset(split, cfg.run.seed)},
+        datasets=reader_datasets(split, cfg.run.seed, input_readers(len(split.files), cfg.dist.num_workers),
+                                 cfg.optim.max_steps * cfg.data.batch_size),
+        dataset_config=RayDataConfig(datasets_to_split=[]),  # each rank reads its reader's dataset whole
     )
     result = trainer.fit()
     return result.checkpoint.path if result.checkpoint else ""

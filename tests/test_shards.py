@@ -9,8 +9,8 @@ import pytest
 
 from aemg_dist.artifacts import TokenizeConfig, read_token_table
 from aemg_dist.data import tokenize_corpus
-from aemg_dist.shards import read_rows, split_recordings, stream_batches, validation_rows
-from aemg_dist.train import DataConfig, split_tables, train_dataset
+from aemg_dist.shards import rank_files, read_rows, split_recordings, stream_batches, validation_rows
+from aemg_dist.train import DataConfig, input_readers, reader_dataset_name, reader_datasets, split_tables
 
 EXCLUDED = ["synth_myo/s01"]
 
@@ -86,25 +86,30 @@ def test_validation_rows_are_the_first_rows_of_the_validation_recordings(tokens)
     assert validation_rows(split_recordings(tokens, val_fraction=0.0), 10) is None
 
 
-def test_the_ray_data_dataset_holds_the_training_rows(tokens, ray_local):
+def _consumed(dataset, columns=("key", "start")) -> list[tuple[str, int]]:
+    """Every row the dataset yields, consumed (count() can answer from the file metadata), in order."""
+    return _rows(b.select(list(columns)) for b in dataset.iter_batches(batch_format="pyarrow", batch_size=None))
+
+
+def test_each_reader_s_ray_data_dataset_reads_its_files_epoch_after_epoch(tokens, ray_local):
+    """The distributed path reads exactly the rows `--no-ray` reads: reader r's files of each epoch, in that order,
+    the training recordings only, for the epochs the run needs."""
     split = _split(tokens)
+    world, epochs = 2, 3
+    datasets = reader_datasets(split, seed=5, readers=world, rows_needed=epochs * split.train_rows)
+    assert sorted(datasets) == [reader_dataset_name(r) for r in range(world)]
+    for rank in range(world):
+        dataset = datasets[reader_dataset_name(rank)]
+        dataset.context.execution_options.preserve_order = True  # the order of the files as listed, not as read
+        expected = _rows(read_rows(path, split.train_keys) for epoch in range(epochs)
+                         for path in rank_files(split, 5, epoch, rank, world))
+        assert _consumed(dataset) == expected
+    # one epoch of both ranks is every training row once
     train, _ = split_tables(DataConfig(tokens=tokens, exclude_subjects=EXCLUDED, val_fraction=0.25))
-    rows = train_dataset(split, seed=0).select_columns(["key", "start"]).take_all()
-    assert sorted((r["key"], r["start"]) for r in rows) == sorted(_rows([train]))
-
-
-def _recording_order(dataset) -> list[str]:
-    keys = [k for b in dataset.iter_batches(batch_format="pyarrow", batch_size=None) for k in b.column("key").to_pylist()]
-    return [k for i, k in enumerate(keys) if i == 0 or keys[i - 1] != k]
-
-
-def test_the_ray_data_dataset_reshuffles_its_files_every_epoch(tokens, ray_local):
-    split = _split(tokens)
-    dataset = train_dataset(split, seed=0)
-    dataset.context.execution_options.preserve_order = True  # the order of the files as listed, not as read
-    epochs = [_recording_order(dataset) for _ in range(3)]
-    assert all(sorted(set(e)) == sorted(split.train_keys) for e in epochs)  # the training recordings only
-    assert len({tuple(e) for e in epochs}) > 1  # a new file order per execution of the dataset
+    one_epoch = reader_datasets(split, seed=5, readers=world, rows_needed=1)
+    assert sorted(r for d in one_epoch.values() for r in _consumed(d)) == sorted(_rows([train]))
+    # one reader per rank while every rank has whole files to read, else one reader that the ranks share
+    assert [input_readers(n, 2) for n in (1, 2, 5)] == [1, 2, 2] and input_readers(1, 1) == 1
 
 
 def test_the_ray_data_dataset_reads_while_the_training_workers_hold_every_cpu(tokens, ray_local):
@@ -114,7 +119,7 @@ def test_the_ray_data_dataset_reads_while_the_training_workers_hold_every_cpu(to
 
     split = _split(tokens)
     train, _ = split_tables(DataConfig(tokens=tokens, exclude_subjects=EXCLUDED, val_fraction=0.25))
-    dataset = train_dataset(split, seed=0)  # made before the workers start, as pretrain does
+    dataset = reader_datasets(split, seed=0, readers=1, rows_needed=1)[reader_dataset_name(0)]  # before the workers start
 
     @ray.remote(num_cpus=1)
     class Holder:
@@ -123,7 +128,7 @@ def test_the_ray_data_dataset_reads_while_the_training_workers_hold_every_cpu(to
 
     @ray.remote(num_cpus=0)
     def rows(dataset) -> int:  # consumed, not counted: count() can answer from the file metadata
-        return sum(b.num_rows for b in dataset.iter_batches(batch_format="pyarrow", batch_size=None))
+        return len(_consumed(dataset))
 
     holders = [Holder.remote() for _ in range(int(ray.cluster_resources()["CPU"]))]
     ray.get([h.ready.remote() for h in holders])

@@ -31,6 +31,16 @@ def tokens(tmp_path_factory):
     return root / "tokens"
 
 
+@pytest.fixture(scope="module")
+def tokens_in_parts(tokens):
+    """The same corpus in several part files: each Ray Train rank then reads its own (`tokens` is one file, which
+    the ranks share)."""
+    out = tokens.parent / "tokens-in-parts"
+    tokenize_corpus(tokens.parent / "corpus.zarr", out, TokenizeConfig(task_s=20.0), workers=1, progress=False)
+    assert len(list(out.glob("*.parquet"))) >= 4
+    return out
+
+
 def _config(tokens, out, *overrides):
     return load_pretrain_config(TINY, [
         f"data.tokens={tokens}", f"run.out={out}", "data.batch_size=16", "optim.warmup_steps=5",
@@ -112,7 +122,7 @@ def _first_steps(run):
     return [json.loads((run / "workers" / f"first-step-rank-{rank}.json").read_text()) for rank in (0, 1)]
 
 
-def _check_first_step_matches_the_plain_model(tokens, run, cfg):
+def _check_first_step_matches_the_plain_model(tokens, run, cfg, shared_reader=False):
     """Each rank's first-step loss equals the plain model's (same seed, so the same initial weights) on the windows
     that rank drew, with the masks of (seed, rank, step 0), and rank 0's is the step-1 loss in metrics.csv.
 
@@ -126,6 +136,9 @@ def _check_first_step_matches_the_plain_model(tokens, run, cfg):
     from aemg_dist.model import AEMGModel
 
     records = _first_steps(run)
+    if shared_reader:  # one part file: both ranks draw the same batches, and each keeps its half
+        rank0, rank1 = ({tuple(w) for w in record["windows"]} for record in records)
+        assert not rank0 & rank1
     train, _ = split_tables(cfg.data)
     where = {w: i for i, w in enumerate(zip(train.column("key").to_pylist(), train.column("start").to_pylist()))}
     plain, rank0_codebook = [], []
@@ -186,13 +199,15 @@ def test_ray_train_deepspeed_recovers_from_a_worker_failure(tokens, tmp_path, ra
     assert steps == [*range(1, 16), *range(11, 31)]
     assert load_inference(tmp_path / "export") is not None
     # ZeRO-0: the first step is the plain model's, and every rank holds the whole model
-    _check_first_step_matches_the_plain_model(tokens, tmp_path, cfg)
+    assert len(list(tokens.glob("*.parquet"))) == 1
+    _check_first_step_matches_the_plain_model(tokens, tmp_path, cfg, shared_reader=True)
     assert all(r["params_held"] == r["params_full"] == param_count(cfg.model) for r in _first_steps(tmp_path))
 
 
 @pytest.mark.parametrize("stage", [2, 3])
-def test_zero_stages_run_with_two_workers(tokens, tmp_path, ray_local, stage, monkeypatch):
+def test_zero_stages_run_with_two_workers(tokens_in_parts, tmp_path, ray_local, stage, monkeypatch):
     monkeypatch.chdir(tmp_path)  # a relative run.out must reach the workers as the driver's folder
+    tokens = tokens_in_parts
     cfg = _config(tokens, "run", "optim.max_steps=10", "run.checkpoint_every=10", f"dist.zero_stage={stage}",
                   "run.log_every=1")
     result = pretrain(cfg)

@@ -3,7 +3,8 @@ import pytest
 
 from aemg_dist.config import ConfigError, load_config
 from aemg_dist.artifacts import TokenizeConfig, read_token_table, table_to_windows
-from aemg_dist.data import make_shards, plan_recording, read_shard, tokenize_corpus, tokenize_rows
+from aemg_dist.data import (group_recordings, make_shards, plan_recording, read_shard, stretch_shards, tokenize_corpus,
+                            tokenize_rows)
 from aemg_dist.events import EventConfig
 from aemg_dist.tokens import tokenize_window
 from aemg_dist.windows import WindowConfig, cut_windows, recording_spans
@@ -53,6 +54,26 @@ def test_an_event_crossing_a_chunk_border_is_split_not_lost_or_duplicated():
     assert on_a[0] + dur_a[0] == pytest.approx(2.0)  # first part ends at the border...
     assert on_b[0] == pytest.approx(0.0)  # ...second part opens the next chunk
     assert dur_a[0] + dur_b[0] == pytest.approx(whole.duration_s[whole.active][0], abs=0.011)
+
+
+@pytest.mark.parametrize("task_s", [7.0, 25.0, 1e6])
+def test_read_task_groups_cover_every_window_once(tiny_corpus, task_s):
+    """Groups of about task_s seconds tile every recording (cut where a group is full), and the shards of their
+    stretches hold every window of the corpus exactly once."""
+    corpus, cfg = Corpus(tiny_corpus), TokenizeConfig()
+    keys = corpus.keys()
+    groups = group_recordings(corpus, keys, task_s)
+    for key in keys:
+        pieces = [(s.start, s.stop) for g in groups for s in g if s.key == key]
+        assert pieces[0][0] == 0 and pieces[-1][1] == corpus.entry(key).n_samples
+        assert all(a[1] == b[0] for a, b in zip(pieces, pieces[1:]))  # contiguous, no overlap
+    seconds = [sum((s.stop - s.start) / corpus.entry(s.key).fs for s in g) for g in groups]
+    assert all(abs(t - task_s) < 1e-3 for t in seconds[:-1]) and 0 < seconds[-1] <= task_s + 1e-3
+    plans = {key: plan_recording(key, str(tiny_corpus), cfg) for key in keys}
+    starts = [(s.key, int(plans[s.key].windows.start[i])) for g in groups for s in g
+              for shard in stretch_shards(plans[s.key], s, shard_s=3.0) for i in range(shard.first, shard.last)]
+    assert sorted(starts) == sorted((k, int(t)) for k in keys for t in plans[k].windows.start)
+    assert len(set(starts)) == len(starts)
 
 
 def test_sharding_does_not_change_the_tokens(tiny_corpus, tmp_path):
