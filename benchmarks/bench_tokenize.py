@@ -8,6 +8,9 @@ measures, in one invocation so the ratios compare like with like:
 - channel-samples per second of `tokenize_corpus(workers=1)` (one process, one core);
 - the same through Ray Data on 2 CPUs, once warm (Ray started and the pipeline run once before);
   both after an untimed run (the corpus in the page cache), the median of --repeats runs;
+- for the last Ray Data run, the share of the cluster's CPU time its Ray tasks were executing (from
+  `ray.timeline()`): near 100 % means the pipeline keeps every CPU busy, and what separates the ratio from 2x
+  is per-task cost, not idle CPUs;
 - peak resident memory of a whole `aemg tokenize` run (driver, Ray's processes and workers,
   sampled every 0.1 s) on the corpus and on the 4x corpus.
 """
@@ -20,6 +23,7 @@ import json
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -39,15 +43,28 @@ def synthetic_corpus(out: Path, subjects: int) -> Path:
 
 
 def throughput(corpus: Path, scratch: Path, workers: int, repeats: int = 1) -> dict:
-    """The run of median wall time of `repeats` runs."""
-    reports = []
+    """The run of median wall time of `repeats` runs; on Ray, with the share of CPU time its tasks were busy."""
+    runs = []
     for _ in range(repeats):
         out = scratch / f"tokens-w{workers}"
         shutil.rmtree(out, ignore_errors=True)
-        reports.append(tokenize_corpus(corpus, out, workers=workers, progress=False))
-    report = sorted(reports, key=lambda r: r.wall_seconds)[len(reports) // 2]
+        since = time.time()
+        report = tokenize_corpus(corpus, out, workers=workers, progress=False)
+        runs.append((report, busy_share(since, time.time()) if workers > 1 else None))
+    report, busy = sorted(runs, key=lambda r: r[0].wall_seconds)[len(runs) // 2]
     return {"workers": workers, "wall_s": round(report.wall_seconds, 2), "windows": report.windows, "repeats": repeats,
-            "tokens": report.tokens, "mchannel_samples_per_s": round(report.channel_samples / report.wall_seconds / 1e6, 2)}
+            "tokens": report.tokens, "mchannel_samples_per_s": round(report.channel_samples / report.wall_seconds / 1e6, 2),
+            **({"tasks_busy": round(busy, 3)} if busy is not None else {})}
+
+
+def busy_share(since: float, until: float) -> float:
+    """The share of the cluster's CPU time between two wall-clock instants that Ray tasks spent executing."""
+    import ray
+
+    time.sleep(3)  # workers report task events about once a second
+    busy = sum(min(e["ts"] + e["dur"], until * 1e6) - max(e["ts"], since * 1e6) for e in ray.timeline()
+               if e.get("ph") == "X" and e.get("name") == "task:execute" and e["ts"] + e["dur"] > since * 1e6)
+    return busy / 1e6 / ((until - since) * ray.cluster_resources()["CPU"])
 
 
 def peak_memory_mb(corpus: Path, out: Path) -> float:
@@ -87,7 +104,8 @@ def main() -> None:
             r = result[name][run]
             print(f"| {name} | {run} ({r['workers']} worker{'s' if r['workers'] > 1 else ''}) | {r['windows']} | "
                   f"{r['tokens']} | {r['wall_s']} | {r['mchannel_samples_per_s']} |")
-        print(f"Ray Data (2 CPUs, warm) / single process on {name}: {result[name]['speedup']}x")
+        print(f"Ray Data (2 CPUs, warm) / single process on {name}: {result[name]['speedup']}x; Ray tasks executing "
+              f"{result[name]['ray_data']['tasks_busy']:.0%} of the CPU time of that run")
     print(f"peak memory of `aemg tokenize`: {memory['base_mb']} MB (corpus) vs {memory['large_mb']} MB (4x corpus): "
           f"ratio {memory['ratio']}")
     if args.out:
