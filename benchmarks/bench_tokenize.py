@@ -8,7 +8,9 @@ measures, in one invocation so the ratios compare like with like:
 - channel-samples per second of `tokenize_corpus(workers=1)` (one process, one core);
 - the same through Ray Data on 2 CPUs, once warm (Ray started and the pipeline run once before);
   both after an untimed run (the corpus in the page cache), the median of --repeats runs;
-- for the last Ray Data run, the share of the cluster's CPU time its Ray tasks were executing (from
+- the same work on a warm pool of two spawned processes without Ray (plan every recording, then tokenize and
+  write every group; output checks and the manifest left out): what two CPUs give here without Ray's costs;
+- for the median Ray Data run, the share of the cluster's CPU time its Ray tasks were executing (from
   `ray.timeline()`): near 100 % means the pipeline keeps every CPU busy, and what separates the ratio from 2x
   is per-task cost, not idle CPUs;
 - peak resident memory of a whole `aemg tokenize` run (driver, Ray's processes and workers,
@@ -20,16 +22,23 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import multiprocessing
 import shutil
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
+from itertools import repeat
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from aemg_dist.data import tokenize_corpus  # noqa: E402
+import pyarrow as pa  # noqa: E402
+
+from aemg_dist.artifacts import TokenizeConfig, write_part  # noqa: E402
+from aemg_dist.data import group_recordings, plan_recording, tokenize_corpus, tokenize_stretch  # noqa: E402
 from aemg_dist.parallel import ensure_ray  # noqa: E402
+from preprocessing.corpus import Corpus  # noqa: E402
 from preprocessing.prepare import prepare  # noqa: E402
 from preprocessing.synthetic import SyntheticConfig, default_datasets, synthetic_jobs  # noqa: E402
 from process_memory import run_sampled  # noqa: E402 - benchmarks/, this script's folder
@@ -55,6 +64,33 @@ def throughput(corpus: Path, scratch: Path, workers: int, repeats: int = 1) -> d
     return {"workers": workers, "wall_s": round(report.wall_seconds, 2), "windows": report.windows, "repeats": repeats,
             "tokens": report.tokens, "mchannel_samples_per_s": round(report.channel_samples / report.wall_seconds / 1e6, 2),
             **({"tasks_busy": round(busy, 3)} if busy is not None else {})}
+
+
+def pool_throughput(corpus: Path, scratch: Path, repeats: int) -> dict:
+    """Median wall time of `repeats` runs of the planning and the tokenizing on a pool of 2 processes (no Ray)."""
+    cfg, walls = TokenizeConfig(), []
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        list(pool.map(abs, range(2)))  # started, this module and the pipeline's imported
+        for _ in range(repeats):
+            out = scratch / "tokens-pool"
+            shutil.rmtree(out, ignore_errors=True)
+            out.mkdir()
+            start = time.perf_counter()
+            keys = Corpus(corpus).keys()
+            plans = dict(zip(keys, pool.map(plan_recording, keys, repeat(str(corpus)), repeat(cfg),
+                                            chunksize=max(1, len(keys) // 16))))
+            groups = group_recordings(Corpus(corpus), keys, cfg.task_s)
+            list(pool.map(_tokenize_group, repeat(str(corpus)), groups,
+                          [{s.key: plans[s.key] for s in g} for g in groups], repeat(str(out)), repeat(cfg)))
+            walls.append(time.perf_counter() - start)
+    return {"workers": 2, "wall_s": round(sorted(walls)[len(walls) // 2], 2), "repeats": repeats}
+
+
+def _tokenize_group(corpus_path: str, group: list, plans: dict, out: str, cfg: TokenizeConfig) -> None:
+    corpus = Corpus(corpus_path)
+    tables = [t for stretch in group for t in tokenize_stretch(corpus, stretch, plans[stretch.key], (), cfg)]
+    if tables:
+        write_part(out, pa.concat_tables(tables))
 
 
 def busy_share(since: float, until: float) -> float:
@@ -89,11 +125,13 @@ def main() -> None:
         for name, corpus in corpora.items():
             throughput(corpus, scratch, workers=1)  # warm-up: the corpus in the page cache for both runs
             single = throughput(corpus, scratch, workers=1, repeats=args.repeats)
+            pool = pool_throughput(corpus, scratch, args.repeats)
             ensure_ray(num_cpus=2)
             throughput(corpus, scratch, workers=2)  # warm-up: workers started, code imported
             ray_data = throughput(corpus, scratch, workers=2, repeats=args.repeats)
-            result[name] = {"single": single, "ray_data": ray_data,
-                            "speedup": round(single["wall_s"] / ray_data["wall_s"], 2)}
+            result[name] = {"single": single, "ray_data": ray_data, "pool": pool,
+                            "speedup": round(single["wall_s"] / ray_data["wall_s"], 2),
+                            "pool_speedup": round(single["wall_s"] / pool["wall_s"], 2)}
         memory = {"base_mb": round(peak_memory_mb(base, scratch / "mem-base"), 1),
                   "large_mb": round(peak_memory_mb(large, scratch / "mem-large"), 1)}
         memory["ratio"] = round(memory["large_mb"] / memory["base_mb"], 3)
@@ -105,7 +143,8 @@ def main() -> None:
             print(f"| {name} | {run} ({r['workers']} worker{'s' if r['workers'] > 1 else ''}) | {r['windows']} | "
                   f"{r['tokens']} | {r['wall_s']} | {r['mchannel_samples_per_s']} |")
         print(f"Ray Data (2 CPUs, warm) / single process on {name}: {result[name]['speedup']}x; Ray tasks executing "
-              f"{result[name]['ray_data']['tasks_busy']:.0%} of the CPU time of that run")
+              f"{result[name]['ray_data']['tasks_busy']:.0%} of the CPU time of that run; a 2-process pool without Ray "
+              f"({result[name]['pool']['wall_s']} s): {result[name]['pool_speedup']}x")
     print(f"peak memory of `aemg tokenize`: {memory['base_mb']} MB (corpus) vs {memory['large_mb']} MB (4x corpus): "
           f"ratio {memory['ratio']}")
     if args.out:
