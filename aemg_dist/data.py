@@ -304,7 +304,7 @@ def tokenize_corpus(corpus_path: str | Path, out: str | Path, cfg: TokenizeConfi
     resolved = _check_output(out, cfg)
     with claim(out, "--out"):
         ensure_shared([("--corpus", corpus_path), ("--out", out)], workers, address)  # read and written by workers
-        keys = keys or corpus.keys()
+        keys = corpus.keys() if keys is None else keys
         groups = group_recordings(corpus, keys, cfg.task_s)
         done = written_windows(out)
         if workers == 1:
@@ -361,10 +361,11 @@ def _tokenize_ray_data(corpus_path: str, keys: list[str], groups: list[list[Stre
     # in the groups' order, a few milliseconds each: several recordings per task (submit_each)
     plans = dict(zip(keys, submit_each(plan_recording, keys, corpus_path, cfg, address=address)))
     storage.write_text(storage.join(out, TOKENIZE_CONFIG), resolved)  # before any part: a re-run finishes them
-    # one block per read task keeps the read fused with the writer: one part file per task
-    dataset = ray.data.read_datasource(CorpusTokensDatasource(corpus_path, groups, plans, done, cfg),
-                                       override_num_blocks=len(groups))
-    dataset.write_datasink(TokenPartSink(out))
+    if groups:  # none when every recording is empty
+        # one block per read task keeps the read fused with the writer: one part file per task
+        dataset = ray.data.read_datasource(CorpusTokensDatasource(corpus_path, groups, plans, done, cfg),
+                                           override_num_blocks=len(groups))
+        dataset.write_datasink(TokenPartSink(out))
     return dict(zip(keys, ray.get(list(plans.values()))))
 
 
