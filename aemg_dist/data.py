@@ -30,8 +30,8 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from functools import partial
-from typing import Any, Collection, Iterable, Iterator
+from functools import cache, partial
+from typing import Any, Callable, Collection, Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -245,19 +245,18 @@ def _read_tokens(corpus_path: str, group: list[Stretch], plans: dict[str, Any], 
                  cfg: TokenizeConfig) -> Iterator[pa.Table]:
     import ray
 
-    corpus, planned = Corpus(corpus_path), {}
+    # waits for the Ray task planning a recording (if it still runs) when the group reaches that recording
+    yield from tokenize_group(Corpus(corpus_path), group, cache(lambda key: ray.get(plans[key])), done, cfg)
+
+
+def tokenize_group(corpus: Corpus, group: list[Stretch], plan_of: Callable[[str], RecordingPlan],
+                   done: dict[str, set[int]], cfg: TokenizeConfig) -> Iterator[pa.Table]:
+    """Token rows of the windows that start in the group's stretches and are not `done`, one table per shard:
+    memory is bounded by the shard, not the group. `plan_of(key)` gives a recording's plan."""
     for stretch in group:
-        if stretch.key not in planned:  # waits for the Ray task planning this recording, if it still runs
-            planned[stretch.key] = ray.get(plans[stretch.key])
-        yield from tokenize_stretch(corpus, stretch, planned[stretch.key], done.get(stretch.key, ()), cfg)
-
-
-def tokenize_stretch(corpus: Corpus, stretch: Stretch, plan: RecordingPlan, done: Collection[int],
-                     cfg: TokenizeConfig) -> Iterator[pa.Table]:
-    """Token rows of the windows that start in the stretch and are not `done`, one table per shard: memory is
-    bounded by the shard, not the stretch."""
-    for shard in stretch_shards(plan, stretch, cfg.shard_s, done):
-        yield tokenize_rows(read_shard(corpus, plan, shard), {plan.key: plan}, cfg)
+        plan = plan_of(stretch.key)
+        for shard in stretch_shards(plan, stretch, cfg.shard_s, done.get(stretch.key, ())):
+            yield tokenize_rows(read_shard(corpus, plan, shard), {plan.key: plan}, cfg)
 
 
 @dataclass
@@ -342,8 +341,7 @@ def _tokenize_local(corpus: Corpus, keys: list[str], groups: list[list[Stretch]]
              for key in tqdm(keys, desc="plan", unit="rec", disable=not progress)}
     storage.write_text(storage.join(out, TOKENIZE_CONFIG), resolved)  # before any part: a re-run finishes them
     for group in tqdm(groups, desc="tokenize", unit="part", disable=not progress):
-        tables = [table for stretch in group
-                  for table in tokenize_stretch(corpus, stretch, plans[stretch.key], done.get(stretch.key, ()), cfg)]
+        tables = list(tokenize_group(corpus, group, plans.__getitem__, done, cfg))
         if tables:
             write_part(out, pa.concat_tables(tables))
     return plans

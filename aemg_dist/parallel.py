@@ -57,8 +57,8 @@ def map_unordered(fn: Callable[..., Any], items: Iterable[Any], *args: Any, work
         return
     ensure_ray(address, num_cpus=workers or None)
     items = list(items) if per_task is None else items
-    remote, per_task = _remote_chunks(_apply_each, fn, per_task, len(items) if per_task is None else 0)
-    remote = remote.options(name=_task_name(fn))
+    per_task = _chunk_size(per_task, items)
+    remote = _remote(_apply_each).options(name=_task_name(fn))
     limit = max_in_flight or max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
     shared = [ray.put(a) for a in args]  # ship the shared arguments once, not per task
     pending: list[ray.ObjectRef] = []
@@ -79,7 +79,7 @@ def submit_each(fn: Callable[..., Any], items: Sequence[Any], *args: Any, addres
     result waits for that item only, not for the others (map_unordered's consumer waits for all). The results
     stay in the object store until the refs are dropped: for many small results, not for large ones."""
     ensure_ray(address)
-    remote, per_task = _remote_chunks(_apply_each_returned, fn, per_task, len(items))
+    per_task, remote = _chunk_size(per_task, items), _remote(_apply_each_returned)
     shared = [ray.put(a) for a in args]
     refs: list[ray.ObjectRef] = []
     for chunk in _chunks(items, per_task):
@@ -88,15 +88,18 @@ def submit_each(fn: Callable[..., Any], items: Sequence[Any], *args: Any, addres
     return refs
 
 
-def _remote_chunks(wrapper: Callable[..., Any], fn: Callable[..., Any], per_task: int | None,
-                   n_items: int) -> tuple[Any, int]:
-    """`wrapper` (which runs fn on a chunk of items) as a Ray remote function, and the chunk size (per_task None:
-    n_items / (8 x cluster CPUs))."""
+def _chunk_size(per_task: int | None, items: Any) -> int:
+    """Items per task: `per_task`, or for None about 8 tasks per cluster CPU (`items` is then a sequence)."""
     if per_task is None:
-        per_task = max(1, n_items // (8 * int(ray.cluster_resources().get("CPU", 1))))
+        per_task = max(1, len(items) // (8 * int(ray.cluster_resources().get("CPU", 1))))
     if per_task < 1:
         raise ValueError(f"per_task must be >= 1, got {per_task}")
-    return ray.remote(num_cpus=1, max_retries=0)(wrapper), per_task
+    return per_task
+
+
+def _remote(wrapper: Callable[..., Any]) -> Any:
+    """`wrapper` (which runs fn on a chunk of items) as a Ray remote function of one CPU."""
+    return ray.remote(num_cpus=1, max_retries=0)(wrapper)
 
 
 def _task_name(fn: Callable[..., Any]) -> str:

@@ -426,10 +426,12 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     micro_batch = cfg.data.batch_size // world
     split = recording_split(cfg.data)  # from the manifest: every rank reads its rows itself
     val = validation_rows(split, cfg.data.batch_size * cfg.run.val_batches)
-    readers = input_readers(len(split.files), world)
-    batches = ray_batches(rank, world, readers, micro_batch, cfg.run.seed, cfg.data.shuffle_buffer) if distributed else \
-        stream_batches(split, micro_batch, cfg.run.seed, buffer_batches=max(1, cfg.data.shuffle_buffer // micro_batch),
-                       skip=start_step)
+    if distributed:
+        batches = ray_batches(rank, world, input_readers(len(split.files), world), micro_batch, cfg.run.seed,
+                              cfg.data.shuffle_buffer)
+    else:
+        batches = stream_batches(split, micro_batch, cfg.run.seed,
+                                 buffer_batches=max(1, cfg.data.shuffle_buffer // micro_batch), skip=start_step)
     files = storage.StagedFolder(cfg.run.out)
     if rank == 0:
         files.fetch(RUN_METRICS)  # a resumed run appends to the rows of the earlier attempts

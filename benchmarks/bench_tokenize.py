@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import pyarrow as pa  # noqa: E402
 
 from aemg_dist.artifacts import TokenizeConfig, write_part  # noqa: E402
-from aemg_dist.data import group_recordings, plan_recording, tokenize_corpus, tokenize_stretch  # noqa: E402
+from aemg_dist.data import group_recordings, plan_recording, tokenize_corpus, tokenize_group  # noqa: E402
 from aemg_dist.parallel import ensure_ray  # noqa: E402
 from preprocessing.corpus import Corpus  # noqa: E402
 from preprocessing.prepare import prepare  # noqa: E402
@@ -76,10 +76,11 @@ def pool_throughput(corpus: Path, scratch: Path, repeats: int) -> dict:
             shutil.rmtree(out, ignore_errors=True)
             out.mkdir()
             start = time.perf_counter()
-            keys = Corpus(corpus).keys()
+            manifest = Corpus(corpus)
+            keys = manifest.keys()
             plans = dict(zip(keys, pool.map(plan_recording, keys, repeat(str(corpus)), repeat(cfg),
                                             chunksize=max(1, len(keys) // 16))))
-            groups = group_recordings(Corpus(corpus), keys, cfg.task_s)
+            groups = group_recordings(manifest, keys, cfg.task_s)
             list(pool.map(_tokenize_group, repeat(str(corpus)), groups,
                           [{s.key: plans[s.key] for s in g} for g in groups], repeat(str(out)), repeat(cfg)))
             walls.append(time.perf_counter() - start)
@@ -87,8 +88,7 @@ def pool_throughput(corpus: Path, scratch: Path, repeats: int) -> dict:
 
 
 def _tokenize_group(corpus_path: str, group: list, plans: dict, out: str, cfg: TokenizeConfig) -> None:
-    corpus = Corpus(corpus_path)
-    tables = [t for stretch in group for t in tokenize_stretch(corpus, stretch, plans[stretch.key], (), cfg)]
+    tables = list(tokenize_group(Corpus(corpus_path), group, plans.__getitem__, {}, cfg))
     if tables:
         write_part(out, pa.concat_tables(tables))
 
