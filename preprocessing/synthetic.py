@@ -58,6 +58,8 @@ BAD_CLIP_GAIN = 20.0  # a "clipped" ADC channel: a gain fault that drives it int
 # spawn-key stages and per-session streams: each kind of draw has its own Generator
 _ANATOMY, _SUBJECT, _SESSION = 0, 1, 2
 _PLACEMENT, _PROTOCOL, _SPIKES, _NOISE, _BAD = range(5)
+# blocks that bound the generator's temporaries (rows of samples or FFT bins; channels)
+_ROW_BLOCK, _CHANNEL_BLOCK = 65536, 8
 
 
 @dataclass
@@ -208,14 +210,21 @@ def synthetic_jobs(config: SyntheticConfig) -> list[SyntheticJob]:
 
 
 def generate_recording(job: SyntheticJob) -> RawRecording:
-    """The recording of one job (what SyntheticJob.load calls)."""
-    return generate_recording_with_truth(job)[0]
+    """The recording of one job (what SyntheticJob.load calls); no ground truth is computed."""
+    return _generate(job, with_truth=False)[0]
 
 
 def generate_recording_with_truth(job: SyntheticJob) -> tuple[RawRecording, np.ndarray]:
     """The recording and its ground truth: (n_samples, n_channels) bool, True where the
     channel's noise-free activation envelope exceeds TRUTH_FRACTION of its own maximum
     (always False on a flat bad channel)."""
+    recording, truth = _generate(job, with_truth=True)
+    return recording, truth
+
+
+def _generate(job: SyntheticJob, with_truth: bool) -> tuple[RawRecording, np.ndarray | None]:
+    # Memory: one (samples, channels) float32 array is the recording; the only other array that size is the
+    # noise's spectrum, freed before the muscles are simulated; the rest is per muscle, unit or block.
     spec, layout = job.spec, job.spec.electrode_layout()
     subject = _draw_subject(job)
     protocol_rng = _session_rng(job, _PROTOCOL)
@@ -223,9 +232,23 @@ def generate_recording_with_truth(job: SyntheticJob) -> tuple[RawRecording, np.n
     n = segments[-1].stop
     decimation = int(np.ceil(MIN_INTERNAL_FS / spec.fs))
     n_fft = fft.next_fast_len(n, real=True)  # FFT-friendly length, trimmed to n below
+    # amplifier noise and mains first (their own random stream): the noise's array becomes the recording's,
+    # and its spectrum is freed before the muscles' arrays exist
+    noise_rng = _session_rng(job, _NOISE)
+    line_basis, line_weights = _powerline(spec, noise_rng, n, layout.n_channels)
+    emg = _band_noise(noise_rng, n_fft, layout.n_channels, spec.fs)[:n]
+    emg *= spec.noise_uv * spec.gain
+    dc = spec.dc_offset + spec.gain * spec.dc_jitter_uv * noise_rng.standard_normal(layout.n_channels)
+    dc = dc.astype(np.float32)
+    broken = bad_channels(job)
+    channel_noise = {channel: emg[:, channel].copy() for channel in broken}  # what a "noisy" channel amplifies
+
     activation = _activations(spec, subject, segments, protocol_rng, spec.fs * decimation, n_fft * decimation)
     trains = _motor_unit_trains(activation, subject, _session_rng(job, _SPIKES), spec.fs * decimation)
+    truth_activation = activation[::decimation][:n] if with_truth else None  # at the device rate
+    del activation
     sources = _band_limit(trains, spec.fs, n_fft)[:n]  # (n, muscles), unit RMS at full activation
+    del trains
 
     placement = _session_rng(job, _PLACEMENT)
     rotation = subject.rotation_deg + placement.normal(0.0, spec.session_rotation_deg)
@@ -233,24 +256,22 @@ def generate_recording_with_truth(job: SyntheticJob) -> tuple[RawRecording, np.n
     contact = placement.lognormal(0.0, 0.1, layout.n_channels)
     mixing = _mixing(layout, subject, rotation, shift)  # (channels, muscles)
 
-    # Muscles and mains are both low-rank in channels: one matrix product, in device units.
-    noise_rng = _session_rng(job, _NOISE)
-    line_basis, line_weights = _powerline(spec, noise_rng, n, layout.n_channels)
+    # Muscles and mains are both low-rank in channels: one matrix product, in device units, added to the
+    # noise a block of rows at a time (no second (samples, channels) array).
     muscle_weights = mixing.T * (spec.muscle_uv * subject.gain * contact)
     basis = np.hstack([sources, line_basis]).astype(np.float32)
-    emg = basis @ (np.vstack([muscle_weights, line_weights]) * spec.gain).astype(np.float32)
-    noise = _band_noise(noise_rng, n_fft, layout.n_channels, spec.fs)[:n]
-    noise *= spec.noise_uv * spec.gain
-    emg += noise
-    dc = spec.dc_offset + spec.gain * spec.dc_jitter_uv * noise_rng.standard_normal(layout.n_channels)
-    dc = dc.astype(np.float32)
+    del sources, line_basis
+    weights = (np.vstack([muscle_weights, line_weights]) * spec.gain).astype(np.float32)
+    for start in range(0, n, _ROW_BLOCK):
+        emg[start:start + _ROW_BLOCK] += basis[start:start + _ROW_BLOCK] @ weights
+    del basis
     emg += dc
 
-    envelope = activation[::decimation][:n] @ mixing.T
-    truth = envelope > TRUTH_FRACTION * envelope.max(axis=0)
-    for channel, kind in bad_channels(job).items():
-        _break_channel(emg, channel, kind, spec.adc_range, dc, noise)
-        truth[:, channel] &= kind != "flat"
+    truth = _active_channels(truth_activation, mixing) if with_truth else None
+    for channel, kind in broken.items():
+        _break_channel(emg, channel, kind, spec.adc_range, dc, channel_noise[channel])
+        if truth is not None:
+            truth[:, channel] &= kind != "flat"
     if spec.adc_range is not None:
         np.clip(np.round(emg, out=emg), *spec.adc_range, out=emg)
 
@@ -261,6 +282,26 @@ def generate_recording_with_truth(job: SyntheticJob) -> tuple[RawRecording, np.n
         adc_range=spec.adc_range, label_names=spec.label_names(),
         notch_hz=(spec.powerline_hz,) if spec.powerline_hz else ())
     return recording, truth
+
+
+def _active_channels(activation: np.ndarray, mixing: np.ndarray) -> np.ndarray:
+    """(samples, channels) bool: the noise-free envelope (activation mixed into each channel) above
+    TRUTH_FRACTION of the channel's maximum; computed a block of channels at a time."""
+    truth = np.empty((activation.shape[0], mixing.shape[0]), bool)
+    for block in _channel_blocks(mixing.shape[0]):
+        envelope = activation @ mixing[block].T
+        truth[:, block] = envelope > TRUTH_FRACTION * envelope.max(axis=0)
+    return truth
+
+
+def _channel_blocks(channels: int) -> list[slice]:
+    """Blocks of _CHANNEL_BLOCK channels. None is one channel wide unless the recording is: numpy reduces a
+    single contiguous column in another order (pairwise) than a column of a wider array, and the numbers
+    must not depend on the blocks."""
+    starts = list(range(0, channels, _CHANNEL_BLOCK))
+    if channels > 1 and channels % _CHANNEL_BLOCK == 1:
+        starts.pop()  # the last block takes the odd channel
+    return [slice(start, stop) for start, stop in zip(starts, starts[1:] + [channels])]
 
 
 def bad_channels(job: SyntheticJob) -> dict[int, str]:
@@ -444,19 +485,19 @@ def _motor_unit_trains(activation: np.ndarray, subject: _Subject, rng: np.random
     n_int = activation.shape[0]
     trains = np.zeros_like(activation)
     for m in range(N_MUSCLES):
-        threshold, amplitude = subject.mu_threshold[m][:, None], subject.mu_amplitude[m]
-        drive = activation[:, m][None, :]
-        rate = np.where(drive > threshold,
-                        RATE_MIN_HZ + (RATE_MAX_HZ - RATE_MIN_HZ) * (drive - threshold) / (1 - threshold), 0.0)
-        clock = np.cumsum(rate, axis=1) / fs_int  # expected spikes so far, per unit
+        threshold, amplitude = subject.mu_threshold[m], subject.mu_amplitude[m]
+        drive = activation[:, m]
         kernels = _muaps(subject.mu_width_ms[m], subject.mu_shape[m], fs_int) * amplitude[:, None]
         taps = np.arange(kernels.shape[1]) - kernels.shape[1] // 2
         positions, weights = [], []
-        for unit in range(clock.shape[0]):
-            total = clock[unit, -1]
+        for unit in range(threshold.size):  # one unit's firing clock at a time: (samples,), not (units, samples)
+            rate = np.where(drive > threshold[unit], RATE_MIN_HZ + (RATE_MAX_HZ - RATE_MIN_HZ)
+                            * (drive - threshold[unit]) / (1 - threshold[unit]), 0.0)
+            clock = np.cumsum(rate) / fs_int  # expected spikes so far
+            total = clock[-1]
             intervals = rng.gamma(FIRING_REGULARITY, 1 / FIRING_REGULARITY, int(total + 4 * np.sqrt(total) + 10))
             arrivals = rng.uniform() + np.cumsum(intervals)
-            spikes = np.searchsorted(clock[unit], arrivals[arrivals < total])
+            spikes = np.searchsorted(clock, arrivals[arrivals < total])
             positions.append((spikes[:, None] + taps).ravel())
             weights.append(np.tile(kernels[unit], spikes.size))
         positions, weights = np.concatenate(positions), np.concatenate(weights)
@@ -484,13 +525,30 @@ def _band_limit(x: np.ndarray, fs: float, n: int) -> np.ndarray:
 
 
 def _band_noise(rng: np.random.Generator, n: int, channels: int, fs: float) -> np.ndarray:
-    """(n, channels) unit-variance Gaussian noise shaped by the device's band."""
+    """(n, channels) unit-variance Gaussian noise shaped by the device's band.
+
+    The spectrum's real parts, then its imaginary parts, are drawn a block of bins at a time in the
+    order of one (2, bins, channels) draw, so the numbers do not depend on the blocks. The spectrum is
+    kept in blocks of channels, each freed once its inverse FFT is in the output: the output and the
+    spectrum are never both whole in memory.
+    """
     bins = n // 2 + 1
-    white = np.empty((bins, channels), np.complex64)  # single precision: the largest array we make
-    white.real, white.imag = rng.standard_normal((2, bins, channels), dtype=np.float32)
-    white *= _band_gain(np.arange(bins) * fs / n, fs).astype(np.float32)[:, None]
-    noise = fft.irfft(white, n=n, axis=0)
-    return noise / noise.std(axis=0)
+    blocks = _channel_blocks(channels)
+    spectra = [np.empty((bins, block.stop - block.start), np.complex64) for block in blocks]
+    for part in ("real", "imag"):
+        for start in range(0, bins, _ROW_BLOCK):
+            drawn = rng.standard_normal((min(_ROW_BLOCK, bins - start), channels), dtype=np.float32)
+            for block, spectrum in zip(blocks, spectra):
+                getattr(spectrum, part)[start:start + len(drawn)] = drawn[:, block]
+    gain = _band_gain(np.arange(bins) * fs / n, fs).astype(np.float32)[:, None]
+    noise = np.empty((n, channels), np.float32)
+    for block in blocks:
+        spectrum = spectra.pop(0)
+        spectrum *= gain
+        columns = fft.irfft(spectrum, n=n, axis=0)
+        del spectrum
+        noise[:, block] = columns / columns.std(axis=0)
+    return noise
 
 
 def _mixing(layout: ElectrodeLayout, subject: _Subject, rotation_deg: float, shift_mm: float) -> np.ndarray:
@@ -521,12 +579,12 @@ def _powerline(spec: SyntheticDatasetSpec, rng: np.random.Generator, n: int,
 
 
 def _break_channel(emg: np.ndarray, channel: int, kind: str, adc_range: tuple[float, float] | None,
-                   dc: np.ndarray, noise: np.ndarray) -> None:
+                   dc: np.ndarray, channel_noise: np.ndarray) -> None:
     """Make one channel bad in place (device units, before ADC rounding)."""
     if kind == "flat":  # a disconnected lead: only the offset remains
         emg[:, channel] = dc[channel]
     elif kind == "noisy":  # a loose contact: the channel's own amplifier noise, much amplified
-        emg[:, channel] += BAD_NOISE_FACTOR * noise[:, channel]
+        emg[:, channel] += BAD_NOISE_FACTOR * channel_noise
     elif adc_range is not None:  # clipped: a gain fault drives the converter into its rails
         emg[:, channel] = dc[channel] + BAD_CLIP_GAIN * (emg[:, channel] - dc[channel])
     else:  # clipped: a saturating amplifier, 5 % of samples at each rail
