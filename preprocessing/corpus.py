@@ -230,15 +230,17 @@ class Corpus:
 
 
 _CASTS = {"str": str, "int": int, "float": float}
+# each field's name and type, once: every Ray task opens the corpus, and a corpus holds thousands of rows
+_ENTRY_FIELDS = {f.name: _CASTS[str(f.type)] for f in fields(RecordingEntry)}
+_ENTRY_NAMES = sorted(_ENTRY_FIELDS)
 
 
 def _manifest_row(row: Any) -> RecordingEntry:
     """A manifest row with its fields and types checked (KeyError, TypeError or ValueError otherwise)."""
-    names = [f.name for f in fields(RecordingEntry)]
-    if not isinstance(row, dict) or sorted(row) != sorted(names):
+    if not isinstance(row, dict) or sorted(row) != _ENTRY_NAMES:
         raise KeyError(f"a row {'with keys ' + str(sorted(row)) if isinstance(row, dict) else repr(row)[:60]}, "
-                       f"expected {names}")
-    return RecordingEntry(**{f.name: _CASTS[str(f.type)](row[f.name]) for f in fields(RecordingEntry)})
+                       f"expected {list(_ENTRY_FIELDS)}")
+    return RecordingEntry(**{name: cast(row[name]) for name, cast in _ENTRY_FIELDS.items()})
 
 
 def _group_is_complete(root: zarr.Group, key: str) -> bool:
