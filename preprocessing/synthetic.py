@@ -218,8 +218,7 @@ def generate_recording_with_truth(job: SyntheticJob) -> tuple[RawRecording, np.n
     """The recording and its ground truth: (n_samples, n_channels) bool, True where the
     channel's noise-free activation envelope exceeds TRUTH_FRACTION of its own maximum
     (always False on a flat bad channel)."""
-    recording, truth = _generate(job, with_truth=True)
-    return recording, truth
+    return _generate(job, with_truth=True)  # type: ignore[return-value] - with_truth: never None
 
 
 def _generate(job: SyntheticJob, with_truth: bool) -> tuple[RawRecording, np.ndarray | None]:
