@@ -15,6 +15,7 @@ measures, in one invocation so the ratios compare like with like:
 - two whole single-process runs at once on the pool (twice the work; the slower one's wall time against one run
   alone): what two CPUs give for this very work here, the reference that separates the hardware's limit from
   what the pipeline loses;
+- the CPU seconds of each run (with Ray: the driver and every Ray process): the same work costs more CPU on Ray;
 - for the median Ray Data run, the share of the cluster's CPU time its Ray tasks were executing (from
   `ray.timeline()`): near 100 % means the pipeline keeps every CPU busy, and what separates the ratio from 2x
   is per-task cost, not idle CPUs;
@@ -28,6 +29,7 @@ import argparse
 import dataclasses
 import json
 import multiprocessing
+import os
 import shutil
 import sys
 import tempfile
@@ -63,11 +65,20 @@ def throughput(corpus: Path, scratch: Path, workers: int) -> dict:
     """One run; on Ray, with the share of CPU time its tasks were busy."""
     out = scratch / f"tokens-w{workers}"
     shutil.rmtree(out, ignore_errors=True)
-    since = time.time()
+    since, cpu_before = time.time(), _cpu_seconds(workers)
     report = tokenize_corpus(corpus, out, workers=workers, progress=False)
-    return {"workers": workers, "wall_s": round(report.wall_seconds, 2), "windows": report.windows,
-            "tokens": report.tokens, "mchannel_samples_per_s": round(report.channel_samples / report.wall_seconds / 1e6, 2),
+    cpu = _cpu_seconds(workers) - cpu_before
+    return {"workers": workers, "wall_s": round(report.wall_seconds, 2), "cpu_s": round(cpu, 2),
+            "windows": report.windows, "tokens": report.tokens,
+            "mchannel_samples_per_s": round(report.channel_samples / report.wall_seconds / 1e6, 2),
             **({"tasks_busy": round(busy_share(since, time.time()), 3)} if workers > 1 else {})}
+
+
+def _cpu_seconds(workers: int) -> float:
+    """CPU seconds used so far by this process, and with Ray (workers > 1) by every Ray process too: what a run
+    costs in CPU, beside what it takes in wall time."""
+    own = os.times()
+    return own.user + own.system + (_ray_cpu_seconds() if workers > 1 else 0.0)
 
 
 def compare(corpus: Path, scratch: Path, rounds: int) -> dict:
@@ -178,12 +189,12 @@ def main() -> None:
                   "large_mb": round(peak_memory_mb(large, scratch / "mem-large"), 1)}
         memory["ratio"] = round(memory["large_mb"] / memory["base_mb"], 3)
         result["memory"] = memory
-    print("| corpus | run | windows | tokens | wall s | M channel-samples/s |\n|---|---|---|---|---|---|")
+    print("| corpus | run | windows | tokens | wall s | CPU s | M channel-samples/s |\n|---|---|---|---|---|---|---|")
     for name in corpora:
         for run in ("single", "ray_data"):
             r = result[name][run]
             print(f"| {name} | {run} ({r['workers']} worker{'s' if r['workers'] > 1 else ''}) | {r['windows']} | "
-                  f"{r['tokens']} | {r['wall_s']} | {r['mchannel_samples_per_s']} |")
+                  f"{r['tokens']} | {r['wall_s']} | {r['cpu_s']} | {r['mchannel_samples_per_s']} |")
         print(f"Ray Data (2 CPUs, warm) / single process on {name}: {result[name]['speedup']}x (median of the rounds' "
               f"ratios {result[name]['speedups']}); Ray tasks executing "
               f"{result[name]['ray_data']['tasks_busy']:.0%} of the CPU time of that run; a 2-process pool without Ray "
