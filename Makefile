@@ -29,7 +29,7 @@ TEST_ENV := OMP_NUM_THREADS=1
 # lets such skips pass (tests/claims.py).
 AEMG_REQUIRE_CLAIMS ?= 1
 
-# What CI (.ci/run) runs: every test but `gpu` ones, the slow ones included (30-40 min on 2 cores).
+# What CI (.ci/run) runs: every test but `gpu` ones, the slow ones included (25-40 min on 2 cores).
 # `real_data` tests read ../shared/data and skip when it is absent. Two pytest processes, each with its own Ray:
 # the killed-sweep-driver tests (slow) leave Ray Train placement-group cleaners in their Ray session, and a later
 # Ray Train test in the same session waited for CPUs forever.
