@@ -132,7 +132,7 @@ def pool_throughput(pool: ProcessPoolExecutor, corpus: Path, scratch: Path) -> d
     out = scratch / "tokens-pool"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir()
-    start = time.perf_counter()
+    start, cpu_before = time.perf_counter(), _pool_cpu_seconds()
     manifest = Corpus(corpus)
     keys = manifest.keys()
     plans = dict(zip(keys, pool.map(plan_recording, keys, repeat(str(corpus)), repeat(cfg),
@@ -140,7 +140,21 @@ def pool_throughput(pool: ProcessPoolExecutor, corpus: Path, scratch: Path) -> d
     groups = group_recordings(manifest, keys, cfg.task_s)
     list(pool.map(_tokenize_group, repeat(str(corpus)), groups,
                   [{s.key: plans[s.key] for s in g} for g in groups], repeat(str(out)), repeat(cfg)))
-    return {"workers": 2, "wall_s": round(time.perf_counter() - start, 2)}
+    return {"workers": 2, "wall_s": round(time.perf_counter() - start, 2),
+            "cpu_s": round(_pool_cpu_seconds() - cpu_before, 2)}
+
+
+def _pool_cpu_seconds() -> float:
+    """CPU seconds used so far by this process and its multiprocessing pool's processes."""
+    total = _cpu_seconds(1)
+    for child in psutil.Process().children():
+        try:
+            if "multiprocessing" in " ".join(child.cmdline()):
+                times = child.cpu_times()
+                total += times.user + times.system
+        except psutil.Error:  # ended between the listing and the reading
+            pass
+    return total
 
 
 def _single_wall(corpus: Path, out: Path) -> float:
@@ -198,7 +212,8 @@ def main() -> None:
         print(f"Ray Data (2 CPUs, warm) / single process on {name}: {result[name]['speedup']}x (median of the rounds' "
               f"ratios {result[name]['speedups']}); Ray tasks executing "
               f"{result[name]['ray_data']['tasks_busy']:.0%} of the CPU time of that run; a 2-process pool without Ray "
-              f"({result[name]['pool']['wall_s']} s): {result[name]['pool_speedup']}x {result[name]['pool_speedups']}; "
+              f"({result[name]['pool']['wall_s']} s, {result[name]['pool']['cpu_s']} CPU-s): {result[name]['pool_speedup']}x "
+              f"{result[name]['pool_speedups']}; "
               f"Ray's idle processes used {result[name]['idle_ray_cpu_share']:.1%} of a CPU during the single-process "
               f"runs; two whole single-process runs at once: {result[name]['pair_speedup']}x the work of one "
               f"{result[name]['pair_speedups']} (what two CPUs give for this work)")
