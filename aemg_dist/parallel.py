@@ -11,6 +11,12 @@ import ray
 from aemg_dist import storage
 
 
+# A Ray task holds one CPU, but zarr's codec thread pool defaults to CPUs + 4 threads in every worker process; with
+# several workers on a small machine those threads cost CPU time (context switches, caches) for no parallelism.
+# One codec thread per worker; zarr's asynchronous I/O concurrency (S3) is a separate setting and stays.
+WORKER_ENV = {"ZARR_THREADING__MAX_WORKERS": "1"}
+
+
 def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """Start local Ray (or connect to `address`) unless this process is already connected."""
     if ray.is_initialized():
@@ -20,9 +26,10 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         # the job already has its runtime environment
         ray.init(log_to_driver=False)
         return
-    # the workers get this process's storage settings (endpoint, credentials file), not just the cluster's
-    env = storage.forwarded_env()
-    runtime_env = {"env_vars": env} if env else None
+    # the workers get this process's storage settings (endpoint, credentials file), not just the cluster's, and
+    # WORKER_ENV
+    env = {**WORKER_ENV, **storage.forwarded_env()}
+    runtime_env = {"env_vars": env}
     if address:
         ray.init(address=address, log_to_driver=False, runtime_env=runtime_env)
     else:
