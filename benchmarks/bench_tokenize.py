@@ -43,11 +43,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import psutil  # noqa: E402
 import pyarrow as pa  # noqa: E402
+import ray  # noqa: E402
 
 from aemg_dist.artifacts import TokenizeConfig, write_part  # noqa: E402
 from aemg_dist.data import group_recordings, plan_recording, tokenize_corpus, tokenize_group  # noqa: E402
 from aemg_dist.parallel import ensure_ray  # noqa: E402
-import ray  # noqa: E402
 from preprocessing.corpus import Corpus  # noqa: E402
 from preprocessing.prepare import prepare  # noqa: E402
 from preprocessing.synthetic import SyntheticConfig, default_datasets, synthetic_jobs  # noqa: E402
@@ -83,9 +83,8 @@ def _cpu_seconds(workers: int) -> float:
 
 def compare(corpus: Path, scratch: Path, rounds: int) -> dict:
     """`rounds` rounds of: one process, a warm 2-process pool, two single-process runs at once, Ray Data (warm), side
-    by side. The machine's speed
-    drifts over minutes, so each speedup is the median of the rounds' own ratios (runs seconds apart), not a ratio
-    of medians taken minutes apart. Ray stays up, idle, during the other runs: the CPU time its processes take
+    by side. The machine's speed drifts over minutes, so each speedup is the median of the rounds' own ratios (runs
+    seconds apart), not a ratio of medians taken minutes apart. Ray stays up, idle, during the other runs: the CPU time its processes take
     meanwhile is measured and reported as a share of the single-process run's wall time."""
     throughput(corpus, scratch, workers=1)  # warm-up: the corpus in the page cache
     runs = {"single": [], "pool": [], "pair": [], "ray_data": []}
@@ -118,11 +117,20 @@ def compare(corpus: Path, scratch: Path, rounds: int) -> dict:
 
 def _ray_cpu_seconds() -> float:
     """CPU seconds used so far by Ray's processes on this machine (daemons and idle workers)."""
+    return _cpu_of(process for process in psutil.process_iter(["name", "cmdline"])
+                   if "ray" in " ".join(process.info["cmdline"] or []) + (process.info["name"] or "")
+                   and "bench_tokenize" not in " ".join(process.info["cmdline"] or []))
+
+
+def _cpu_of(processes) -> float:
+    """Summed user + system CPU seconds of `processes`; one that ended meanwhile counts nothing."""
     total = 0.0
-    for process in psutil.process_iter(["name", "cmdline", "cpu_times"]):
-        command = " ".join(process.info["cmdline"] or []) + (process.info["name"] or "")
-        if ("ray" in command and "bench_tokenize" not in command) and process.info["cpu_times"] is not None:
-            total += process.info["cpu_times"].user + process.info["cpu_times"].system
+    for process in processes:
+        try:
+            times = process.cpu_times()
+        except psutil.Error:
+            continue
+        total += times.user + times.system
     return total
 
 
@@ -146,15 +154,15 @@ def pool_throughput(pool: ProcessPoolExecutor, corpus: Path, scratch: Path) -> d
 
 def _pool_cpu_seconds() -> float:
     """CPU seconds used so far by this process and its multiprocessing pool's processes."""
-    total = _cpu_seconds(1)
-    for child in psutil.Process().children():
-        try:
-            if "multiprocessing" in " ".join(child.cmdline()):
-                times = child.cpu_times()
-                total += times.user + times.system
-        except psutil.Error:  # ended between the listing and the reading
-            pass
-    return total
+    children = [child for child in psutil.Process().children() if _is_pool_process(child)]
+    return _cpu_seconds(1) + _cpu_of(children)
+
+
+def _is_pool_process(process: psutil.Process) -> bool:
+    try:
+        return "multiprocessing" in " ".join(process.cmdline())
+    except psutil.Error:  # ended between the listing and the reading
+        return False
 
 
 def _single_wall(corpus: Path, out: Path) -> float:
@@ -188,7 +196,7 @@ def main() -> None:
     parser.add_argument("--subjects", type=int, default=2, help="subjects per simulated device in the base corpus")
     parser.add_argument("--corpus", help="also measure throughput on this corpus")
     parser.add_argument("--repeats", type=int, default=3,
-                        help="rounds of adjacent timed runs (one process, pool, Ray Data); medians are reported")
+                        help="rounds of adjacent timed runs (one process, pool, two at once, Ray Data); medians are reported")
     parser.add_argument("--out", help="write the results as JSON here")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
