@@ -4,7 +4,12 @@
 # benchmarks/ablation_table.py (pretrained - scratch at 1/10 %, gap to the best baseline at 10 %, probe - fine-tune
 # at 100 %, pretraining cost). Every pretraining starts from the configuration the sweep of benchmarks/eval_real.sh
 # selected and leaves out every development subject. Steps that finished are skipped on a re-run.
-# Usage: bash benchmarks/ablate_real.sh [OUT] [ABLATIONS]   (defaults runs/eval_real, runs/ablate)
+# Usage: bash benchmarks/ablate_real.sh [OUT] [ABLATIONS]   (defaults runs/eval_real, runs/ablate); the corpus, tokens
+# and windows of benchmarks/real_inputs.sh are made in OUT when missing (from DATA, default ../shared/data).
+# Environment: ONLY="v0-selected v1-summary ..." runs those rows only (default: every row); LONG_STEPS (10) sizes
+# the long row (0 leaves it out). Without runs/sweep-real/selected.json (the sweep takes about 45 minutes), the base
+# is the selection the sweep made and RESULTS records: configs/pretrain/tiny.yaml with codebook 256, mask 0.3 and
+# 3,000 steps, checkpoints and validation every 500 steps, one worker.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
@@ -14,32 +19,47 @@ AEMG=.venv/bin/aemg
 SPLITS=configs/splits/shared.yaml
 SWEEP=runs/sweep-real
 LONG_STEPS=${LONG_STEPS:-10}  # the longer pretraining: this many times the selected configuration's steps (0: none)
-CHOSEN=$(.venv/bin/python -c "import json,sys; print(json.load(open(sys.argv[1]))['selected'])" "$SWEEP/selected.json")
-BASE="$SWEEP/pretrain/$CHOSEN-g0/config.yaml"
-STEPS=$(.venv/bin/python -c "from omegaconf import OmegaConf; import sys; print(OmegaConf.load(sys.argv[1]).optim.max_steps)" "$BASE")
+ONLY=${ONLY:-}
+if [ -f "$SWEEP/selected.json" ]; then
+  CHOSEN=$(.venv/bin/python -c "import json,sys; print(json.load(open(sys.argv[1]))['selected'])" "$SWEEP/selected.json")
+  BASE="$SWEEP/pretrain/$CHOSEN-g0/config.yaml"
+  SELECTION=()
+else
+  CHOSEN="codebook 256, mask 0.3, 3000 steps"
+  BASE=configs/pretrain/tiny.yaml
+  SELECTION=(model.codebook_size=256 model.mask_ratio=0.3 optim.max_steps=3000 run.checkpoint_every=500
+             run.val_every=500 dist.num_workers=1)
+fi
+echo "base: $BASE ${SELECTION[*]}"
+STEPS=$(.venv/bin/python -c "from aemg_dist.train import load_pretrain_config as l; import sys
+print(l(sys.argv[1], sys.argv[2:]).optim.max_steps)" "$BASE" "${SELECTION[@]}")
 EXCLUDE="$($AEMG folds --corpus "$OUT/corpus.zarr" --groups 1 --group 0 --splits "$SPLITS" --role development)"
 EVAL_WINDOWS="windows.kind=labeled windows.length_s=0.5 windows.stride_s=0.25 windows.margin_s=0.25"
 SUMMARY=tokens.window_summary=true
 mkdir -p "$ABL"
+bash benchmarks/real_inputs.sh "${DATA:-../shared/data}" "$OUT"
 
 # tokens with the window-summary group (pretraining chunks and the labeled windows)
 [ -f "$ABL/tokens-ws/tokens.json" ] || $AEMG tokenize --corpus "$OUT/corpus.zarr" --out "$ABL/tokens-ws" --quiet $SUMMARY
 # shellcheck disable=SC2086
 [ -f "$ABL/windows-ws/tokens.json" ] || $AEMG tokenize --corpus "$OUT/corpus.zarr" --out "$ABL/windows-ws" --quiet \
   $EVAL_WINDOWS $SUMMARY
+want() { [ -z "$ONLY" ] || [[ " $ONLY " == *" $1 "* ]]; }
 # richer token content: twice the envelope resolution and 16 spectral bands instead of 4 (60 features instead of 36)
 RICH="tokens.n_envelope_points=32 tokens.n_bands=16"
-# shellcheck disable=SC2086
-[ -f "$ABL/tokens-rich/tokens.json" ] || $AEMG tokenize --corpus "$OUT/corpus.zarr" --out "$ABL/tokens-rich" --quiet \
-  $SUMMARY $RICH
-# shellcheck disable=SC2086
-[ -f "$ABL/windows-rich/tokens.json" ] || $AEMG tokenize --corpus "$OUT/corpus.zarr" --out "$ABL/windows-rich" \
-  --quiet $EVAL_WINDOWS $SUMMARY $RICH
+if want v6-rich; then
+  # shellcheck disable=SC2086
+  [ -f "$ABL/tokens-rich/tokens.json" ] || $AEMG tokenize --corpus "$OUT/corpus.zarr" --out "$ABL/tokens-rich" \
+    --quiet $SUMMARY $RICH
+  # shellcheck disable=SC2086
+  [ -f "$ABL/windows-rich/tokens.json" ] || $AEMG tokenize --corpus "$OUT/corpus.zarr" --out "$ABL/windows-rich" \
+    --quiet $EVAL_WINDOWS $SUMMARY $RICH
+fi
 
 pretrain() {  # name, tokens folder, then pretraining overrides
   local name=$1 tokens=$2; shift 2
-  [ -f "$ABL/$name/export/model.safetensors" ] || $AEMG pretrain --config "$BASE" --no-ray data.tokens="$tokens" \
-    run.out="$ABL/$name" data.exclude_subjects=[] "$EXCLUDE" "$@"
+  [ -f "$ABL/$name/export/model.safetensors" ] || $AEMG pretrain --config "$BASE" --no-ray "${SELECTION[@]}" \
+    data.tokens="$tokens" run.out="$ABL/$name" data.exclude_subjects=[] "$EXCLUDE" "$@"
 }
 development() {  # name, windows folder, then evaluation overrides: the AEMG methods on development folds
   local name=$1 windows=$2; shift 2
@@ -53,33 +73,31 @@ $AEMG baselines --corpus "$OUT/corpus.zarr" --out "$ABL/dev-baselines" --splits 
   --methods td_lda,cnn,transformer,simclr,mae --budgets 0,1,10,100 --seeds 0 --max-folds 2 --quiet \
   windows_tokens="$OUT/windows"
 
-pretrain v0-selected "$OUT/tokens"
-development v0-selected "$OUT/windows"
-pretrain v1-summary "$ABL/tokens-ws"
-development v1-summary "$ABL/windows-ws"
-pretrain v2-summary-features "$ABL/tokens-ws" model.feature_weight=1.0
-development v2-summary-features "$ABL/windows-ws"
-pretrain v3-summary-views "$ABL/tokens-ws" model.contrast_weight=0.5
-development v3-summary-views "$ABL/windows-ws"
-pretrain v4-summary-features-views "$ABL/tokens-ws" model.feature_weight=1.0 model.contrast_weight=0.5
-development v4-summary-features-views "$ABL/windows-ws"
-pretrain v6-rich "$ABL/tokens-rich" model.n_features=60
-development v6-rich "$ABL/windows-rich"
-CHECKPOINT=v4-summary-features-views development v4-llrd "$ABL/windows-ws" train.layer_decay=0.75
-LONG_ROW=()
-if [ "$LONG_STEPS" -gt 0 ]; then  # LONG_STEPS=0 leaves the long pretraining out (hours on 2 cores)
-  pretrain v5-long "$ABL/tokens-ws" model.feature_weight=1.0 model.contrast_weight=0.5 \
-    optim.max_steps=$((STEPS * LONG_STEPS)) run.checkpoint_every=1000 run.val_every=1000
-  development v5-long "$ABL/windows-ws"
-  LONG_ROW=("v5 v4 x$LONG_STEPS steps=$ABL/dev-v5-long:$ABL/v5-long")
+TABLE=()
+row() {  # name, table label, pretraining tokens, evaluation windows, then pretraining overrides
+  local name=$1 label=$2 tokens=$3 windows=$4; shift 4
+  want "$name" || return 0
+  pretrain "$name" "$tokens" "$@"
+  development "$name" "$windows"
+  TABLE+=("$label=$ABL/dev-$name:$ABL/$name")
+}
+
+row v0-selected "v0 selected ($CHOSEN, event tokens)" "$OUT/tokens" "$OUT/windows"
+row v1-summary "v1 + window summary" "$ABL/tokens-ws" "$ABL/windows-ws"
+row v2-summary-features "v2 v1 + masked feature regression" "$ABL/tokens-ws" "$ABL/windows-ws" model.feature_weight=1.0
+row v3-summary-views "v3 v1 + view consistency" "$ABL/tokens-ws" "$ABL/windows-ws" model.contrast_weight=0.5
+row v4-summary-features-views "v4 v1 + both" "$ABL/tokens-ws" "$ABL/windows-ws" model.feature_weight=1.0 \
+  model.contrast_weight=0.5
+if want v4-llrd; then  # fine-tuning only: v4's pretraining with layer-wise learning-rate decay
+  pretrain v4-summary-features-views "$ABL/tokens-ws" model.feature_weight=1.0 model.contrast_weight=0.5
+  CHECKPOINT=v4-summary-features-views development v4-llrd "$ABL/windows-ws" train.layer_decay=0.75
+  TABLE+=("v4 + layer decay 0.75=$ABL/dev-v4-llrd:$ABL/v4-summary-features-views")
+fi
+row v6-rich "v6 v1 + richer content (32 envelope points, 16 bands)" "$ABL/tokens-rich" "$ABL/windows-rich" \
+  model.n_features=60
+if [ "$LONG_STEPS" -gt 0 ]; then  # LONG_STEPS=0 leaves the long pretraining out (about 30 minutes on 2 cores)
+  row v7-long "v7 v1 x$LONG_STEPS steps" "$ABL/tokens-ws" "$ABL/windows-ws" optim.max_steps=$((STEPS * LONG_STEPS)) \
+    run.checkpoint_every=1000 run.val_every=1000
 fi
 
-.venv/bin/python benchmarks/ablation_table.py --baselines "$ABL/dev-baselines" --out "$ABL/ablation.md" \
-  "v0 selected ($CHOSEN, event tokens)=$ABL/dev-v0-selected:$ABL/v0-selected" \
-  "v1 + window summary=$ABL/dev-v1-summary:$ABL/v1-summary" \
-  "v2 v1 + masked feature regression=$ABL/dev-v2-summary-features:$ABL/v2-summary-features" \
-  "v3 v1 + view consistency=$ABL/dev-v3-summary-views:$ABL/v3-summary-views" \
-  "v4 v1 + both=$ABL/dev-v4-summary-features-views:$ABL/v4-summary-features-views" \
-  "v4 + layer decay 0.75=$ABL/dev-v4-llrd:$ABL/v4-summary-features-views" \
-  "v6 v1 + richer content (32 envelope points, 16 bands)=$ABL/dev-v6-rich:$ABL/v6-rich" \
-  "${LONG_ROW[@]}"
+.venv/bin/python benchmarks/ablation_table.py --baselines "$ABL/dev-baselines" --out "$ABL/ablation.md" "${TABLE[@]}"

@@ -25,13 +25,9 @@ FOLDS=${FOLDS:-10}
 SEEDS=${SEEDS:-0,1,2}
 TRANSDUCTIVE_FOLDS=${TRANSDUCTIVE_FOLDS:-$FOLDS}  # folds per dataset of the transductive sensitivity run
 BUDGETS=0,1,5,10,100
-EVAL_WINDOWS="windows.kind=labeled windows.length_s=0.5 windows.stride_s=0.25 windows.margin_s=0.25"
 
 # 1. data
-[ -f "$OUT/corpus.zarr/manifest.json" ] || $AEMG prepare --source "$DATA" --out "$OUT/corpus.zarr" --quiet
-[ -f "$OUT/tokens/tokens.json" ] || $AEMG tokenize --corpus "$OUT/corpus.zarr" --out "$OUT/tokens" --quiet
-# shellcheck disable=SC2086
-[ -f "$OUT/windows/tokens.json" ] || $AEMG tokenize --corpus "$OUT/corpus.zarr" --out "$OUT/windows" --quiet $EVAL_WINDOWS
+bash benchmarks/real_inputs.sh "$DATA" "$OUT"
 evaluate() {  # out folder, then aemg evaluate options; resumes a finished or interrupted run
   local out=$1; shift
   $AEMG evaluate --corpus "$OUT/corpus.zarr" --out "$out" --splits "$SPLITS" --budgets "$BUDGETS" --quiet \
