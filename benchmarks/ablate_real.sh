@@ -7,9 +7,12 @@
 # Usage: bash benchmarks/ablate_real.sh [OUT] [ABLATIONS]   (defaults runs/eval_real, runs/ablate); the corpus, tokens
 # and windows of benchmarks/real_inputs.sh are made in OUT when missing (from DATA, default ../shared/data).
 # Environment: ONLY="v0-selected v1-summary ..." runs those rows only (default: every row); LONG_STEPS (10) sizes
-# the long row (0 leaves it out). Without runs/sweep-real/selected.json (the sweep takes about 45 minutes), the base
-# is the selection the sweep made and RESULTS records: configs/pretrain/tiny.yaml with codebook 256, mask 0.3 and
-# 3,000 steps, checkpoints and validation every 500 steps, one worker.
+# the long row (0 leaves it out); SEEDS (0) are the evaluation seeds: with others than 0 the development runs and the
+# table go to names ending in -s<seeds> (dev-v1-summary-s012), so the one-seed runs stay; BASELINE_SEEDS (SEEDS)
+# likewise for the baselines (their three seeds take about an hour here).
+# Without runs/sweep-real/selected.json (the sweep takes about 45 minutes), the base is the selection the sweep made
+# and RESULTS records: configs/pretrain/tiny.yaml with codebook 256, mask 0.3 and 3,000 steps, checkpoints and
+# validation every 500 steps, one worker.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
@@ -20,6 +23,11 @@ SPLITS=configs/splits/shared.yaml
 SWEEP=runs/sweep-real
 LONG_STEPS=${LONG_STEPS:-10}  # the longer pretraining: this many times the selected configuration's steps (0: none)
 ONLY=${ONLY:-}
+SEEDS=${SEEDS:-0}
+BASELINE_SEEDS=${BASELINE_SEEDS:-$SEEDS}
+suffix() { [ "$1" = 0 ] || echo "-s${1//,/}"; }
+S=$(suffix "$SEEDS")
+BS=$(suffix "$BASELINE_SEEDS")
 if [ -f "$SWEEP/selected.json" ]; then
   CHOSEN=$(.venv/bin/python -c "import json,sys; print(json.load(open(sys.argv[1]))['selected'])" "$SWEEP/selected.json")
   BASE="$SWEEP/pretrain/$CHOSEN-g0/config.yaml"
@@ -63,14 +71,14 @@ pretrain() {  # name, tokens folder, then pretraining overrides
 }
 development() {  # name, windows folder, then evaluation overrides: the AEMG methods on development folds
   local name=$1 windows=$2; shift 2
-  $AEMG evaluate --checkpoint "$ABL/${CHECKPOINT:-$name}" --corpus "$OUT/corpus.zarr" --out "$ABL/dev-$name" \
+  $AEMG evaluate --checkpoint "$ABL/${CHECKPOINT:-$name}" --corpus "$OUT/corpus.zarr" --out "$ABL/dev-$name$S" \
     --splits "$SPLITS" --role development --methods aemg_finetune,aemg_probe,aemg_scratch --budgets 0,1,10,100 \
-    --seeds 0 --max-folds 2 --quiet windows_tokens="$windows" "$@"
+    --seeds "$SEEDS" --max-folds 2 --quiet windows_tokens="$windows" "$@"
 }
 
 # the baselines on the same folds, once (their windows do not depend on the token settings)
-$AEMG baselines --corpus "$OUT/corpus.zarr" --out "$ABL/dev-baselines" --splits "$SPLITS" --role development \
-  --methods td_lda,cnn,transformer,simclr,mae --budgets 0,1,10,100 --seeds 0 --max-folds 2 --quiet \
+$AEMG baselines --corpus "$OUT/corpus.zarr" --out "$ABL/dev-baselines$BS" --splits "$SPLITS" --role development \
+  --methods td_lda,cnn,transformer,simclr,mae --budgets 0,1,10,100 --seeds "$BASELINE_SEEDS" --max-folds 2 --quiet \
   windows_tokens="$OUT/windows"
 
 TABLE=()
@@ -79,11 +87,13 @@ row() {  # name, table label, pretraining tokens, evaluation windows, then pretr
   want "$name" || return 0
   pretrain "$name" "$tokens" "$@"
   development "$name" "$windows"
-  TABLE+=("$label=$ABL/dev-$name:$ABL/$name")
+  TABLE+=("$label=$ABL/dev-$name$S:$ABL/$name")
 }
 
 row v0-selected "v0 selected ($CHOSEN, event tokens)" "$OUT/tokens" "$OUT/windows"
 row v1-summary "v1 + window summary" "$ABL/tokens-ws" "$ABL/windows-ws"
+# the same recipe pretrained from another seed: how far one pretraining moves the columns (the spread of a row)
+row v1-seed1 "v1, pretraining seed 1" "$ABL/tokens-ws" "$ABL/windows-ws" run.seed=1
 row v2-summary-features "v2 v1 + masked feature regression" "$ABL/tokens-ws" "$ABL/windows-ws" model.feature_weight=1.0
 row v3-summary-views "v3 v1 + view consistency" "$ABL/tokens-ws" "$ABL/windows-ws" model.contrast_weight=0.5
 row v4-summary-features-views "v4 v1 + both" "$ABL/tokens-ws" "$ABL/windows-ws" model.feature_weight=1.0 \
@@ -91,13 +101,20 @@ row v4-summary-features-views "v4 v1 + both" "$ABL/tokens-ws" "$ABL/windows-ws" 
 if want v4-llrd; then  # fine-tuning only: v4's pretraining with layer-wise learning-rate decay
   pretrain v4-summary-features-views "$ABL/tokens-ws" model.feature_weight=1.0 model.contrast_weight=0.5
   CHECKPOINT=v4-summary-features-views development v4-llrd "$ABL/windows-ws" train.layer_decay=0.75
-  TABLE+=("v4 + layer decay 0.75=$ABL/dev-v4-llrd:$ABL/v4-summary-features-views")
+  TABLE+=("v4 + layer decay 0.75=$ABL/dev-v4-llrd$S:$ABL/v4-summary-features-views")
 fi
 row v6-rich "v6 v1 + richer content (32 envelope points, 16 bands)" "$ABL/tokens-rich" "$ABL/windows-rich" \
   model.n_features=60
 if [ "$LONG_STEPS" -gt 0 ]; then  # LONG_STEPS=0 leaves the long pretraining out (about 30 minutes on 2 cores)
-  row v7-long "v7 v1 x$LONG_STEPS steps" "$ABL/tokens-ws" "$ABL/windows-ws" optim.max_steps=$((STEPS * LONG_STEPS)) \
-    run.checkpoint_every=1000 run.val_every=1000
+  LONG=(optim.max_steps=$((STEPS * LONG_STEPS)) run.checkpoint_every=1000 run.val_every=1000)
+  row v7-long "v7 v1 x$LONG_STEPS steps" "$ABL/tokens-ws" "$ABL/windows-ws" "${LONG[@]}"
+  row v7-long-seed1 "v7, pretraining seed 1" "$ABL/tokens-ws" "$ABL/windows-ws" "${LONG[@]}" run.seed=1
+  if want v7-adapt-lr; then  # calibration only: v7's pretraining, adapted to the new user at 1e-3 instead of 3e-4
+    pretrain v7-long "$ABL/tokens-ws" "${LONG[@]}"
+    CHECKPOINT=v7-long development v7-adapt-lr "$ABL/windows-ws" train.adapt_lr=1e-3
+    TABLE+=("v7 + calibration lr 1e-3=$ABL/dev-v7-adapt-lr$S:$ABL/v7-long")
+  fi
 fi
 
-.venv/bin/python benchmarks/ablation_table.py --baselines "$ABL/dev-baselines" --out "$ABL/ablation.md" "${TABLE[@]}"
+.venv/bin/python benchmarks/ablation_table.py --budgets 0,1,10,100 --baselines "$ABL/dev-baselines$BS" \
+  --out "$ABL/ablation$S.md" "${TABLE[@]}"

@@ -3,12 +3,14 @@
     python benchmarks/ablation_table.py --baselines DEV_BASELINES NAME=DEV_RUN[:PRETRAIN_RUN] ... [--out table.md]
 
 Each DEV_RUN is an `aemg evaluate` output holding aemg_finetune, aemg_probe and aemg_scratch on development
-folds; DEV_BASELINES one holding the baselines on the same folds (same windows, budgets and seeds). Columns:
+folds; DEV_BASELINES one holding the baselines on the same folds (same windows and budgets). Columns:
 
-- pretrained - scratch at 1 % and at 10 %: aemg_finetune minus aemg_scratch in balanced accuracy, paired over the
-  held-out subjects (datasets pooled, seeds averaged), with how many subjects pretraining helps;
+- pretrained - scratch at 1 % and at 10 % (or the budgets of --budgets): aemg_finetune minus aemg_scratch in
+  balanced accuracy, paired over the held-out subjects (datasets pooled, seeds averaged), with how many subjects
+  pretraining helps and the Wilcoxon signed-rank p over those subjects;
 - gap to the best baseline at 10 %: per dataset, aemg_finetune's mean minus the best baseline's mean, averaged
-  over datasets, and on how many datasets aemg_finetune is at least the best baseline;
+  over datasets, and on how many datasets aemg_finetune is at least the best baseline (each method averaged over
+  its own seeds: the baselines may have run fewer);
 - probe - fine-tune at 100 %: aemg_probe minus aemg_finetune (how much of the fine-tuned accuracy the frozen
   features hold);
 - pretraining cost: steps and wall seconds of the pretraining run (its metrics.csv), when given.
@@ -25,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from aemg_dist.evaluation.report import per_subject  # noqa: E402
+from aemg_dist.evaluation.report import paired, per_subject  # noqa: E402
 
 BASELINES = ("td_lda", "cnn", "transformer", "simclr", "mae")
 
@@ -34,15 +36,16 @@ def rows_of(run: Path) -> list[dict]:
     return [r for line in (run / "trials.jsonl").read_text().splitlines() for r in json.loads(line)["trials"]]
 
 
-def paired(cells: dict, a: str, b: str, budget: float) -> tuple[float, int, int]:
-    """(mean of a - b over subjects of every dataset, subjects where a > b, subjects)."""
-    diffs = []
-    for (method, dataset, bb), subjects in cells.items():
-        if method == a and bb == budget and (b, dataset, budget) in cells:
-            other = cells[(b, dataset, budget)]
-            diffs += [subjects[s] - other[s] for s in subjects if s in other]
-    diffs = np.array(diffs)
-    return (float(diffs.mean()) if diffs.size else float("nan")), int((diffs > 0).sum()), int(diffs.size)
+def pooled(rows: list[dict], a: str, b: str, budget: float) -> dict:
+    """a vs b at `budget`, paired over the held-out subjects of every dataset (seeds averaged): the pooled row of
+    `report.paired` (difference, wins, n, Wilcoxon p_value)."""
+    pairs = [r for r in paired(rows, a, b) if r["budget"] == budget]
+    return next((r for r in pairs if r["dataset"] == "all"), pairs[0] if pairs else
+                {"difference": float("nan"), "wins": 0, "n": 0, "p_value": float("nan")})
+
+
+def _cell(pair: dict) -> str:
+    return f"{pair['difference']:+.3f} ({pair['wins']}/{pair['n']}, p {pair['p_value']:.2f})"
 
 
 def gap_to_best(cells: dict, budget: float) -> tuple[float, int, int]:
@@ -66,17 +69,19 @@ def pretraining_cost(run: Path | None) -> str:
     return f"{int(float(last['step']))} steps, {float(last['elapsed_s']) / 60:.1f} min"
 
 
-def table(variants: list[tuple[str, Path, Path | None]], baselines: Path) -> str:
+def table(variants: list[tuple[str, Path, Path | None]], baselines: Path,
+          budgets: tuple[float, ...] = (1.0, 10.0)) -> str:
     base = rows_of(baselines)
-    lines = ["| variant | pretrained − scratch, 1 % | pretrained − scratch, 10 % | gap to best baseline, 10 % "
-             "(datasets ≥ best) | probe − fine-tune, 100 % | pretraining |", "|---|---|---|---|---|---|"]
+    head = "".join(f" pretrained − scratch, {b:g} % |" for b in budgets)
+    lines = [f"| variant |{head} gap to best baseline, 10 % (datasets ≥ best) | probe − fine-tune, 100 % | pretraining |",
+             "|---|" + "---|" * (len(budgets) + 3)]
     for name, run, pretrain_run in variants:
-        cells = per_subject(rows_of(run) + base, "balanced_accuracy")
-        one, ten = paired(cells, "aemg_finetune", "aemg_scratch", 1.0), paired(cells, "aemg_finetune", "aemg_scratch", 10.0)
-        gap = gap_to_best(cells, 10.0)
-        probe = paired(cells, "aemg_probe", "aemg_finetune", 100.0)
-        lines.append(f"| {name} | {one[0]:+.3f} ({one[1]}/{one[2]}) | {ten[0]:+.3f} ({ten[1]}/{ten[2]}) | "
-                     f"{gap[0]:+.3f} ({gap[1]}/{gap[2]}) | {probe[0]:+.3f} | {pretraining_cost(pretrain_run)} |")
+        rows = rows_of(run) + base
+        cells = "".join(f" {_cell(pooled(rows, 'aemg_finetune', 'aemg_scratch', b))} |" for b in budgets)
+        gap = gap_to_best(per_subject(rows, "balanced_accuracy"), 10.0)
+        probe = pooled(rows, "aemg_probe", "aemg_finetune", 100.0)
+        lines.append(f"| {name} |{cells} {gap[0]:+.3f} ({gap[1]}/{gap[2]}) | {probe['difference']:+.3f} | "
+                     f"{pretraining_cost(pretrain_run)} |")
     return "\n".join(lines)
 
 
@@ -85,13 +90,14 @@ def main() -> None:
     parser.add_argument("variants", nargs="+", help="NAME=DEV_RUN[:PRETRAIN_RUN]")
     parser.add_argument("--baselines", type=Path, required=True, help="the baselines' evaluation on the same folds")
     parser.add_argument("--out", type=Path, help="also write the table here")
+    parser.add_argument("--budgets", default="1,10", help="budgets (%%) of the pretrained - scratch columns")
     args = parser.parse_args()
     variants = []
     for spec in args.variants:
         name, _, paths = spec.partition("=")
         run, _, pretrain_run = paths.partition(":")
         variants.append((name, Path(run), Path(pretrain_run) if pretrain_run else None))
-    text = table(variants, args.baselines)
+    text = table(variants, args.baselines, tuple(float(b) for b in args.budgets.split(",")))
     print(text)
     if args.out:
         args.out.write_text(text + "\n")

@@ -4,7 +4,6 @@
 # Usage: bash benchmarks/real_inputs.sh [DATA] [OUT]   (defaults ../shared/data, runs/eval_real)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 DATA=${1:-../shared/data}
 OUT=${2:-runs/eval_real}
 AEMG=.venv/bin/aemg
