@@ -114,6 +114,13 @@ if [ "$LONG_STEPS" -gt 0 ]; then  # LONG_STEPS=0 leaves the long pretraining out
     CHECKPOINT=v7-long development v7-adapt-lr "$ABL/windows-ws" train.adapt_lr=1e-3
     TABLE+=("v7 + calibration lr 1e-3=$ABL/dev-v7-adapt-lr$S:$ABL/v7-long")
   fi
+  for pretrained in v7-long v7-long-seed1; do  # calibration only: 30 calibration steps instead of 100
+    want "$pretrained-adapt30" || continue
+    [ "$pretrained" = v7-long ] && seed=0 || seed=1
+    pretrain "$pretrained" "$ABL/tokens-ws" "${LONG[@]}" run.seed=$seed
+    CHECKPOINT=$pretrained development "$pretrained-adapt30" "$ABL/windows-ws" train.adapt_steps=30
+    TABLE+=("$pretrained + 30 calibration steps=$ABL/dev-$pretrained-adapt30$S:$ABL/$pretrained")
+  done
 fi
 
 .venv/bin/python benchmarks/ablation_table.py --budgets 0,1,10,100 --baselines "$ABL/dev-baselines$BS" \
