@@ -41,28 +41,17 @@ fi
 echo "base: $BASE ${SELECTION[*]}"
 STEPS=$(.venv/bin/python -c "from aemg_dist.train import load_pretrain_config as l; import sys
 print(l(sys.argv[1], sys.argv[2:]).optim.max_steps)" "$BASE" "${SELECTION[@]}")
-EXCLUDE="$($AEMG folds --corpus "$OUT/corpus.zarr" --groups 1 --group 0 --splits "$SPLITS" --role development)"
-EVAL_WINDOWS="windows.kind=labeled windows.length_s=0.5 windows.stride_s=0.25 windows.margin_s=0.25"
 SUMMARY=tokens.window_summary=true
 mkdir -p "$ABL"
-bash benchmarks/real_inputs.sh "${DATA:-../shared/data}" "$OUT"
-
+INPUTS=(bash benchmarks/real_inputs.sh "${DATA:-../shared/data}" "$OUT")
+"${INPUTS[@]}"
 # tokens with the window-summary group (pretraining chunks and the labeled windows)
-[ -f "$ABL/tokens-ws/tokens.json" ] || $AEMG tokenize --corpus "$OUT/corpus.zarr" --out "$ABL/tokens-ws" --quiet $SUMMARY
-# shellcheck disable=SC2086
-[ -f "$ABL/windows-ws/tokens.json" ] || $AEMG tokenize --corpus "$OUT/corpus.zarr" --out "$ABL/windows-ws" --quiet \
-  $EVAL_WINDOWS $SUMMARY
+"${INPUTS[@]}" "$ABL/tokens-ws" "$ABL/windows-ws" "$SUMMARY"
 want() { [ -z "$ONLY" ] || [[ " $ONLY " == *" $1 "* ]]; }
-# richer token content: twice the envelope resolution and 16 spectral bands instead of 4 (60 features instead of 36)
-RICH="tokens.n_envelope_points=32 tokens.n_bands=16"
-if want v6-rich; then
-  # shellcheck disable=SC2086
-  [ -f "$ABL/tokens-rich/tokens.json" ] || $AEMG tokenize --corpus "$OUT/corpus.zarr" --out "$ABL/tokens-rich" \
-    --quiet $SUMMARY $RICH
-  # shellcheck disable=SC2086
-  [ -f "$ABL/windows-rich/tokens.json" ] || $AEMG tokenize --corpus "$OUT/corpus.zarr" --out "$ABL/windows-rich" \
-    --quiet $EVAL_WINDOWS $SUMMARY $RICH
+if want v6-rich; then  # richer token content: twice the envelope resolution, 16 spectral bands instead of 4 (60 features)
+  "${INPUTS[@]}" "$ABL/tokens-rich" "$ABL/windows-rich" "$SUMMARY" tokens.n_envelope_points=32 tokens.n_bands=16
 fi
+EXCLUDE="$($AEMG folds --corpus "$OUT/corpus.zarr" --groups 1 --group 0 --splits "$SPLITS" --role development)"
 
 pretrain() {  # name, tokens folder, then pretraining overrides
   local name=$1 tokens=$2; shift 2
