@@ -9,7 +9,8 @@
 # Environment: ONLY="v0-selected v1-summary ..." runs those rows only (default: every row); LONG_STEPS (10) sizes
 # the long row (0 leaves it out); SEEDS (0) are the evaluation seeds: with others than 0 the development runs and the
 # table go to names ending in -s<seeds> (dev-v1-summary-s012), so the one-seed runs stay; BASELINE_SEEDS (SEEDS)
-# likewise for the baselines (their three seeds take about an hour here).
+# likewise for the baselines (their three seeds take about an hour here); SKIP_RECIPE_BASELINES=1 runs a calibration
+# recipe's AEMG methods without its baselines (and prints no table).
 # Without runs/sweep-real/selected.json (the sweep takes about 45 minutes), the base is the selection the sweep made
 # and RESULTS records: configs/pretrain/tiny.yaml with codebook 256, mask 0.3 and 3,000 steps, checkpoints and
 # validation every 500 steps, one worker.
@@ -65,10 +66,14 @@ development() {  # name, windows folder, then evaluation overrides: the AEMG met
     --seeds "$SEEDS" --max-folds 2 --quiet windows_tokens="$windows" "$@"
 }
 
-# the baselines on the same folds, once (their windows do not depend on the token settings)
-$AEMG baselines --corpus "$OUT/corpus.zarr" --out "$ABL/dev-baselines$BS" --splits "$SPLITS" --role development \
-  --methods td_lda,cnn,transformer,simclr,mae --budgets 0,1,10,100 --seeds "$BASELINE_SEEDS" --max-folds 2 --quiet \
-  windows_tokens="$OUT/windows"
+baselines() {  # name suffix, then evaluation overrides: the baselines on the same folds (their windows do not depend
+  # on the token settings); a calibration recipe is every method's, so its rows get baselines calibrated alike
+  local name=$1; shift
+  $AEMG baselines --corpus "$OUT/corpus.zarr" --out "$ABL/dev-baselines$name$BS" --splits "$SPLITS" \
+    --role development --methods td_lda,cnn,transformer,simclr,mae --budgets 0,1,10,100 --seeds "$BASELINE_SEEDS" \
+    --max-folds 2 --quiet windows_tokens="$OUT/windows" "$@"
+}
+baselines ""
 
 TABLE=()
 row() {  # name, table label, pretraining tokens, evaluation windows, then pretraining overrides
@@ -110,7 +115,24 @@ if [ "$LONG_STEPS" -gt 0 ]; then  # LONG_STEPS=0 leaves the long pretraining out
     CHECKPOINT=$pretrained development "$pretrained-adapt30" "$ABL/windows-ws" train.adapt_steps=30
     TABLE+=("$pretrained + 30 calibration steps=$ABL/dev-$pretrained-adapt30$S:$ABL/$pretrained")
   done
+  # calibration recipes, every method alike (the baselines re-run with them): early stopping on 30 % of each
+  # label's calibration windows, at most 200 steps ("check"); and the same with the steps scaled to the calibration
+  # size, 50 passes over the calibration windows, at least 30 steps ("check-scaled")
+  CHECK=(train.adapt_check=0.3 train.adapt_steps=200 train.adapt_check_every=20)
+  SCALED=("${CHECK[@]}" train.adapt_epochs=50 train.adapt_min_steps=30)
+  for recipe in check check-scaled; do
+    [ "$recipe" = check ] && overrides=("${CHECK[@]}") || overrides=("${SCALED[@]}")
+    for pretrained in v7-long v7-long-seed1; do
+      want "$pretrained-$recipe" || continue
+      [ "$pretrained" = v7-long ] && seed=0 || seed=1
+      pretrain "$pretrained" "$ABL/tokens-ws" "${LONG[@]}" run.seed=$seed
+      CHECKPOINT=$pretrained development "$pretrained-$recipe" "$ABL/windows-ws" "${overrides[@]}"
+      [ -n "${SKIP_RECIPE_BASELINES:-}" ] || baselines "-$recipe" "${overrides[@]}"
+      TABLE+=("$pretrained + calibration $recipe=$ABL/dev-$pretrained-$recipe$S:$ABL/$pretrained:$ABL/dev-baselines-$recipe$BS")
+    done
+  done
 fi
 
+[ -z "${SKIP_RECIPE_BASELINES:-}" ] || exit 0
 .venv/bin/python benchmarks/ablation_table.py --budgets 0,1,10,100 --baselines "$ABL/dev-baselines$BS" \
   --out "$ABL/ablation$S.md" "${TABLE[@]}"

@@ -1,9 +1,11 @@
 """The ablation table of issue 14: one row per pretraining variant, scored on the same development folds.
 
-    python benchmarks/ablation_table.py --baselines DEV_BASELINES NAME=DEV_RUN[:PRETRAIN_RUN] ... [--out table.md]
+    python benchmarks/ablation_table.py --baselines DEV_BASELINES NAME=DEV_RUN[:PRETRAIN_RUN[:BASELINES]] ...
+        [--out table.md]
 
 Each DEV_RUN is an `aemg evaluate` output holding aemg_finetune, aemg_probe and aemg_scratch on development
-folds; DEV_BASELINES one holding the baselines on the same folds (same windows and budgets). Columns:
+folds; DEV_BASELINES one holding the baselines on the same folds (same windows and budgets), or the row's own
+BASELINES (a calibration recipe is every method's: its row compares with baselines calibrated alike). Columns:
 
 - pretrained - scratch at 1 % and at 10 % (or the budgets of --budgets): aemg_finetune minus aemg_scratch in
   balanced accuracy, paired over the held-out subjects (datasets pooled, seeds averaged), with how many subjects
@@ -69,14 +71,13 @@ def pretraining_cost(run: Path | None) -> str:
     return f"{int(float(last['step']))} steps, {float(last['elapsed_s']) / 60:.1f} min"
 
 
-def table(variants: list[tuple[str, Path, Path | None]], baselines: Path,
+def table(variants: list[tuple[str, Path, Path | None, Path | None]], baselines: Path,
           budgets: tuple[float, ...] = (1.0, 10.0)) -> str:
-    base = rows_of(baselines)
     head = "".join(f" pretrained − scratch, {b:g} % |" for b in budgets)
     lines = [f"| variant |{head} gap to best baseline, 10 % (datasets ≥ best) | probe − fine-tune, 100 % | pretraining |",
              "|---|" + "---|" * (len(budgets) + 3)]
-    for name, run, pretrain_run in variants:
-        rows = rows_of(run) + base
+    for name, run, pretrain_run, own_baselines in variants:
+        rows = rows_of(run) + rows_of(own_baselines or baselines)
         cells = "".join(f" {_cell(pooled(rows, 'aemg_finetune', 'aemg_scratch', b))} |" for b in budgets)
         gap = gap_to_best(per_subject(rows, "balanced_accuracy"), 10.0)
         probe = pooled(rows, "aemg_probe", "aemg_finetune", 100.0)
@@ -87,7 +88,7 @@ def table(variants: list[tuple[str, Path, Path | None]], baselines: Path,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("variants", nargs="+", help="NAME=DEV_RUN[:PRETRAIN_RUN]")
+    parser.add_argument("variants", nargs="+", help="NAME=DEV_RUN[:PRETRAIN_RUN[:BASELINES]]")
     parser.add_argument("--baselines", type=Path, required=True, help="the baselines' evaluation on the same folds")
     parser.add_argument("--out", type=Path, help="also write the table here")
     parser.add_argument("--budgets", default="1,10", help="budgets (%%) of the pretrained - scratch columns")
@@ -95,8 +96,9 @@ def main() -> None:
     variants = []
     for spec in args.variants:
         name, _, paths = spec.partition("=")
-        run, _, pretrain_run = paths.partition(":")
-        variants.append((name, Path(run), Path(pretrain_run) if pretrain_run else None))
+        run, pretrain_run, own_baselines = (paths.split(":") + ["", ""])[:3]
+        variants.append((name, Path(run), Path(pretrain_run) if pretrain_run else None,
+                         Path(own_baselines) if own_baselines else None))
     text = table(variants, args.baselines, tuple(float(b) for b in args.budgets.split(",")))
     print(text)
     if args.out:

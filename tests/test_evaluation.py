@@ -106,6 +106,38 @@ def test_end_to_end_fold_bookkeeping(full_run):
         assert (result.out / name).stat().st_size > 0, name
     for r in rows:
         assert 0 <= r["balanced_accuracy"] <= 1 and 0 <= r["macro_f1"] <= 1
+        # neural methods adapt for train.adapt_steps=5 steps; refit classifiers and 0 % record none
+        neural = r["method"] not in ("td_lda", "aemg_probe") and r["n_calib"] > 0
+        assert r["calib_steps"] == (5 if neural else None), r
+
+
+def test_early_stopping_chooses_calibration_steps_per_budget(setup, tmp_path, monkeypatch):
+    """With train.adapt_check every calibrated neural model adapts for a checked step count in [0, adapt_steps]; a
+    label with one calibration window holds nothing back, so a 1 % budget of one window per label adapts for the
+    steps the calibration size gives (adapt_epochs), unchecked."""
+    from aemg_dist.evaluation import methods
+
+    root, _ = setup
+    checks, original = [], methods.early_stopped_steps
+
+    def recorded(*args, **kwargs):
+        checks.append((kwargs["fit"], kwargs["check"], original(*args, **kwargs)))
+        return checks[-1][2]
+
+    monkeypatch.setattr(methods, "early_stopped_steps", recorded)
+    rows = evaluate(_config(root, tmp_path, "methods=[cnn]", "workers=1", "subjects=[synth_myo/s01]", "seeds=[0]",
+                            "budgets=[0,1,100]", "train.adapt_steps=20", "train.adapt_check=0.3",
+                            "train.adapt_check_every=5", "train.adapt_epochs=2", "train.adapt_min_steps=3"),
+                    progress=False).rows
+    steps = {r["budget"]: (r["calib_steps"], r["n_calib"]) for r in rows}
+    assert steps[0.0] == (None, 0)
+    classes = len(rows[0]["classes"])
+    assert steps[1.0] == (3, classes)  # round(2 x n_classes / 8) < 3 (8 = calib_share x batch_size 16)
+    chosen, n_calib = steps[100.0]
+    most = min(20, round(2 * n_calib / 8))  # scored before the first step, every 5 steps and after the last
+    assert n_calib > 3 * classes and most > 5 and chosen in {*range(0, most, 5), most}
+    (fit, check, returned), = checks  # 100 % only; what it returned is what the model adapted for
+    assert returned == chosen and fit.size + check.size < n_calib and not set(fit) & set(check)
 
 
 def _weighted_lda_predict(X, y, w, Xt):
@@ -240,6 +272,16 @@ def test_resume_runs_only_missing_folds(setup, tmp_path):
     assert len(lines) == 3 and json.loads(lines[-1])["trials"][0]["subject"] == dropped  # only that fold ran again
     key = lambda r: (r["subject"], r["budget"], r["seed"])
     assert sorted((key(r), r["balanced_accuracy"]) for r in first) == sorted((key(r), r["balanced_accuracy"]) for r in second)
+    # an OUT written before a setting existed continues (the setting's default is the old behaviour)
+    saved = tmp_path / "evaluate.yaml"
+    written = saved.read_text()
+    assert "  adapt_check: 0.0\n" in written
+    saved.write_text(written.replace("  adapt_check: 0.0\n", ""))
+    assert evaluate(_config(root, tmp_path, "methods=[td_lda]", "workers=1"), progress=False).rows == second
+    saved.write_text(written.replace("  adapt_check: 0.0\n", "  adapt_check: 0.3\n"))  # a different value does not
+    with pytest.raises(ConfigError, match="other settings"):
+        evaluate(_config(root, tmp_path, "methods=[td_lda]", "workers=1"), progress=False)
+    saved.write_text(written)
     with pytest.raises(ConfigError, match="other settings"):
         evaluate(_config(root, tmp_path, "methods=[td_lda]", "workers=1", "test_percent=50"), progress=False)
 

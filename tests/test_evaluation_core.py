@@ -278,3 +278,50 @@ def test_the_demo_evaluation_options_resolve_to_a_strict_loso_config(tmp_path):
                                                  tmp_path / "results"), ["aemg_finetune", "td_lda"])
     assert cfg.protocol == "loso" and cfg.normalization == "strict" and cfg.budgets == [0.0, 10.0, 100.0]
     assert cfg.subjects == list(DEMO_HELD_OUT) and cfg.checkpoints == [str(tmp_path / "pretrain")]
+
+
+def test_check_split_holds_back_the_last_windows_of_each_label_without_overlap():
+    from aemg_dist.evaluation.classifiers import check_split
+
+    # label 0: 6 windows of 100 samples every 50 in recording a; label 1: one window; label 2: two overlapping windows;
+    # label 3: 2 + 2 windows in recordings a and b, apart
+    label = np.array([0] * 6 + [1] + [2, 2] + [3] * 4)
+    key = np.array(["a"] * 6 + ["a"] + ["b", "b"] + ["a", "a", "b", "b"])
+    start = np.array([0, 50, 100, 150, 200, 250, 900, 0, 50, 2000, 2200, 0, 400])
+    stop = start + 100
+    fit, check = check_split(label, key, start, stop, share=0.3)
+    assert set(check) == {4, 5, 12}  # the last round(0.3 x n) (at least one) in (recording, time) order
+    assert set(fit) == {0, 1, 2, 6, 7, 8, 9, 10, 11}  # window 3 overlaps window 4; labels 1 and 2 keep everything
+    assert not set(fit) & set(check) and set(label[fit]) == {0, 1, 2, 3}
+    for f in fit:  # no fit window shares a sample with a check window of its recording
+        assert not any(key[f] == key[c] and start[f] < stop[c] and stop[f] > start[c] for c in check)
+
+
+def test_adaptation_steps_scale_with_the_calibration_size():
+    from aemg_dist.evaluation.classifiers import FinetuneConfig, adaptation_steps
+
+    assert adaptation_steps(11, FinetuneConfig(adapt_steps=100)) == 100  # adapt_epochs 0: one count for all
+    cfg = FinetuneConfig(adapt_steps=100, adapt_epochs=10, adapt_min_steps=15, batch_size=64, calib_share=0.5)
+    assert [adaptation_steps(n, cfg) for n in (11, 64, 160, 3000)] == [15, 20, 50, 100]  # 10 x n / 32, clipped
+
+
+def test_early_stopping_keeps_the_step_count_the_check_windows_like_best():
+    """A linear model on two separable classes: check windows labelled like the fit windows are scored best after
+    the last step; check windows with the opposite labels before the first."""
+    import torch
+
+    from aemg_dist.evaluation.classifiers import FinetuneConfig, early_stopped_steps
+
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 20)
+    X = (rng.normal(size=(40, 2)) + 3 * (2 * y[:, None] - 1)).astype(np.float32)
+    inputs = lambda idx: torch.from_numpy(X[idx])  # noqa: E731
+    cfg = FinetuneConfig(batch_size=16, calib_share=1.0, adapt_check_every=5, warmup_fraction=0.0)
+    fit, check = np.arange(0, 40, 2), np.arange(1, 40, 2)
+    args = dict(inputs=inputs, source=fit, fit=fit, check=check, steps=30, lr=0.05, cfg=cfg, seed=0)
+    torch.manual_seed(0)
+    assert early_stopped_steps(torch.nn.Linear(2, 2), y=y, **args) == 30
+    flipped = y.copy()
+    flipped[check] = 1 - y[check]
+    torch.manual_seed(0)
+    assert early_stopped_steps(torch.nn.Linear(2, 2), y=flipped, **args) == 0

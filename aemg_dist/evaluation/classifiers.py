@@ -4,9 +4,16 @@ Calibration protocol (the same for every method): a classifier first learns from
 subjects' labeled windows ("source"); budget 0 % scores that model on the held-out subject. For a
 budget b > 0 the held-out subject's calibration windows join the source windows and make up
 `calib_share` of what the classifier learns from: a neural model continues from its source model
-for `adapt_steps` steps on batches with that share of calibration windows; LDA and the linear
-probe are refit with the calibration windows weighted to that share of the total weight. Without
-the weighting 1 % of one subject would be drowned by the other subjects' windows.
+on batches with that share of calibration windows; LDA and the linear probe are refit with the
+calibration windows weighted to that share of the total weight. Without the weighting 1 % of one
+subject would be drowned by the other subjects' windows.
+
+How long a neural model adapts (`adaptation_steps`, `early_stopped_steps`): `adapt_steps` steps at
+every budget by default; with `adapt_epochs` the steps scale with the number of calibration windows
+(11 windows get fewer steps than 3,000); with `adapt_check` the step count is chosen per (method,
+budget, seed) on a slice of the calibration windows held back from a first adaptation (`check_split`),
+then the model adapts on every calibration window for that many steps. Nothing of the test windows
+takes part in either choice.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ class FinetuneConfig:
     """How every neural classifier is trained (AEMG fine-tuning, from scratch, CNN, Transformer, ...)."""
 
     base_steps: int = 300  # on the other subjects' windows
-    adapt_steps: int = 100  # per calibration budget, continuing from the source model
+    adapt_steps: int = 100  # per calibration budget, continuing from the source model (the most, with adapt_epochs)
     batch_size: int = 64
     lr: float = 1e-3
     adapt_lr: float = 3e-4
@@ -43,11 +50,57 @@ class FinetuneConfig:
     # pretrained layers near the input change least; a model from scratch always trains with one rate
     layer_decay: float = 1.0
     pretrain_steps: int = 300  # SimCLR / MAE pretraining on the fold's unlabeled training windows
+    # adapt_epochs > 0: adaptation steps scale with the calibration size, this many passes over the calibration
+    # windows (a batch holds calib_share x batch_size of them) clipped to [adapt_min_steps, adapt_steps];
+    # 0: every budget adapts for adapt_steps steps
+    adapt_epochs: float = 0.0
+    adapt_min_steps: int = 10
+    # adapt_check > 0: early stopping. That share of each label's calibration windows (its last in time) is held back,
+    # the model adapts on the rest while the held-back windows are scored every adapt_check_every steps, and the step
+    # count with the least class-balanced loss there (0 included) is how long it then adapts on every window
+    adapt_check: float = 0.0
+    adapt_check_every: int = 10
 
     def __post_init__(self) -> None:
         check_ranges(self, base_steps="[1, inf)", adapt_steps="[0, inf)", batch_size="[1, 65536]", lr="(0, 1]",
                      adapt_lr="(0, 1]", weight_decay="[0, inf)", warmup_fraction="[0, 1]", calib_share="(0, 1]",
-                     probe_l2="[0, inf)", layer_decay="(0, 1]", pretrain_steps="[1, inf)")
+                     probe_l2="[0, inf)", layer_decay="(0, 1]", pretrain_steps="[1, inf)", adapt_epochs="[0, inf)",
+                     adapt_min_steps="[0, inf)", adapt_check="[0, 1)", adapt_check_every="[1, inf)")
+
+
+def adaptation_steps(n_calib: int, cfg: FinetuneConfig) -> int:
+    """Steps of adaptation to n_calib calibration windows (before any early stopping)."""
+    if cfg.adapt_epochs == 0:
+        return cfg.adapt_steps
+    per_batch = max(1, round(cfg.calib_share * cfg.batch_size))
+    steps = round(cfg.adapt_epochs * n_calib / per_batch)
+    return int(np.clip(steps, min(cfg.adapt_min_steps, cfg.adapt_steps), cfg.adapt_steps))
+
+
+def check_split(label: np.ndarray, key: np.ndarray, start: np.ndarray, stop: np.ndarray,
+                share: float) -> tuple[np.ndarray, np.ndarray]:
+    """(fit, check): positions of calibration windows to adapt on / to choose the step count on.
+
+    Per label, the last round(share x n) windows in (recording, time) order are held back (at least one when the
+    label has two or more), and the label's other windows that share a sample with a held-back one are dropped, so
+    the check windows never overlap what the model adapts on. A label that would keep no fit window holds nothing
+    back: every class stays in the adaptation data.
+    """
+    fit, check = [], []
+    for lab in np.unique(label):
+        rows = np.flatnonzero(label == lab)
+        rows = rows[np.lexsort((start[rows], key[rows]))]
+        n_check = max(1, round(share * rows.size)) if rows.size > 1 else 0
+        held, rest = rows[rows.size - n_check:], rows[:rows.size - n_check]
+        overlaps = ((key[rest, None] == key[None, held]) & (start[rest, None] < stop[None, held])
+                    & (stop[rest, None] > start[None, held])).any(axis=1)
+        if n_check and not overlaps.all():
+            fit.append(rest[~overlaps])
+            check.append(held)
+        else:
+            fit.append(rows)
+    empty = np.zeros(0, dtype=np.int64)
+    return np.sort(np.concatenate(fit)), np.sort(np.concatenate(check)) if check else empty
 
 
 Inputs = Callable[[np.ndarray], Any]  # row indices -> the model's input for those windows
@@ -73,12 +126,14 @@ def _batch_indices(rng: np.random.Generator, source: np.ndarray, calib: np.ndarr
 
 
 def train_classifier(model: nn.Module, inputs: Inputs, y: np.ndarray, source: np.ndarray, calib: np.ndarray,
-                     steps: int, lr: float, cfg: FinetuneConfig, seed: int, layer_decay: float = 1.0) -> list[float]:
+                     steps: int, lr: float, cfg: FinetuneConfig, seed: int, layer_decay: float = 1.0,
+                     after_step: Callable[[int, nn.Module], None] | None = None) -> list[float]:
     """Train `model` (inputs -> logits) in place with AdamW, warmup + cosine; returns the step losses.
 
     Batches draw `calib_share` of their windows from `calib` (with replacement) when it is not
     empty, the rest from `source`; the draws depend only on `seed`. With layer_decay < 1 and a model
-    that has `layer_groups`, each depth gets lr x layer_decay^depth.
+    that has `layer_groups`, each depth gets lr x layer_decay^depth. `after_step(n, model)` is called
+    after step n (1-based).
     """
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -102,7 +157,35 @@ def train_classifier(model: nn.Module, inputs: Inputs, y: np.ndarray, source: np
         optimizer.step()
         schedule.step()
         losses.append(float(loss.detach()))
+        if after_step is not None:
+            after_step(len(losses), model)
     return losses
+
+
+def balanced_loss(model: nn.Module, inputs: Inputs, y: np.ndarray, idx: np.ndarray) -> float:
+    """Cross-entropy of windows idx averaged per class, then over classes (eval mode; the mode is restored)."""
+    was_training = model.training
+    model.eval()
+    logits = torch.as_tensor(apply_in_batches(model, inputs, idx))
+    model.train(was_training)
+    losses = F.cross_entropy(logits, torch.as_tensor(y[idx], dtype=torch.long), reduction="none").numpy()
+    labels = y[idx]
+    return float(np.mean([losses[labels == lab].mean() for lab in np.unique(labels)]))
+
+
+def early_stopped_steps(model: nn.Module, inputs: Inputs, y: np.ndarray, source: np.ndarray, fit: np.ndarray,
+                        check: np.ndarray, steps: int, lr: float, cfg: FinetuneConfig, seed: int,
+                        layer_decay: float = 1.0) -> int:
+    """Adapt `model` (a copy the caller discards) on `fit` for `steps` steps, scoring `check` before the first step
+    and every `adapt_check_every` steps; the step count with the least balanced loss (the earliest of ties)."""
+    scores = {0: balanced_loss(model, inputs, y, check)}
+
+    def score(step: int, trained: nn.Module) -> None:
+        if step % cfg.adapt_check_every == 0 or step == steps:
+            scores[step] = balanced_loss(trained, inputs, y, check)
+
+    train_classifier(model, inputs, y, source, fit, steps, lr, cfg, seed, layer_decay, after_step=score)
+    return min(scores, key=lambda step: (scores[step], step))
 
 
 @torch.no_grad()

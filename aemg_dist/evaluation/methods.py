@@ -35,8 +35,8 @@ import torch
 import torch.nn as nn
 
 from aemg_dist.evaluation.classifiers import (
-    AEMGClassifier, FinetuneConfig, LinearProbe, adapted_copy, apply_in_batches, calibration_weights, predict,
-    train_classifier)
+    AEMGClassifier, FinetuneConfig, LinearProbe, adaptation_steps, adapted_copy, apply_in_batches,
+    calibration_weights, check_split, early_stopped_steps, predict, train_classifier)
 from aemg_dist.evaluation.data import DatasetWindows
 from aemg_dist.evaluation.folds import Fold
 from aemg_dist.evaluation.heldout import HeldOutView
@@ -227,11 +227,22 @@ class NeuralMethod(Method):
         return model
 
     def calibrated(self, ctx: FoldContext, base: nn.Module, calib: np.ndarray, seed: int) -> nn.Module:
+        """A copy of `base` adapted to `calib`; its `calibration_steps` says how many steps it adapted for."""
+        cfg = ctx.train
+        adapt = dict(inputs=self.inputs(ctx), y=ctx.data.y, source=ctx.source, lr=cfg.adapt_lr, cfg=cfg,
+                     seed=ctx.seed(self.name, "calibrate", calib.size, seed), layer_decay=self.layer_decay(ctx))
+        steps = adaptation_steps(calib.size, cfg)
+        if cfg.adapt_check and steps:
+            data = ctx.data
+            fit, check = check_split(data.y[calib], data.keys[calib], data.starts[calib], data.stops[calib],
+                                     cfg.adapt_check)
+            if check.size:
+                steps = early_stopped_steps(adapted_copy(base), fit=calib[fit], check=calib[check], steps=steps,
+                                            **adapt)
         model = adapted_copy(base)
-        if ctx.train.adapt_steps:
-            train_classifier(model, self.inputs(ctx), ctx.data.y, ctx.source, calib, ctx.train.adapt_steps,
-                             ctx.train.adapt_lr, ctx.train, ctx.seed(self.name, "calibrate", calib.size, seed),
-                             self.layer_decay(ctx))
+        if steps:
+            train_classifier(model, calib=calib, steps=steps, **adapt)
+        model.calibration_steps = steps
         return model
 
     def predict(self, ctx: FoldContext, model: nn.Module, idx: np.ndarray) -> np.ndarray:

@@ -40,7 +40,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from omegaconf import OmegaConf
 
 from aemg_dist import storage
 from aemg_dist.artifacts import (RUN_CONFIG, RUN_EXPORT, TOKENS_MANIFEST, TokenizeConfig, model_preset,
@@ -346,6 +345,8 @@ def run_fold(job: FoldJob, cfg_dict: dict[str, Any], tokens: str) -> list[dict[s
                     "balanced_accuracy": balanced_accuracy(truth, pred), "macro_f1": macro_f1(truth, pred),
                     "n_train": int(fold.train_idx.size + calib.size), "n_test": int(test.size),
                     "n_calib": int(calib.size), "pretraining": job.pretraining if name in AEMG_METHODS else "",
+                    # a neural method's adaptation steps (None: a refit classifier, or no calibration windows)
+                    "calib_steps": getattr(model, "calibration_steps", None) if calib.size else None,
                     "calib_seconds_per_class": calibration_seconds(data.starts[calib], data.stops[calib],
                                                                    data.keys[calib], data.y[calib], data.fs),
                     "normalization": cfg.normalization, "role": role,
@@ -534,11 +535,12 @@ def _read_trials(out: Path, drop_partial: bool = False) -> list[dict[str, Any]]:
 
 
 def _check_resumable(cfg: EvaluateConfig, out: Path) -> None:
-    """An OUT with trials may only be continued with the same config (else results would mix)."""
+    """An OUT with trials may only be continued with the same config (else results would mix). The saved config is
+    read through the schema: a setting added since it was written takes its default, which keeps the old behaviour."""
     saved = out / CONFIG_FILE
     if not (out / TRIALS_FILE).is_file() or not saved.is_file():
         return
-    before = OmegaConf.to_container(OmegaConf.load(saved))
+    before = json.loads(json.dumps(asdict(load_config(EvaluateConfig, [saved]))))
     now = json.loads(json.dumps(asdict(cfg)))
     differs = sorted(k for k in now if k not in ("workers", "address") and before.get(k) != now[k])
     if differs:
