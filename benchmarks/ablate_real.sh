@@ -10,7 +10,8 @@
 # the long row (0 leaves it out); SEEDS (0) are the evaluation seeds: with others than 0 the development runs and the
 # table go to names ending in -s<seeds> (dev-v1-summary-s012), so the one-seed runs stay; BASELINE_SEEDS (SEEDS)
 # likewise for the baselines (their three seeds take about an hour here); SKIP_RECIPE_BASELINES=1 runs a calibration
-# recipe's AEMG methods without its baselines (and prints no table).
+# recipe's AEMG methods without its baselines (its gap to the best baseline is then not scored); LEVELS=1 also prints
+# the fine-tuned and scratch accuracies per budget and their median calibration steps.
 # Without runs/sweep-real/selected.json (the sweep takes about 45 minutes), the base is the selection the sweep made
 # and RESULTS records: configs/pretrain/tiny.yaml with codebook 256, mask 0.3 and 3,000 steps, checkpoints and
 # validation every 500 steps, one worker.
@@ -133,6 +134,5 @@ if [ "$LONG_STEPS" -gt 0 ]; then  # LONG_STEPS=0 leaves the long pretraining out
   done
 fi
 
-[ -z "${SKIP_RECIPE_BASELINES:-}" ] || exit 0
-.venv/bin/python benchmarks/ablation_table.py --budgets 0,1,10,100 --baselines "$ABL/dev-baselines$BS" \
+.venv/bin/python benchmarks/ablation_table.py --budgets 0,1,10,100 ${LEVELS:+--levels} --baselines "$ABL/dev-baselines$BS" \
   --out "$ABL/ablation$S.md" "${TABLE[@]}"

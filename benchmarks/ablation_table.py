@@ -16,6 +16,9 @@ BASELINES (a calibration recipe is every method's: its row compares with baselin
 - probe - fine-tune at 100 %: aemg_probe minus aemg_finetune (how much of the fine-tuned accuracy the frozen
   features hold);
 - pretraining cost: steps and wall seconds of the pretraining run (its metrics.csv), when given.
+
+With --levels a second table gives the levels behind the differences: aemg_finetune's and aemg_scratch's mean
+balanced accuracy per budget and the median number of calibration steps each adapted for.
 """
 
 from __future__ import annotations
@@ -77,12 +80,34 @@ def table(variants: list[tuple[str, Path, Path | None, Path | None]], baselines:
     lines = [f"| variant |{head} gap to best baseline, 10 % (datasets ≥ best) | probe − fine-tune, 100 % | pretraining |",
              "|---|" + "---|" * (len(budgets) + 3)]
     for name, run, pretrain_run, own_baselines in variants:
-        rows = rows_of(run) + rows_of(own_baselines or baselines)
+        compared = own_baselines or baselines
+        rows = rows_of(run) + (rows_of(compared) if (compared / "trials.jsonl").is_file() else [])
         cells = "".join(f" {_cell(pooled(rows, 'aemg_finetune', 'aemg_scratch', b))} |" for b in budgets)
         gap = gap_to_best(per_subject(rows, "balanced_accuracy"), 10.0)
+        gap_cell = f"{gap[0]:+.3f} ({gap[1]}/{gap[2]})" if gap[2] else "– (baselines not run)"
         probe = pooled(rows, "aemg_probe", "aemg_finetune", 100.0)
-        lines.append(f"| {name} |{cells} {gap[0]:+.3f} ({gap[1]}/{gap[2]}) | {probe['difference']:+.3f} | "
+        lines.append(f"| {name} |{cells} {gap_cell} | {probe['difference']:+.3f} | "
                      f"{pretraining_cost(pretrain_run)} |")
+    return "\n".join(lines)
+
+
+def levels(variants: list[tuple[str, Path, Path | None, Path | None]], budgets: tuple[float, ...]) -> str:
+    """Fine-tuned and from-scratch balanced accuracy per budget (mean over the held-out subjects, seeds averaged) and
+    the median calibration steps each adapted for (the trials' calib_steps; "–" where not recorded)."""
+    head = "".join(f" {b:g} %: fine-tuned / scratch (steps) |" for b in budgets)
+    lines = [f"| variant |{head}", "|---|" + "---|" * len(budgets)]
+    for name, run, _, _ in variants:
+        rows = rows_of(run)
+        cells = per_subject(rows, "balanced_accuracy")
+        out = []
+        for b in budgets:
+            means = [np.mean([v for (method, _, budget), subjects in cells.items() if (method, budget) == (m, b)
+                              for v in subjects.values()]) for m in ("aemg_finetune", "aemg_scratch")]
+            steps = [[r["calib_steps"] for r in rows if r["method"] == m and r["budget"] == b
+                      and r.get("calib_steps") is not None] for m in ("aemg_finetune", "aemg_scratch")]
+            told = " / ".join(f"{np.median(s):.0f}" if s else "–" for s in steps)
+            out.append(f" {means[0]:.3f} / {means[1]:.3f} ({told}) |")
+        lines.append(f"| {name} |" + "".join(out))
     return "\n".join(lines)
 
 
@@ -92,6 +117,8 @@ def main() -> None:
     parser.add_argument("--baselines", type=Path, required=True, help="the baselines' evaluation on the same folds")
     parser.add_argument("--out", type=Path, help="also write the table here")
     parser.add_argument("--budgets", default="1,10", help="budgets (%%) of the pretrained - scratch columns")
+    parser.add_argument("--levels", action="store_true",
+                        help="also print fine-tuned and scratch accuracy per budget and their median calibration steps")
     args = parser.parse_args()
     variants = []
     for spec in args.variants:
@@ -99,7 +126,10 @@ def main() -> None:
         run, pretrain_run, own_baselines = (paths.split(":") + ["", ""])[:3]
         variants.append((name, Path(run), Path(pretrain_run) if pretrain_run else None,
                          Path(own_baselines) if own_baselines else None))
-    text = table(variants, args.baselines, tuple(float(b) for b in args.budgets.split(",")))
+    budgets = tuple(float(b) for b in args.budgets.split(","))
+    text = table(variants, args.baselines, budgets)
+    if args.levels:
+        text += "\n\n" + levels(variants, budgets)
     print(text)
     if args.out:
         args.out.write_text(text + "\n")
