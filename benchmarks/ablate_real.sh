@@ -121,8 +121,12 @@ if [ "$LONG_STEPS" -gt 0 ]; then  # LONG_STEPS=0 leaves the long pretraining out
   # size, 50 passes over the calibration windows, at least 30 steps ("check-scaled")
   CHECK=(train.adapt_check=0.3 train.adapt_steps=200 train.adapt_check_every=20)
   SCALED=("${CHECK[@]}" train.adapt_epochs=50 train.adapt_min_steps=30)
-  for recipe in check check-scaled; do
-    [ "$recipe" = check ] && overrides=("${CHECK[@]}") || overrides=("${SCALED[@]}")
+  for recipe in check check-scaled check-scaled-acc; do  # -acc: the check scored by balanced accuracy, not loss
+    case $recipe in
+      check) overrides=("${CHECK[@]}") ;;
+      check-scaled) overrides=("${SCALED[@]}") ;;
+      check-scaled-acc) overrides=("${SCALED[@]}" train.adapt_check_by=accuracy) ;;
+    esac
     for pretrained in v7-long v7-long-seed1; do
       want "$pretrained-$recipe" || continue
       [ "$pretrained" = v7-long ] && seed=0 || seed=1

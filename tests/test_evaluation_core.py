@@ -325,3 +325,21 @@ def test_early_stopping_keeps_the_step_count_the_check_windows_like_best():
     flipped[check] = 1 - y[check]
     torch.manual_seed(0)
     assert early_stopped_steps(torch.nn.Linear(2, 2), y=flipped, **args) == 0
+
+
+def test_check_score_by_loss_and_by_accuracy_disagree_where_they_should():
+    """Logits A: every window right by a small margin; logits B: one window wrong, the others right by a wide margin.
+    B has the lower balanced loss, A the higher balanced accuracy."""
+    import torch
+
+    from aemg_dist.evaluation.classifiers import check_score
+
+    y = np.array([0, 0, 0, 1, 1, 1])
+    a = np.array([[0.1, 0]] * 3 + [[0, 0.1]] * 3, dtype=np.float32)
+    b = np.array([[5, 0], [5, 0], [0, 0.1]] + [[0, 5]] * 3, dtype=np.float32)
+    scores = {name: {by: check_score(torch.nn.Identity(), lambda idx, L=logits: torch.from_numpy(L[idx]), y,
+                                     np.arange(6), by) for by in ("loss", "accuracy")} for name, logits in
+              (("a", a), ("b", b))}
+    assert scores["b"]["loss"] < scores["a"]["loss"]
+    assert scores["a"]["accuracy"] < scores["b"]["accuracy"]
+    assert scores["a"]["accuracy"][0] == -1.0 and scores["b"]["accuracy"][0] == pytest.approx(-5 / 6)

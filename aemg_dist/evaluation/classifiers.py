@@ -57,15 +57,22 @@ class FinetuneConfig:
     adapt_min_steps: int = 10
     # adapt_check > 0: early stopping. That share of each label's calibration windows (its last in time) is held back,
     # the model adapts on the rest while the held-back windows are scored every adapt_check_every steps, and the step
-    # count with the least class-balanced loss there (0 included) is how long it then adapts on every window
+    # count that scores best there (0 included) is how long it then adapts on every window. adapt_check_by: "loss"
+    # (the least class-balanced cross-entropy) or "accuracy" (the highest balanced accuracy, ties to the lower loss)
     adapt_check: float = 0.0
     adapt_check_every: int = 10
+    adapt_check_by: str = "loss"
 
     def __post_init__(self) -> None:
         check_ranges(self, base_steps="[1, inf)", adapt_steps="[0, inf)", batch_size="[1, 65536]", lr="(0, 1]",
                      adapt_lr="(0, 1]", weight_decay="[0, inf)", warmup_fraction="[0, 1]", calib_share="(0, 1]",
                      probe_l2="[0, inf)", layer_decay="(0, 1]", pretrain_steps="[1, inf)", adapt_epochs="[0, inf)",
                      adapt_min_steps="[0, inf)", adapt_check="[0, 1)", adapt_check_every="[1, inf)")
+        if self.adapt_check_by not in CHECK_CRITERIA:
+            raise ValueError(f"adapt_check_by must be one of {CHECK_CRITERIA}, got {self.adapt_check_by!r}")
+
+
+CHECK_CRITERIA = ("loss", "accuracy")
 
 
 def adaptation_steps(n_calib: int, cfg: FinetuneConfig) -> int:
@@ -162,30 +169,34 @@ def train_classifier(model: nn.Module, inputs: Inputs, y: np.ndarray, source: np
     return losses
 
 
-def balanced_loss(model: nn.Module, inputs: Inputs, y: np.ndarray, idx: np.ndarray) -> float:
-    """Cross-entropy of windows idx averaged per class, then over classes (eval mode; the mode is restored)."""
+def check_score(model: nn.Module, inputs: Inputs, y: np.ndarray, idx: np.ndarray, by: str) -> tuple[float, ...]:
+    """How badly `model` does on windows idx, lower is better: (balanced cross-entropy,) for by="loss",
+    (-balanced accuracy, balanced cross-entropy) for by="accuracy". Eval mode; the mode is restored."""
     was_training = model.training
     model.eval()
     logits = torch.as_tensor(apply_in_batches(model, inputs, idx))
     model.train(was_training)
-    losses = F.cross_entropy(logits, torch.as_tensor(y[idx], dtype=torch.long), reduction="none").numpy()
     labels = y[idx]
-    return float(np.mean([losses[labels == lab].mean() for lab in np.unique(labels)]))
+    losses = F.cross_entropy(logits, torch.as_tensor(labels, dtype=torch.long), reduction="none").numpy()
+    correct = (logits.argmax(dim=1).numpy() == labels)
+    classes = [labels == lab for lab in np.unique(labels)]
+    loss = float(np.mean([losses[c].mean() for c in classes]))
+    return (loss,) if by == "loss" else (-float(np.mean([correct[c].mean() for c in classes])), loss)
 
 
 def early_stopped_steps(model: nn.Module, inputs: Inputs, y: np.ndarray, source: np.ndarray, fit: np.ndarray,
                         check: np.ndarray, steps: int, lr: float, cfg: FinetuneConfig, seed: int,
                         layer_decay: float = 1.0) -> int:
     """Adapt `model` (a copy the caller discards) on `fit` for `steps` steps, scoring `check` before the first step
-    and every `adapt_check_every` steps; the step count with the least balanced loss (the earliest of ties)."""
-    scores = {0: balanced_loss(model, inputs, y, check)}
+    and every `adapt_check_every` steps; the step count that scores best by `adapt_check_by` (the earliest of ties)."""
+    scores = {0: check_score(model, inputs, y, check, cfg.adapt_check_by)}
 
     def score(step: int, trained: nn.Module) -> None:
         if step % cfg.adapt_check_every == 0 or step == steps:
-            scores[step] = balanced_loss(trained, inputs, y, check)
+            scores[step] = check_score(trained, inputs, y, check, cfg.adapt_check_by)
 
     train_classifier(model, inputs, y, source, fit, steps, lr, cfg, seed, layer_decay, after_step=score)
-    return min(scores, key=lambda step: (scores[step], step))
+    return min(scores, key=lambda step: (*scores[step], step))
 
 
 @torch.no_grad()
