@@ -98,6 +98,14 @@ def read_yaml(text: str, where: str | Path) -> Any:
         raise ConfigError(f"{where}: not valid YAML ({problem}{at})") from None
 
 
+def dotted(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested settings as {dotted key: value}, so a difference is named down to the setting ("train.lr")."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        flat.update(dotted(value, f"{prefix}{key}.") if isinstance(value, Mapping) else {f"{prefix}{key}": value})
+    return flat
+
+
 def load_config(schema: type[T], path: str | Path | Sequence[str | Path | Mapping] | None = None,
                 overrides: Sequence[str] = ()) -> T:
     """Merge defaults, optional layers (YAML files or mappings; later ones win) and `key=value`

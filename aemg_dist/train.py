@@ -43,7 +43,8 @@ from omegaconf import OmegaConf
 from aemg_dist import storage
 from aemg_dist.artifacts import (LOCAL_CHECKPOINT, RAY_RUN, RUN_CONFIG, RUN_EXPORT, RUN_METRICS, RUN_WORKERS,
                                  TOKENS_MANIFEST, last_metrics, model_preset, read_tokens_manifest, table_to_windows)
-from aemg_dist.config import ConfigError, check_ranges, config_from_dict, config_layer, load_config, save_config
+from aemg_dist.config import (ConfigError, check_ranges, config_from_dict, config_layer, dotted, load_config,
+                              save_config)
 from aemg_dist.shards import (ShardSplit, count_rows, rank_files, read_rows, split_recordings, stream_batches,
                               validation_rows)
 from aemg_dist.model import AEMGModel, ModelConfig, batch_to_torch
@@ -643,25 +644,17 @@ def check_resumable_run(cfg: PretrainConfig) -> None:
     if not storage.exists(saved):
         return
     try:
-        before = _dotted(asdict(load_config(PretrainConfig, [saved])))
+        before = dotted(asdict(load_config(PretrainConfig, [saved])))
     except ConfigError as err:
         raise ConfigError(f"run.out={cfg.run.out} holds a config.yaml that is not a run's ({err}); choose a new "
                           "run.out") from None
-    now = _dotted(asdict(cfg))
+    now = dotted(asdict(cfg))
     differs = [f"{k} {before.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(before) | set(now))
                if k not in (*RESUMABLE_KEYS, "run.out") and before.get(k) != now.get(k)]  # a moved run is the same
     if differs:
         raise ConfigError(f"run.out={cfg.run.out} holds a run with other settings ({'; '.join(differs[:3])}"
                           f"{' ...' if len(differs) > 3 else ''}); continue it with its settings (only "
                           f"{', '.join(RESUMABLE_KEYS)} may change) or choose a new run.out")
-
-
-def _dotted(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested settings as {dotted key: value}."""
-    flat: dict[str, Any] = {}
-    for key, value in values.items():
-        flat.update(_dotted(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
-    return flat
 
 
 def _fit_on_ray(cfg: PretrainConfig, split: ShardSplit, callbacks: Sequence[Any] = ()) -> str:

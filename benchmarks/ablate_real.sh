@@ -60,11 +60,12 @@ pretrain() {  # name, tokens folder, then pretraining overrides
   [ -f "$ABL/$name/export/model.safetensors" ] || $AEMG pretrain --config "$BASE" --no-ray "${SELECTION[@]}" \
     data.tokens="$tokens" run.out="$ABL/$name" data.exclude_subjects=[] "$EXCLUDE" "$@"
 }
-development() {  # name, windows folder, then evaluation overrides: the AEMG methods on development folds
+development() {  # name, windows folder, then evaluation overrides: the AEMG methods on development folds; the probe
+  # reads the pooled output in every row, as when the ablation began (the probe rows below override it)
   local name=$1 windows=$2; shift 2
   $AEMG evaluate --checkpoint "$ABL/${CHECKPOINT:-$name}" --corpus "$OUT/corpus.zarr" --out "$ABL/dev-$name$S" \
-    --splits "$SPLITS" --role development --methods aemg_finetune,aemg_probe,aemg_scratch --budgets 0,1,10,100 \
-    --seeds "$SEEDS" --max-folds 2 --quiet windows_tokens="$windows" "$@"
+    --splits "$SPLITS" --role development --methods "${METHODS:-aemg_finetune,aemg_probe,aemg_scratch}" \
+    --budgets 0,1,10,100 --seeds "$SEEDS" --max-folds 2 --quiet windows_tokens="$windows" train.probe_features=window "$@"
 }
 
 baselines() {  # name suffix, then evaluation overrides: the baselines on the same folds (their windows do not depend
@@ -104,6 +105,10 @@ if [ "$LONG_STEPS" -gt 0 ]; then  # LONG_STEPS=0 leaves the long pretraining out
   LONG=(optim.max_steps=$((STEPS * LONG_STEPS)) run.checkpoint_every=1000 run.val_every=1000)
   row v7-long "v7 v1 x$LONG_STEPS steps" "$ABL/tokens-ws" "$ABL/windows-ws" "${LONG[@]}"
   row v7-long-seed1 "v7, pretraining seed 1" "$ABL/tokens-ws" "$ABL/windows-ws" "${LONG[@]}" run.seed=1
+  # a wider, deeper encoder with the same long pretraining: d 128 x 4 layers (0.88 M parameters, 7x tiny's), about
+  # 3x tiny's step time here
+  WIDE=(model.d_model=128 model.n_layers=4 model.tokenizer_hidden=128)
+  row v8-wide "v8 v7, d 128 x 4 layers" "$ABL/tokens-ws" "$ABL/windows-ws" "${LONG[@]}" "${WIDE[@]}"
   if want v7-adapt-lr; then  # calibration only: v7's pretraining, adapted to the new user at 1e-3 instead of 3e-4
     pretrain v7-long "$ABL/tokens-ws" "${LONG[@]}"
     CHECKPOINT=v7-long development v7-adapt-lr "$ABL/windows-ws" train.adapt_lr=1e-3
@@ -138,5 +143,34 @@ if [ "$LONG_STEPS" -gt 0 ]; then  # LONG_STEPS=0 leaves the long pretraining out
   done
 fi
 
-.venv/bin/python benchmarks/ablation_table.py --budgets 0,1,10,100 ${LEVELS:+--levels} --baselines "$ABL/dev-baselines$BS" \
+# the frozen probe on every block's mean and std over the window (train.probe_features=layers) instead of the pooled
+# output alone: the probe only (fine-tuning and scratch do not read it), scored against the row's fine-tuning; and the
+# same probe on the encoder untrained (one step at a negligible learning rate), to tell what pretraining adds to it
+probe_row() {  # name, table label, checkpoint, the run whose fine-tuning it is compared with ("" for none)
+  want "$1" || return 0
+  CHECKPOINT=$3 METHODS=aemg_probe development "$1" "$ABL/windows-ws" train.probe_features=layers
+  TABLE+=("$2=${4:+$ABL/dev-$4$S+}$ABL/dev-$1$S:$ABL/$3")
+}
+if [ "$LONG_STEPS" -gt 0 ]; then
+  for pretrained in v7-long v7-long-seed1 v8-wide; do
+    want "$pretrained-probe-layers" || continue
+    case $pretrained in
+      v7-long) extra=(run.seed=0) ;;
+      v7-long-seed1) extra=(run.seed=1) ;;
+      v8-wide) extra=("${WIDE[@]}") ;;
+    esac
+    pretrain "$pretrained" "$ABL/tokens-ws" "${LONG[@]}" "${extra[@]}"
+    probe_row "$pretrained-probe-layers" "$pretrained + probe on every layer" "$pretrained" "$pretrained"
+  done
+fi
+if want untrained-probe-layers || want untrained-probe-window; then
+  pretrain untrained "$ABL/tokens-ws" optim.max_steps=1 optim.lr=1e-12 run.checkpoint_every=1 run.val_every=1
+fi
+probe_row untrained-probe-layers "untrained encoder, probe on every layer" untrained ""
+if want untrained-probe-window; then
+  CHECKPOINT=untrained METHODS=aemg_probe development untrained-probe-window "$ABL/windows-ws"
+  TABLE+=("untrained encoder, probe on the pooled output=$ABL/dev-untrained-probe-window$S:$ABL/untrained")
+fi
+
+.venv/bin/python benchmarks/ablation_table.py --budgets 0,1,10,100 ${LEVELS:+--levels} ${PROBE_LEVELS:+--probe-levels} --baselines "$ABL/dev-baselines$BS" \
   --out "$ABL/ablation$S.md" "${TABLE[@]}"

@@ -1,11 +1,13 @@
 """The ablation table of issue 14: one row per pretraining variant, scored on the same development folds.
 
-    python benchmarks/ablation_table.py --baselines DEV_BASELINES NAME=DEV_RUN[:PRETRAIN_RUN[:BASELINES]] ...
+    python benchmarks/ablation_table.py --baselines DEV_BASELINES NAME=DEV_RUN[+RUN...][:PRETRAIN_RUN[:BASELINES]] ...
         [--out table.md]
 
 Each DEV_RUN is an `aemg evaluate` output holding aemg_finetune, aemg_probe and aemg_scratch on development
 folds; DEV_BASELINES one holding the baselines on the same folds (same windows and budgets), or the row's own
-BASELINES (a calibration recipe is every method's: its row compares with baselines calibrated alike). Columns:
+BASELINES (a calibration recipe is every method's: its row compares with baselines calibrated alike). DEV_RUN+RUN:
+the methods RUN holds replace DEV_RUN's (a probe-only evaluation scored against an earlier run's fine-tuning).
+Columns:
 
 - pretrained - scratch at 1 % and at 10 % (or the budgets of --budgets): aemg_finetune minus aemg_scratch in
   balanced accuracy, paired over the held-out subjects (datasets pooled, seeds averaged), with how many subjects
@@ -18,7 +20,8 @@ BASELINES (a calibration recipe is every method's: its row compares with baselin
 - pretraining cost: steps and wall seconds of the pretraining run (its metrics.csv), when given.
 
 With --levels a second table gives the levels behind the differences: aemg_finetune's and aemg_scratch's mean
-balanced accuracy per budget and the median number of calibration steps each adapted for.
+balanced accuracy per budget and the median number of calibration steps each adapted for; with --probe-levels,
+aemg_probe's and aemg_finetune's mean balanced accuracy per budget.
 """
 
 from __future__ import annotations
@@ -37,8 +40,14 @@ from aemg_dist.evaluation.report import paired, per_subject  # noqa: E402
 BASELINES = ("td_lda", "cnn", "transformer", "simclr", "mae")
 
 
-def rows_of(run: Path) -> list[dict]:
-    return [r for line in (run / "trials.jsonl").read_text().splitlines() for r in json.loads(line)["trials"]]
+def rows_of(run: Path | list[Path]) -> list[dict]:
+    """The trials of an evaluation folder; of several, each one's methods replacing those of the folders before."""
+    rows: list[dict] = []
+    for folder in [run] if isinstance(run, Path) else run:
+        own = [r for line in (folder / "trials.jsonl").read_text().splitlines() for r in json.loads(line)["trials"]]
+        methods = {r["method"] for r in own}
+        rows = [r for r in rows if r["method"] not in methods] + own
+    return rows
 
 
 def pooled(rows: list[dict], a: str, b: str, budget: float) -> dict:
@@ -50,6 +59,8 @@ def pooled(rows: list[dict], a: str, b: str, budget: float) -> dict:
 
 
 def _cell(pair: dict) -> str:
+    if not pair["n"]:
+        return "–"  # a run without one of the two methods (a probe-only evaluation)
     return f"{pair['difference']:+.3f} ({pair['wins']}/{pair['n']}, p {pair['p_value']:.2f})"
 
 
@@ -74,7 +85,10 @@ def pretraining_cost(run: Path | None) -> str:
     return f"{int(float(last['step']))} steps, {float(last['elapsed_s']) / 60:.1f} min"
 
 
-def table(variants: list[tuple[str, Path, Path | None, Path | None]], baselines: Path,
+Variant = tuple[str, list[Path], Path | None, Path | None]  # name, evaluation folders, pretraining run, baselines
+
+
+def table(variants: list[Variant], baselines: Path,
           budgets: tuple[float, ...] = (1.0, 10.0)) -> str:
     head = "".join(f" pretrained − scratch, {b:g} % |" for b in budgets)
     lines = [f"| variant |{head} gap to best baseline, 10 % (datasets ≥ best) | probe − fine-tune, 100 % | pretraining |",
@@ -84,14 +98,16 @@ def table(variants: list[tuple[str, Path, Path | None, Path | None]], baselines:
         rows = rows_of(run) + (rows_of(compared) if (compared / "trials.jsonl").is_file() else [])
         cells = "".join(f" {_cell(pooled(rows, 'aemg_finetune', 'aemg_scratch', b))} |" for b in budgets)
         gap = gap_to_best(per_subject(rows, "balanced_accuracy"), 10.0)
-        gap_cell = f"{gap[0]:+.3f} ({gap[1]}/{gap[2]})" if gap[2] else "– (baselines not run)"
+        tuned = any(r["method"] == "aemg_finetune" for r in rows)
+        gap_cell = f"{gap[0]:+.3f} ({gap[1]}/{gap[2]})" if gap[2] else "– (baselines not run)" if tuned else "–"
         probe = pooled(rows, "aemg_probe", "aemg_finetune", 100.0)
-        lines.append(f"| {name} |{cells} {gap_cell} | {probe['difference']:+.3f} | "
+        probe_cell = f"{probe['difference']:+.3f}" if probe["n"] else "–"
+        lines.append(f"| {name} |{cells} {gap_cell} | {probe_cell} | "
                      f"{pretraining_cost(pretrain_run)} |")
     return "\n".join(lines)
 
 
-def levels(variants: list[tuple[str, Path, Path | None, Path | None]], budgets: tuple[float, ...]) -> str:
+def levels(variants: list[Variant], budgets: tuple[float, ...]) -> str:
     """Fine-tuned and from-scratch balanced accuracy per budget (mean over the held-out subjects, seeds averaged) and
     the median calibration steps each adapted for (the trials' calib_steps; "–" where not recorded)."""
     head = "".join(f" {b:g} %: fine-tuned / scratch (steps) |" for b in budgets)
@@ -111,25 +127,45 @@ def levels(variants: list[tuple[str, Path, Path | None, Path | None]], budgets: 
     return "\n".join(lines)
 
 
+def probe_levels(variants: list[Variant], budgets: tuple[float, ...]) -> str:
+    """The frozen probe's and fine-tuning's mean balanced accuracy per budget (held-out subjects, seeds averaged)."""
+    head = "".join(f" {b:g} %: probe / fine-tuned |" for b in budgets)
+    lines = [f"| variant |{head}", "|---|" + "---|" * len(budgets)]
+    for name, run, _, _ in variants:
+        cells = per_subject(rows_of(run), "balanced_accuracy")
+        out = []
+        for b in budgets:
+            means = [[v for (method, _, budget), subjects in cells.items() if (method, budget) == (m, b)
+                      for v in subjects.values()] for m in ("aemg_probe", "aemg_finetune")]
+            out.append(" " + " / ".join(f"{np.mean(v):.3f}" if v else "–" for v in means) + " |")
+        lines.append(f"| {name} |" + "".join(out))
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("variants", nargs="+", help="NAME=DEV_RUN[:PRETRAIN_RUN[:BASELINES]]")
+    parser.add_argument("variants", nargs="+", help="NAME=DEV_RUN[+RUN...][:PRETRAIN_RUN[:BASELINES]]")
     parser.add_argument("--baselines", type=Path, required=True, help="the baselines' evaluation on the same folds")
     parser.add_argument("--out", type=Path, help="also write the table here")
     parser.add_argument("--budgets", default="1,10", help="budgets (%%) of the pretrained - scratch columns")
     parser.add_argument("--levels", action="store_true",
                         help="also print fine-tuned and scratch accuracy per budget and their median calibration steps")
+    parser.add_argument("--probe-levels", action="store_true",
+                        help="also print the frozen probe's and fine-tuning's accuracy per budget")
     args = parser.parse_args()
     variants = []
     for spec in args.variants:
         name, _, paths = spec.partition("=")
         run, pretrain_run, own_baselines = (paths.split(":") + ["", ""])[:3]
-        variants.append((name, Path(run), Path(pretrain_run) if pretrain_run else None,
+        folders = [Path(folder) for folder in run.split("+")]
+        variants.append((name, folders, Path(pretrain_run) if pretrain_run else None,
                          Path(own_baselines) if own_baselines else None))
     budgets = tuple(float(b) for b in args.budgets.split(","))
     text = table(variants, args.baselines, budgets)
     if args.levels:
         text += "\n\n" + levels(variants, budgets)
+    if args.probe_levels:
+        text += "\n\n" + probe_levels(variants, budgets)
     print(text)
     if args.out:
         args.out.write_text(text + "\n")

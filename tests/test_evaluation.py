@@ -222,6 +222,19 @@ def test_guard_refuses_a_checkpoint_that_saw_the_subject(setup, tmp_path):
     assert {r["pretraining"] for r in rows} == {"seen"}
 
 
+def test_probe_reads_the_features_it_is_told_to(setup, tmp_path):
+    root, runs = setup
+    scores = {}
+    for kind in ("window", "layers"):
+        rows = evaluate(_config(root, tmp_path / kind, f"checkpoints=[{runs['unseen']}]", "methods=[aemg_probe]",
+                                "workers=1", "budgets=[0,10]", f"train.probe_features={kind}"), progress=False).rows
+        scores[kind] = {(r["subject"], r["budget"]): r["balanced_accuracy"] for r in rows}
+    assert scores["window"].keys() == scores["layers"].keys()
+    assert scores["window"] != scores["layers"]
+    with pytest.raises(ValueError, match="probe_features"):
+        _config(root, tmp_path / "bad", f"checkpoints=[{runs['unseen']}]", "train.probe_features=tokens")
+
+
 def _pretrain(out: Path, tokens: Path, *overrides: str) -> Path:
     pretrain(load_pretrain_config(TINY, [f"data.tokens={tokens}", f"run.out={out}", "dist.ray=false",
                                          "optim.max_steps=5", "data.batch_size=16", "run.log_every=5", *overrides]))
@@ -281,6 +294,13 @@ def test_resume_runs_only_missing_folds(setup, tmp_path):
     saved.write_text(written.replace("  adapt_check: 0.0\n", "  adapt_check: 0.3\n"))  # a different value does not
     with pytest.raises(ConfigError, match="other settings"):
         evaluate(_config(root, tmp_path, "methods=[td_lda]", "workers=1"), progress=False)
+    # a setting added with a default other than the old behaviour: an older folder is read with the old value
+    assert "  probe_features: layers\n" in written
+    saved.write_text(written.replace("  probe_features: layers\n", ""))
+    with pytest.raises(ConfigError, match="probe_features"):
+        evaluate(_config(root, tmp_path, "methods=[td_lda]", "workers=1"), progress=False)
+    assert evaluate(_config(root, tmp_path, "methods=[td_lda]", "workers=1", "train.probe_features=window"),
+                    progress=False).rows == second
     saved.write_text(written)
     with pytest.raises(ConfigError, match="other settings"):
         evaluate(_config(root, tmp_path, "methods=[td_lda]", "workers=1", "test_percent=50"), progress=False)

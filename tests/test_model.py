@@ -166,6 +166,26 @@ def test_padding_values_and_amount_do_not_change_real_outputs():
     torch.testing.assert_close(tokens3[:, :real.shape[1]][real], tokens[real], atol=1e-5, rtol=1e-5)
 
 
+def test_layer_summary_is_every_blocks_mean_and_std_over_the_real_positions():
+    torch.manual_seed(0)
+    rng = np.random.default_rng(5)
+    model = AEMGModel(tiny(n_layers=3)).eval()
+    batch = batch_to_torch(TokenBatch.collate([synthetic_window(rng), empty_window(), synthetic_window(rng)]))
+    summary = model.layer_summary(batch)
+    assert summary.shape == (3, 2 * 3 * 64)
+    stats = summary.view(3, 3, 2, 64)  # (window, block, mean / std, d)
+    torch.testing.assert_close(stats[:, -1, 0], model.encode(batch)[0])  # the last block's mean is the window output
+    assert torch.equal(stats[1, :, 1], torch.zeros(3, 64))  # an empty window: the window token alone, no spread
+    assert (stats[[0, 2], :, 1] > 0).all()
+    # padding never reaches a mean or a std
+    longer = {k: torch.cat([v, v.new_zeros((v.shape[0], 5, *v.shape[2:]))], dim=1) for k, v in batch.items()}
+    torch.testing.assert_close(model.layer_summary(longer), summary, atol=1e-5, rtol=1e-5)
+    # a block's std by hand, for the first window's real positions (window token first)
+    x, key_mask = model.embed(batch)
+    first = model.encoder.blocks[0](x, key_mask)[0][key_mask[0]]
+    torch.testing.assert_close(stats[0, 0, 1], first.std(dim=0, unbiased=False))
+
+
 def test_permuting_tokens_with_their_conditioning_changes_nothing():
     torch.manual_seed(0)
     rng = np.random.default_rng(2)

@@ -184,21 +184,23 @@ class TDLDA(FeatureMethod):
         return LDA().fit(X, y, sample_weight=weight)
 
 
-def pretrained_features(ctx: FoldContext, idx: np.ndarray) -> np.ndarray:
-    """The frozen pretrained encoder's pooled window features of windows idx (once per fold and view)."""
+def pretrained_features(ctx: FoldContext, idx: np.ndarray, kind: str = "window") -> np.ndarray:
+    """The frozen pretrained encoder's features of windows idx (once per fold, view and kind): "window", the pooled
+    window output; "layers", every block's mean and std over the window (`AEMGModel.layer_summary`)."""
     def encode(rows: np.ndarray) -> np.ndarray:
         if "pretrained_model" not in ctx.cache:
             ctx.cache["pretrained_model"] = ctx.pretrained()
         model = ctx.cache["pretrained_model"]
-        return apply_in_batches(lambda batch: model.encode(batch)[0], ctx.token_inputs, rows)
-    return ctx.cached("pretrained_features", encode, idx)
+        features = model.layer_summary if kind == "layers" else lambda batch: model.encode(batch)[0]
+        return apply_in_batches(features, ctx.token_inputs, rows)
+    return ctx.cached(f"pretrained_features/{kind}", encode, idx)
 
 
 class AEMGProbe(FeatureMethod):
     name = "aemg_probe"
 
     def features(self, ctx: FoldContext, idx: np.ndarray) -> np.ndarray:
-        return pretrained_features(ctx, idx)
+        return pretrained_features(ctx, idx, ctx.train.probe_features)
 
     def classifier(self, ctx: FoldContext, X: np.ndarray, y: np.ndarray, weight: np.ndarray | None) -> LinearProbe:
         return LinearProbe(l2=ctx.train.probe_l2).fit(X, y, ctx.n_classes, sample_weight=weight)

@@ -40,11 +40,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
 from aemg_dist import storage
 from aemg_dist.artifacts import (RUN_CONFIG, RUN_EXPORT, TOKENS_MANIFEST, TokenizeConfig, model_preset,
                                  read_tokens_manifest)
-from aemg_dist.config import ConfigError, check_ranges, config_from_dict, load_config, save_config
+from aemg_dist.config import ConfigError, check_ranges, config_from_dict, dotted, load_config, save_config
 from aemg_dist.evaluation.classifiers import FinetuneConfig
 from aemg_dist.evaluation.data import DatasetWindows, load_labeled_windows
 from aemg_dist.evaluation.folds import Fold, calibration_seconds, calibration_split, loso_folds, reference_split
@@ -534,14 +535,22 @@ def _read_trials(out: Path, drop_partial: bool = False) -> list[dict[str, Any]]:
     return rows
 
 
+# settings added with a default other than the behaviour before them: the value an older folder's trials had
+BEFORE_THE_SETTING = {("train", "probe_features"): "window"}
+
+
 def _check_resumable(cfg: EvaluateConfig, out: Path) -> None:
     """An OUT with trials may only be continued with the same config (else results would mix). The saved config is
-    read through the schema: a setting added since it was written takes its default, which keeps the old behaviour."""
+    read through the schema: a setting added since it was written takes its default, or its value in
+    BEFORE_THE_SETTING where the default is not the old behaviour."""
     saved = out / CONFIG_FILE
     if not (out / TRIALS_FILE).is_file() or not saved.is_file():
         return
-    before = json.loads(json.dumps(asdict(load_config(EvaluateConfig, [saved]))))
-    now = json.loads(json.dumps(asdict(cfg)))
+    written = yaml.safe_load(saved.read_text()) or {}
+    older = [f"{section}.{key}={value}" for (section, key), value in BEFORE_THE_SETTING.items()
+             if key not in (written.get(section) or {})]
+    before = dotted(json.loads(json.dumps(asdict(load_config(EvaluateConfig, [saved], older)))))
+    now = dotted(json.loads(json.dumps(asdict(cfg))))
     differs = sorted(k for k in now if k not in ("workers", "address") and before.get(k) != now[k])
     if differs:
         raise ConfigError(f"{out} holds trials of an evaluation with other settings ({', '.join(differs)}); "

@@ -191,6 +191,19 @@ class AEMGModel(nn.Module):
         weight = key_mask[..., None].to(h.dtype)
         return (h * weight).sum(dim=1) / weight.sum(dim=1), h[:, 1:]
 
+    def layer_summary(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Unmasked forward -> (B, 2 * n_layers * d_model): per block, the mean and the std of its output over the
+        window token and the real tokens (the last block's mean is encode's window). Frozen features that keep
+        what the earlier layers and the spread over the window know, for a probe."""
+        x, key_mask = self.embed(batch)
+        weight = key_mask[..., None].to(x.dtype)
+        count = weight.sum(dim=1)
+        stats = []
+        for h in self.encoder.layers(x, key_mask):
+            mean = (h * weight).sum(dim=1) / count
+            stats += [mean, (((h - mean[:, None]) ** 2 * weight).sum(dim=1) / count).sqrt()]
+        return torch.cat(stats, dim=1)
+
     def lookup_parameters(self) -> list[nn.Parameter]:
         """Parameters read by index rather than multiplied: embedding tables, the [MASK] and window vectors."""
         tables = [m.weight for m in self.modules() if isinstance(m, nn.Embedding)]

@@ -175,6 +175,13 @@ class Transformer(nn.Module):
         self.ln_f = nn.LayerNorm(cfg.d_model)
 
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+        return self.layers(x, key_mask)[-1]
+
+    def layers(self, x: torch.Tensor, key_mask: torch.Tensor) -> list[torch.Tensor]:
+        """The output of every block, (B, T, d) each; the last after the final LayerNorm (forward's output)."""
+        outputs = []
         for block in self.blocks:
             x = block(x, key_mask)
-        return self.ln_f(x)
+            outputs.append(x)
+        outputs[-1] = self.ln_f(x)
+        return outputs
