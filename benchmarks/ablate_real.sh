@@ -162,6 +162,11 @@ if [ "$LONG_STEPS" -gt 0 ]; then
     pretrain "$pretrained" "$ABL/tokens-ws" "${LONG[@]}" "${extra[@]}"
     probe_row "$pretrained-probe-layers" "$pretrained + probe on every layer" "$pretrained" "$pretrained"
   done
+  if want v7-long-head-layers; then  # the fine-tuned head (and scratch's) reads every layer's mean and spread too
+    pretrain v7-long "$ABL/tokens-ws" "${LONG[@]}"
+    CHECKPOINT=v7-long development v7-long-head-layers "$ABL/windows-ws" train.head_features=layers
+    TABLE+=("v7 + fine-tuned head on every layer=$ABL/dev-v7-long-head-layers$S:$ABL/v7-long")
+  fi
 fi
 if want untrained-probe-layers || want untrained-probe-window; then
   pretrain untrained "$ABL/tokens-ws" optim.max_steps=1 optim.lr=1e-12 run.checkpoint_every=1 run.val_every=1

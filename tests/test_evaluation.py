@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import tempfile
+from dataclasses import replace
 from collections import Counter
 from pathlib import Path
 
@@ -14,13 +15,14 @@ import numpy as np
 import pytest
 
 from aemg_dist import cli
-from aemg_dist.config import ConfigError, load_config
+from aemg_dist.config import ConfigError, load_config, save_config
 from aemg_dist.artifacts import read_token_table
 from aemg_dist.data import tokenize_corpus
 from aemg_dist.evaluation import calibration_split, loso_folds
 from aemg_dist.evaluation.folds import reference_split
 from aemg_dist.evaluation.methods import METHODS
-from aemg_dist.evaluation.runner import TRIALS_FILE, EvaluateConfig, evaluate, exclusion_groups
+from aemg_dist.evaluation.runner import (CONFIG_FILE, TRIALS_FILE, EvaluateConfig, _check_resumable, evaluate,
+                                         exclusion_groups)
 from aemg_dist.train import load_pretrain_config, pretrain, split_tables
 from preprocessing.corpus import Corpus
 from preprocessing.prepare import prepare
@@ -294,16 +296,24 @@ def test_resume_runs_only_missing_folds(setup, tmp_path):
     saved.write_text(written.replace("  adapt_check: 0.0\n", "  adapt_check: 0.3\n"))  # a different value does not
     with pytest.raises(ConfigError, match="other settings"):
         evaluate(_config(root, tmp_path, "methods=[td_lda]", "workers=1"), progress=False)
-    # a setting added with a default other than the old behaviour: an older folder is read with the old value
-    assert "  probe_features: layers\n" in written
-    saved.write_text(written.replace("  probe_features: layers\n", ""))
-    with pytest.raises(ConfigError, match="probe_features"):
-        evaluate(_config(root, tmp_path, "methods=[td_lda]", "workers=1"), progress=False)
-    assert evaluate(_config(root, tmp_path, "methods=[td_lda]", "workers=1", "train.probe_features=window"),
-                    progress=False).rows == second
+    # a setting only other methods read does not stop a folder from continuing
+    saved.write_text(written.replace("  probe_features: layers\n", "  probe_features: window\n"))
+    assert evaluate(_config(root, tmp_path, "methods=[td_lda]", "workers=1"), progress=False).rows == second
     saved.write_text(written)
     with pytest.raises(ConfigError, match="other settings"):
         evaluate(_config(root, tmp_path, "methods=[td_lda]", "workers=1", "test_percent=50"), progress=False)
+
+
+def test_an_older_folder_is_read_with_the_value_a_setting_had_before_it_existed(tmp_path):
+    """train.probe_features came with a default (layers) other than the behaviour before it (window)."""
+    probe = load_config(EvaluateConfig, None, ["corpus=c.zarr", f"out={tmp_path}", "methods=[aemg_probe]"])
+    (tmp_path / TRIALS_FILE).write_text("")
+    save_config(probe, tmp_path / CONFIG_FILE)
+    written = (tmp_path / CONFIG_FILE).read_text()
+    (tmp_path / CONFIG_FILE).write_text(written.replace("  probe_features: layers\n", ""))
+    with pytest.raises(ConfigError, match=r"other settings \(train.probe_features\)"):
+        _check_resumable(probe, tmp_path)
+    _check_resumable(replace(probe, train=replace(probe.train, probe_features="window")), tmp_path)
 
 
 def test_a_uri_out_is_staged_uploaded_per_fold_and_resumed(tiny_corpus, tmp_path, monkeypatch):

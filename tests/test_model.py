@@ -186,6 +186,18 @@ def test_layer_summary_is_every_blocks_mean_and_std_over_the_real_positions():
     torch.testing.assert_close(stats[0, 0, 1], first.std(dim=0, unbiased=False))
 
 
+def test_a_classifier_head_reads_the_features_it_is_told_to():
+    from aemg_dist.evaluation.classifiers import AEMGClassifier
+    torch.manual_seed(0)
+    batch = batch_to_torch(TokenBatch.collate([synthetic_window(np.random.default_rng(6)) for _ in range(2)]))
+    for reads, width in (("window", 64), ("layers", 2 * 3 * 64)):
+        classifier = AEMGClassifier(AEMGModel(tiny(n_layers=3)), 4, reads).eval()
+        assert classifier.head.in_features == width
+        expected = (classifier.backbone.layer_summary(batch) if reads == "layers"
+                    else classifier.backbone.encode(batch)[0])
+        torch.testing.assert_close(classifier(batch), classifier.head(expected))
+
+
 def test_permuting_tokens_with_their_conditioning_changes_nothing():
     torch.manual_seed(0)
     rng = np.random.default_rng(2)

@@ -48,8 +48,10 @@ class FinetuneConfig:
     probe_init: bool = True  # aemg_finetune: start the head from the linear probe (LP-FT) instead of random
     # aemg_probe's frozen features: "layers" (the mean and std over the window of every block's output) or "window"
     # (the pooled output the fine-tuned head reads; the only choice before, 0.11-0.13 lower on the development
-    # subjects at 100 %, benchmarks/RESULTS.md); LP-FT always fits its probe on "window"
+    # subjects at 100 %, benchmarks/RESULTS.md)
     probe_features: str = "layers"
+    # what the head of aemg_finetune and aemg_scratch reads, the same choices; LP-FT fits its probe on these
+    head_features: str = "window"
     # aemg_finetune: layer-wise learning-rate decay, lr x layer_decay^depth from the head down (1 = one rate). The
     # pretrained layers near the input change least; a model from scratch always trains with one rate
     layer_decay: float = 1.0
@@ -72,7 +74,8 @@ class FinetuneConfig:
                      adapt_lr="(0, 1]", weight_decay="[0, inf)", warmup_fraction="[0, 1]", calib_share="(0, 1]",
                      probe_l2="[0, inf)", layer_decay="(0, 1]", pretrain_steps="[1, inf)", adapt_epochs="[0, inf)",
                      adapt_min_steps="[0, inf)", adapt_check="[0, 1)", adapt_check_every="[1, inf)")
-        for name, allowed in (("adapt_check_by", CHECK_CRITERIA), ("probe_features", PROBE_FEATURES)):
+        for name, allowed in (("adapt_check_by", CHECK_CRITERIA), ("probe_features", PROBE_FEATURES),
+                              ("head_features", PROBE_FEATURES)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
 
@@ -258,9 +261,9 @@ class LinearProbe:
 class AEMGClassifier(nn.Module):
     """The AEMG encoder (token embedding + Transformer; pooled window output) with a linear head."""
 
-    def __init__(self, backbone: AEMGModel, n_classes: int):
+    def __init__(self, backbone: AEMGModel, n_classes: int, features: str = "window"):
         super().__init__()
-        self.backbone = backbone
+        self.backbone, self.reads = backbone, features
         # the pretraining objective may have frozen parts (two-stage training): fine-tuning trains them all
         for part in (backbone.embed, backbone.encoder):
             part.requires_grad_(True)
@@ -268,10 +271,12 @@ class AEMGClassifier(nn.Module):
         for head in (backbone.head, backbone.feature_head, backbone.projection):  # pretraining heads
             if head is not None:
                 head.requires_grad_(False)
-        self.head = nn.Linear(backbone.cfg.d_model, n_classes)
+        width = backbone.cfg.d_model * (2 * backbone.cfg.n_layers if features == "layers" else 1)
+        self.head = nn.Linear(width, n_classes)
 
     def features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.backbone.encode(batch)[0]
+        """What the head reads (`PROBE_FEATURES`): the pooled output, or every block's mean and spread."""
+        return self.backbone.layer_summary(batch) if self.reads == "layers" else self.backbone.encode(batch)[0]
 
     def layer_groups(self) -> list[list[nn.Parameter]]:
         """Parameters from the output down: head and final norm, each block from the top, then the embeddings."""

@@ -260,9 +260,9 @@ class AEMGFinetune(NeuralMethod):
     name = "aemg_finetune"
 
     def build(self, ctx: FoldContext) -> nn.Module:
-        model = AEMGClassifier(ctx.pretrained().train(), ctx.n_classes)
+        model = AEMGClassifier(ctx.pretrained().train(), ctx.n_classes, ctx.train.head_features)
         if ctx.train.probe_init:
-            X = pretrained_features(ctx, ctx.source)
+            X = pretrained_features(ctx, ctx.source, ctx.train.head_features)
             probe = LinearProbe(l2=ctx.train.probe_l2).fit(X, ctx.data.y[ctx.source], ctx.n_classes)
             with torch.no_grad():  # the probe standardizes its input: fold that into the head's weights
                 weight = probe.weight_ / probe.scale_[:, None]
@@ -284,7 +284,7 @@ class AEMGScratch(AEMGFinetune):
     name = "aemg_scratch"
 
     def build(self, ctx: FoldContext) -> nn.Module:
-        return AEMGClassifier(AEMGModel(ctx.model_config), ctx.n_classes)
+        return AEMGClassifier(AEMGModel(ctx.model_config), ctx.n_classes, ctx.train.head_features)
 
     def layer_decay(self, ctx: FoldContext) -> float:
         return 1.0

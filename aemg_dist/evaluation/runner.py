@@ -537,6 +537,8 @@ def _read_trials(out: Path, drop_partial: bool = False) -> list[dict[str, Any]]:
 
 # settings added with a default other than the behaviour before them: the value an older folder's trials had
 BEFORE_THE_SETTING = {("train", "probe_features"): "window"}
+# settings only these methods read: a folder without them may continue whatever the setting says
+READ_BY = {"train.probe_features": {"aemg_probe"}, "train.head_features": {"aemg_finetune", "aemg_scratch"}}
 
 
 def _check_resumable(cfg: EvaluateConfig, out: Path) -> None:
@@ -551,7 +553,8 @@ def _check_resumable(cfg: EvaluateConfig, out: Path) -> None:
              if key not in (written.get(section) or {})]
     before = dotted(json.loads(json.dumps(asdict(load_config(EvaluateConfig, [saved], older)))))
     now = dotted(json.loads(json.dumps(asdict(cfg))))
-    differs = sorted(k for k in now if k not in ("workers", "address") and before.get(k) != now[k])
+    differs = sorted(k for k in now if k not in ("workers", "address") and before.get(k) != now[k]
+                     and READ_BY.get(k, set(cfg.methods)) & set(cfg.methods))
     if differs:
         raise ConfigError(f"{out} holds trials of an evaluation with other settings ({', '.join(differs)}); "
                           "choose another --out or delete it")
