@@ -117,12 +117,13 @@ def levels(variants: list[Variant], budgets: tuple[float, ...]) -> str:
         cells = per_subject(rows, "balanced_accuracy")
         out = []
         for b in budgets:
-            means = [np.mean([v for (method, _, budget), subjects in cells.items() if (method, budget) == (m, b)
-                              for v in subjects.values()]) for m in ("aemg_finetune", "aemg_scratch")]
+            means = [[v for (method, _, budget), subjects in cells.items() if (method, budget) == (m, b)
+                      for v in subjects.values()] for m in ("aemg_finetune", "aemg_scratch")]
             steps = [[r["calib_steps"] for r in rows if r["method"] == m and r["budget"] == b
                       and r.get("calib_steps") is not None] for m in ("aemg_finetune", "aemg_scratch")]
             told = " / ".join(f"{np.median(s):.0f}" if s else "–" for s in steps)
-            out.append(f" {means[0]:.3f} / {means[1]:.3f} ({told}) |")
+            levels_told = " / ".join(f"{np.mean(v):.3f}" if v else "–" for v in means)
+            out.append(f" {levels_told} ({told}) |")
         lines.append(f"| {name} |" + "".join(out))
     return "\n".join(lines)
 
