@@ -40,10 +40,10 @@ from aemg_dist.evaluation.report import paired, per_subject  # noqa: E402
 BASELINES = ("td_lda", "cnn", "transformer", "simclr", "mae")
 
 
-def rows_of(run: Path | list[Path]) -> list[dict]:
-    """The trials of an evaluation folder; of several, each one's methods replacing those of the folders before."""
+def rows_of(*folders: Path) -> list[dict]:
+    """The trials of evaluation folders, each one's methods replacing those of the folders before it."""
     rows: list[dict] = []
-    for folder in [run] if isinstance(run, Path) else run:
+    for folder in folders:
         own = [r for line in (folder / "trials.jsonl").read_text().splitlines() for r in json.loads(line)["trials"]]
         methods = {r["method"] for r in own}
         rows = [r for r in rows if r["method"] not in methods] + own
@@ -95,7 +95,7 @@ def table(variants: list[Variant], baselines: Path,
              "|---|" + "---|" * (len(budgets) + 3)]
     for name, run, pretrain_run, own_baselines in variants:
         compared = own_baselines or baselines
-        rows = rows_of(run) + (rows_of(compared) if (compared / "trials.jsonl").is_file() else [])
+        rows = rows_of(*run) + (rows_of(compared) if (compared / "trials.jsonl").is_file() else [])
         cells = "".join(f" {_cell(pooled(rows, 'aemg_finetune', 'aemg_scratch', b))} |" for b in budgets)
         gap = gap_to_best(per_subject(rows, "balanced_accuracy"), 10.0)
         tuned = any(r["method"] == "aemg_finetune" for r in rows)
@@ -107,23 +107,28 @@ def table(variants: list[Variant], baselines: Path,
     return "\n".join(lines)
 
 
+def mean_levels(cells: dict, methods: tuple[str, ...], budget: float) -> str:
+    """Each method's mean balanced accuracy at `budget` over the held-out subjects (seeds averaged), "a / b"; "–" for
+    a method the run does not hold."""
+    values = [[v for (method, _, b), subjects in cells.items() if (method, b) == (m, budget) for v in subjects.values()]
+              for m in methods]
+    return " / ".join(f"{np.mean(v):.3f}" if v else "–" for v in values)
+
+
 def levels(variants: list[Variant], budgets: tuple[float, ...]) -> str:
     """Fine-tuned and from-scratch balanced accuracy per budget (mean over the held-out subjects, seeds averaged) and
     the median calibration steps each adapted for (the trials' calib_steps; "–" where not recorded)."""
     head = "".join(f" {b:g} %: fine-tuned / scratch (steps) |" for b in budgets)
     lines = [f"| variant |{head}", "|---|" + "---|" * len(budgets)]
     for name, run, _, _ in variants:
-        rows = rows_of(run)
+        rows = rows_of(*run)
         cells = per_subject(rows, "balanced_accuracy")
         out = []
         for b in budgets:
-            means = [[v for (method, _, budget), subjects in cells.items() if (method, budget) == (m, b)
-                      for v in subjects.values()] for m in ("aemg_finetune", "aemg_scratch")]
             steps = [[r["calib_steps"] for r in rows if r["method"] == m and r["budget"] == b
                       and r.get("calib_steps") is not None] for m in ("aemg_finetune", "aemg_scratch")]
             told = " / ".join(f"{np.median(s):.0f}" if s else "–" for s in steps)
-            levels_told = " / ".join(f"{np.mean(v):.3f}" if v else "–" for v in means)
-            out.append(f" {levels_told} ({told}) |")
+            out.append(f" {mean_levels(cells, ('aemg_finetune', 'aemg_scratch'), b)} ({told}) |")
         lines.append(f"| {name} |" + "".join(out))
     return "\n".join(lines)
 
@@ -133,13 +138,9 @@ def probe_levels(variants: list[Variant], budgets: tuple[float, ...]) -> str:
     head = "".join(f" {b:g} %: probe / fine-tuned |" for b in budgets)
     lines = [f"| variant |{head}", "|---|" + "---|" * len(budgets)]
     for name, run, _, _ in variants:
-        cells = per_subject(rows_of(run), "balanced_accuracy")
-        out = []
-        for b in budgets:
-            means = [[v for (method, _, budget), subjects in cells.items() if (method, budget) == (m, b)
-                      for v in subjects.values()] for m in ("aemg_probe", "aemg_finetune")]
-            out.append(" " + " / ".join(f"{np.mean(v):.3f}" if v else "–" for v in means) + " |")
-        lines.append(f"| {name} |" + "".join(out))
+        cells = per_subject(rows_of(*run), "balanced_accuracy")
+        lines.append(f"| {name} |" + "".join(f" {mean_levels(cells, ('aemg_probe', 'aemg_finetune'), b)} |"
+                                             for b in budgets))
     return "\n".join(lines)
 
 

@@ -74,14 +74,20 @@ class FinetuneConfig:
                      adapt_lr="(0, 1]", weight_decay="[0, inf)", warmup_fraction="[0, 1]", calib_share="(0, 1]",
                      probe_l2="[0, inf)", layer_decay="(0, 1]", pretrain_steps="[1, inf)", adapt_epochs="[0, inf)",
                      adapt_min_steps="[0, inf)", adapt_check="[0, 1)", adapt_check_every="[1, inf)")
-        for name, allowed in (("adapt_check_by", CHECK_CRITERIA), ("probe_features", PROBE_FEATURES),
-                              ("head_features", PROBE_FEATURES)):
+        for name, allowed in (("adapt_check_by", CHECK_CRITERIA), ("probe_features", FEATURE_READS),
+                              ("head_features", FEATURE_READS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
 
 
 CHECK_CRITERIA = ("loss", "accuracy")
-PROBE_FEATURES = ("window", "layers")
+FEATURE_READS = ("window", "layers")
+
+
+def read_features(backbone: AEMGModel, batch: dict[str, torch.Tensor], reads: str) -> torch.Tensor:
+    """What a probe or a head reads of the encoder (`FEATURE_READS`): "window", the pooled output (B, d_model);
+    "layers", every block's mean and std over the window (B, 2 * n_layers * d_model)."""
+    return backbone.layer_summary(batch) if reads == "layers" else backbone.encode(batch)[0]
 
 
 def adaptation_steps(n_calib: int, cfg: FinetuneConfig) -> int:
@@ -275,8 +281,7 @@ class AEMGClassifier(nn.Module):
         self.head = nn.Linear(width, n_classes)
 
     def features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """What the head reads (`PROBE_FEATURES`): the pooled output, or every block's mean and spread."""
-        return self.backbone.layer_summary(batch) if self.reads == "layers" else self.backbone.encode(batch)[0]
+        return read_features(self.backbone, batch, self.reads)
 
     def layer_groups(self) -> list[list[nn.Parameter]]:
         """Parameters from the output down: head and final norm, each block from the top, then the embeddings."""

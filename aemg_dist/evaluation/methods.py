@@ -36,7 +36,7 @@ import torch.nn as nn
 
 from aemg_dist.evaluation.classifiers import (
     AEMGClassifier, FinetuneConfig, LinearProbe, adaptation_steps, adapted_copy, apply_in_batches,
-    calibration_weights, check_split, early_stopped_steps, predict, train_classifier)
+    calibration_weights, check_split, early_stopped_steps, predict, read_features, train_classifier)
 from aemg_dist.evaluation.data import DatasetWindows
 from aemg_dist.evaluation.folds import Fold
 from aemg_dist.evaluation.heldout import HeldOutView
@@ -191,8 +191,7 @@ def pretrained_features(ctx: FoldContext, idx: np.ndarray, kind: str = "window")
         if "pretrained_model" not in ctx.cache:
             ctx.cache["pretrained_model"] = ctx.pretrained()
         model = ctx.cache["pretrained_model"]
-        features = model.layer_summary if kind == "layers" else lambda batch: model.encode(batch)[0]
-        return apply_in_batches(features, ctx.token_inputs, rows)
+        return apply_in_batches(lambda batch: read_features(model, batch, kind), ctx.token_inputs, rows)
     return ctx.cached(f"pretrained_features/{kind}", encode, idx)
 
 

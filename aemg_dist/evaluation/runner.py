@@ -40,12 +40,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from aemg_dist import storage
 from aemg_dist.artifacts import (RUN_CONFIG, RUN_EXPORT, TOKENS_MANIFEST, TokenizeConfig, model_preset,
                                  read_tokens_manifest)
-from aemg_dist.config import ConfigError, check_ranges, config_from_dict, dotted, load_config, save_config
+from aemg_dist.config import (ConfigError, check_ranges, config_from_dict, config_layer, dotted, load_config,
+                              save_config)
 from aemg_dist.evaluation.classifiers import FinetuneConfig
 from aemg_dist.evaluation.data import DatasetWindows, load_labeled_windows
 from aemg_dist.evaluation.folds import Fold, calibration_seconds, calibration_split, loso_folds, reference_split
@@ -536,7 +536,7 @@ def _read_trials(out: Path, drop_partial: bool = False) -> list[dict[str, Any]]:
 
 
 # settings added with a default other than the behaviour before them: the value an older folder's trials had
-BEFORE_THE_SETTING = {("train", "probe_features"): "window"}
+BEFORE_THE_SETTING = {"train.probe_features": "window"}
 # settings only these methods read: a folder without them may continue whatever the setting says
 READ_BY = {"train.probe_features": {"aemg_probe"}, "train.head_features": {"aemg_finetune", "aemg_scratch"}}
 
@@ -548,9 +548,8 @@ def _check_resumable(cfg: EvaluateConfig, out: Path) -> None:
     saved = out / CONFIG_FILE
     if not (out / TRIALS_FILE).is_file() or not saved.is_file():
         return
-    written = yaml.safe_load(saved.read_text()) or {}
-    older = [f"{section}.{key}={value}" for (section, key), value in BEFORE_THE_SETTING.items()
-             if key not in (written.get(section) or {})]
+    written = dotted(config_layer(saved))
+    older = [f"{key}={value}" for key, value in BEFORE_THE_SETTING.items() if key not in written]
     before = dotted(json.loads(json.dumps(asdict(load_config(EvaluateConfig, [saved], older)))))
     now = dotted(json.loads(json.dumps(asdict(cfg))))
     differs = sorted(k for k in now if k not in ("workers", "address") and before.get(k) != now[k]
