@@ -109,15 +109,21 @@ if [ "$LONG_STEPS" -gt 0 ]; then  # LONG_STEPS=0 leaves the long pretraining out
   # 3x tiny's step time here
   WIDE=(model.d_model=128 model.n_layers=4 model.tokenizer_hidden=128)
   row v8-wide "v8 v7, d 128 x 4 layers" "$ABL/tokens-ws" "$ABL/windows-ws" "${LONG[@]}" "${WIDE[@]}"
+  pretrain_named() {  # a long row's pretraining, as its row above makes it, for the rows below that reuse it
+    case $1 in
+      v7-long) pretrain v7-long "$ABL/tokens-ws" "${LONG[@]}" ;;
+      v7-long-seed1) pretrain v7-long-seed1 "$ABL/tokens-ws" "${LONG[@]}" run.seed=1 ;;
+      v8-wide) pretrain v8-wide "$ABL/tokens-ws" "${LONG[@]}" "${WIDE[@]}" ;;
+    esac
+  }
   if want v7-adapt-lr; then  # calibration only: v7's pretraining, adapted to the new user at 1e-3 instead of 3e-4
-    pretrain v7-long "$ABL/tokens-ws" "${LONG[@]}"
+    pretrain_named v7-long
     CHECKPOINT=v7-long development v7-adapt-lr "$ABL/windows-ws" train.adapt_lr=1e-3
     TABLE+=("v7 + calibration lr 1e-3=$ABL/dev-v7-adapt-lr$S:$ABL/v7-long")
   fi
   for pretrained in v7-long v7-long-seed1; do  # calibration only: 30 calibration steps instead of 100
     want "$pretrained-adapt30" || continue
-    [ "$pretrained" = v7-long ] && seed=0 || seed=1
-    pretrain "$pretrained" "$ABL/tokens-ws" "${LONG[@]}" run.seed=$seed
+    pretrain_named "$pretrained"
     CHECKPOINT=$pretrained development "$pretrained-adapt30" "$ABL/windows-ws" train.adapt_steps=30
     TABLE+=("$pretrained + 30 calibration steps=$ABL/dev-$pretrained-adapt30$S:$ABL/$pretrained")
   done
@@ -134,8 +140,7 @@ if [ "$LONG_STEPS" -gt 0 ]; then  # LONG_STEPS=0 leaves the long pretraining out
     esac
     for pretrained in v7-long v7-long-seed1; do
       want "$pretrained-$recipe" || continue
-      [ "$pretrained" = v7-long ] && seed=0 || seed=1
-      pretrain "$pretrained" "$ABL/tokens-ws" "${LONG[@]}" run.seed=$seed
+      pretrain_named "$pretrained"
       CHECKPOINT=$pretrained development "$pretrained-$recipe" "$ABL/windows-ws" "${overrides[@]}"
       [ -n "${SKIP_RECIPE_BASELINES:-}" ] || baselines "-$recipe" "${overrides[@]}"
       TABLE+=("$pretrained + calibration $recipe=$ABL/dev-$pretrained-$recipe$S:$ABL/$pretrained:$ABL/dev-baselines-$recipe$BS")
@@ -154,16 +159,11 @@ probe_row() {  # name, table label, checkpoint, the run whose fine-tuning it is 
 if [ "$LONG_STEPS" -gt 0 ]; then
   for pretrained in v7-long v7-long-seed1 v8-wide; do
     want "$pretrained-probe-layers" || continue
-    case $pretrained in
-      v7-long) extra=(run.seed=0) ;;
-      v7-long-seed1) extra=(run.seed=1) ;;
-      v8-wide) extra=("${WIDE[@]}") ;;
-    esac
-    pretrain "$pretrained" "$ABL/tokens-ws" "${LONG[@]}" "${extra[@]}"
+    pretrain_named "$pretrained"
     probe_row "$pretrained-probe-layers" "$pretrained + probe on every layer" "$pretrained" "$pretrained"
   done
   if want v7-long-head-layers; then  # the fine-tuned head (and scratch's) reads every layer's mean and spread too
-    pretrain v7-long "$ABL/tokens-ws" "${LONG[@]}"
+    pretrain_named v7-long
     CHECKPOINT=v7-long development v7-long-head-layers "$ABL/windows-ws" train.head_features=layers
     TABLE+=("v7 + fine-tuned head on every layer=$ABL/dev-v7-long-head-layers$S:$ABL/v7-long")
   fi

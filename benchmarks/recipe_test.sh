@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Issue 14: a pretraining recipe chosen on the development subjects (benchmarks/ablate_real.sh) evaluated on the test
 # subjects, the way benchmarks/eval_real.sh evaluates the sweep's choice: pretrained twice, each time without one half
-# of the subjects (pt-g0 / pt-g1), then the AEMG methods on the same test folds, seeds and windows settings. The
-# baselines are not re-run: benchmarks/compare_runs.py sets the recipe against the eval_real.sh test run.
+# of the subjects (pt-g0 / pt-g1, the two side by side), then the AEMG methods on the same test folds, seeds and
+# windows settings. The baselines run in the same evaluation unless eval_real.sh's test run exists (OUT/test); then
+# benchmarks/compare_runs.py sets the recipe against it.
 # Usage: RECIPE=v1-summary TOKENS=runs/ablate/tokens-ws WINDOWS=runs/ablate/windows-ws FOLDS=6 SEEDS=0 \
 #          bash benchmarks/recipe_test.sh [OUT] [ABLATIONS]   (defaults runs/eval_real, runs/ablate)
 set -euo pipefail
@@ -17,15 +18,20 @@ FOLDS=${FOLDS:-6}
 SEEDS=${SEEDS:-0}
 AEMG=.venv/bin/aemg
 SPLITS=configs/splits/shared.yaml
+METHODS=aemg_finetune,aemg_probe,aemg_scratch
+[ -f "$OUT/test/trials.jsonl" ] || METHODS="$METHODS,td_lda,cnn,transformer,simclr,mae"
 
 pretrain() {  # half, exclusion override; the recipe's development-subject exclusion is replaced by the half's
   [ -f "$ABL/$RECIPE-$1/export/model.safetensors" ] || $AEMG pretrain --config "$ABL/$RECIPE/config.yaml" --no-ray \
     data.tokens="$TOKENS" run.out="$ABL/$RECIPE-$1" data.exclude_subjects=[] "$2"
 }
-pretrain g0 "$($AEMG folds --corpus "$OUT/corpus.zarr" --groups 2 --group 0)"
-pretrain g1 "$($AEMG folds --corpus "$OUT/corpus.zarr" --groups 2 --group 1)"
+pretrain g0 "$($AEMG folds --corpus "$OUT/corpus.zarr" --groups 2 --group 0)" & first=$!
+pretrain g1 "$($AEMG folds --corpus "$OUT/corpus.zarr" --groups 2 --group 1)" & second=$!
+wait "$first"; wait "$second"  # each wait fails the script if its pretraining failed
 $AEMG evaluate --checkpoint "$ABL/$RECIPE-g0" --checkpoint "$ABL/$RECIPE-g1" --corpus "$OUT/corpus.zarr" \
-  --out "$ABL/test-$RECIPE" --splits "$SPLITS" --role test --methods aemg_finetune,aemg_probe,aemg_scratch \
+  --out "$ABL/test-$RECIPE" --splits "$SPLITS" --role test --methods "$METHODS" \
   --budgets 0,1,5,10,100 --max-folds "$FOLDS" --seeds "$SEEDS" --quiet windows_tokens="$WINDOWS" train.probe_init=true
-.venv/bin/python benchmarks/compare_runs.py "$ABL/test-$RECIPE" "$OUT/test" --methods aemg_finetune,aemg_probe,aemg_scratch \
-  --out "$ABL/test-$RECIPE-vs-selected.md"
+if [ -f "$OUT/test/trials.jsonl" ]; then
+  .venv/bin/python benchmarks/compare_runs.py "$ABL/test-$RECIPE" "$OUT/test" --methods "$METHODS" \
+    --out "$ABL/test-$RECIPE-vs-selected.md"
+fi
