@@ -25,6 +25,7 @@ from typing import Any, Iterator
 import numpy as np
 import zarr
 import zarr.codecs
+import zarr.registry
 
 from aemg_dist import storage
 
@@ -65,6 +66,27 @@ class RecordingEntry:
 
 def _compressor() -> zarr.codecs.BloscCodec:
     return zarr.codecs.BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle")
+
+
+_BLOSC_HEADER = 16  # version, versionlz, flags, typesize, then uint32 LE: nbytes, blocksize, cbytes (the chunk's size)
+
+
+class CheckedBloscCodec(zarr.codecs.BloscCodec):
+    """Blosc that refuses a chunk whose length differs from the compressed size its header states, before c-blosc
+    reads it: c-blosc trusts the header, so a truncated chunk file made it read past the buffer (a segfault in
+    `aemg corpus check`, not an error naming the recording). Selected for every zarr read of this process below."""
+
+    def _decode_sync(self, chunk_bytes, chunk_spec):  # zarr's signature (Buffer, ArraySpec) -> Buffer
+        data = chunk_bytes.as_numpy_array()
+        stated = int(data[12:_BLOSC_HEADER].view("<u4")[0]) if data.size >= _BLOSC_HEADER else None
+        if stated != data.size:
+            raise ValueError(f"damaged Blosc chunk: {data.size} bytes, its header states "
+                             f"{'no size' if stated is None else stated}")
+        return super()._decode_sync(chunk_bytes, chunk_spec)
+
+
+zarr.registry.register_codec("blosc", CheckedBloscCodec)
+zarr.config.set({"codecs.blosc": f"{CheckedBloscCodec.__module__}.{CheckedBloscCodec.__qualname__}"})
 
 
 class CorpusWriter:

@@ -641,8 +641,9 @@ def check_of_a_corrupted_chunk(w: World, tmp: Path) -> Expect:
 def check_of_a_truncated_chunk(w: World, tmp: Path) -> Expect:
     corpus = copy(w.corpus, tmp / "c.zarr")
     path = chunk(corpus)
-    path.write_bytes(path.read_bytes()[:50])
-    return Expect(["corpus", "check", str(corpus)], 1, rf"PROBLEM {KEY}: damaged", untouched=[corpus])
+    path.write_bytes(path.read_bytes()[:50])  # c-blosc would read past these 50 bytes: refused before it decodes
+    return Expect(["corpus", "check", str(corpus)], 1, rf"PROBLEM {KEY}: damaged \(.*damaged Blosc chunk: 50 bytes, "
+                  r"its header states \d+", untouched=[corpus])
 
 
 @case("corpus")
