@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from aemg_dist import storage
-from aemg_dist.config import ConfigError, check_ranges, shipped_configs
+from aemg_dist.config import ConfigError, check_ranges, load_config, shipped_configs
 from aemg_dist.events import EventConfig
 from aemg_dist.tokens import TokenConfig, WindowTokens
 from aemg_dist.windows import WindowConfig
@@ -58,6 +58,18 @@ class TokenizeConfig:
 
     def __post_init__(self) -> None:
         check_ranges(self, shard_s="(0, inf)", task_s="(0, inf)")
+
+
+# The value a token setting had before it existed, for the settings whose default has changed since: token folders
+# (and decoders) written before the setting was added were made with it. Newer files hold every setting, so this
+# never overrides what a file says.
+TOKENS_BEFORE_THE_SETTING = {"window_summary": False}
+
+
+def load_tokenize_config(*paths: str | Path) -> TokenizeConfig:
+    """The TokenizeConfig of tokenize.yaml files (later ones win); a setting an older file lacks takes its value from
+    TOKENS_BEFORE_THE_SETTING, not today's default."""
+    return load_config(TokenizeConfig, [{"tokens": TOKENS_BEFORE_THE_SETTING}, *paths])
 
 
 # per-token arrays of WindowTokens and their stored dtypes

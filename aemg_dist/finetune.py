@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import OmegaConf
 
-from aemg_dist.artifacts import RUN_CONFIG, TOKENIZE_CONFIG, TokenizeConfig, run_export
+from aemg_dist.artifacts import RUN_CONFIG, TOKENIZE_CONFIG, TokenizeConfig, load_tokenize_config, run_export
 from aemg_dist.config import ConfigError, load_config
 from aemg_dist.data import tokenize_corpus
 from aemg_dist.decoder import Decoder, DecoderConfig
@@ -169,7 +169,7 @@ def pretrained_settings(path: str | Path) -> tuple[Path, TokenizeConfig]:
     if run_config.is_file():
         layer = Path(str(OmegaConf.load(run_config).data.tokens)) / TOKENIZE_CONFIG
         if layer.is_file():
-            return export, load_config(TokenizeConfig, [layer], [])
+            return export, load_tokenize_config(layer)
     return export, TokenizeConfig()
 
 

@@ -75,7 +75,9 @@ class TokenConfig:
     n_envelope_points: int = 16  # L: envelope morphology resolution
     n_bands: int = 4  # relative band powers over (0, valid Nyquist]
     include_quiet: bool = True  # add an inactive token for every quiet (good) channel of each event
-    window_summary: bool = False  # group 0: one token per good channel over the whole window (module docstring)
+    # group 0: one token per good channel over the whole window (module docstring); on by default since issue 14's
+    # ablation on the development subjects (+0.04 at 1 and 10 % for fine-tuned AEMG over event tokens alone)
+    window_summary: bool = True
 
     def __post_init__(self) -> None:
         # the upper bounds keep the feature count within the model's (ModelConfig size limits)

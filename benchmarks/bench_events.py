@@ -11,7 +11,8 @@
     + features) on one 10-minute 8-channel 1 kHz recording in one call, and cut into 2-second
     windows with a recording-level noise floor (what a tokenizing worker does): one
     `tokenize_window` call per window, and all windows in one `tokenize_windows` call (same
-    tokens, per-call overhead shared); median of `--repeats` runs, one thread.
+    tokens, per-call overhead shared; with the default window-summary group and without it); median of
+    `--repeats` runs, one thread.
 """
 
 from __future__ import annotations
@@ -101,16 +102,19 @@ def throughput(repeats: int, window_s: float = 2.0) -> dict:
         for start in starts:
             tokenize_window(x[start:start + window], FS, positions, FS, ev_cfg=cfg, tok_cfg=tok_cfg, floor=floor)
 
-    def batched() -> None:
+    def batched(tokens: TokenConfig = tok_cfg) -> None:
         floor = noise_floor(envelope(x, FS, cfg)[0], cfg)
         tokenize_windows([x[start:start + window] for start in starts], FS, positions, FS, ev_cfg=cfg,
-                         tok_cfg=tok_cfg, floor=floor)
+                         tok_cfg=tokens, floor=floor)
 
     runs = {
         "detect_events, one call": lambda: detect_events(x, FS, cfg),
         "tokenize_window, one call": lambda: tokenize_window(x, FS, positions, FS),
         f"tokenize_window, {window_s:g} s windows": windowed,
         f"tokenize_windows, {window_s:g} s windows": batched,
+        # the default adds the window-summary group (one token per channel over each window): its cost, side by side
+        f"tokenize_windows, {window_s:g} s windows, event tokens only":
+            lambda: batched(TokenConfig(window_summary=False)),
     }
     results = {}
     for name, fn in runs.items():

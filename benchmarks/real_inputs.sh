@@ -10,7 +10,11 @@ DATA=${1:-../shared/data}
 OUT=${2:-runs/eval_real}
 TOKENS=${3:-$OUT/tokens}
 WINDOWS=${4:-$OUT/windows}
+# Without overrides the tokens are event tokens, without the window-summary group (tokens.window_summary=false): the
+# tokens every real-data number up to issue 14 was measured on (the sweep, the scaling grid, eval_real.sh's test
+# table); give overrides (e.g. tokens.window_summary=true, today's default) to make other folders
 OVERRIDES=("${@:5}")
+[ $# -ge 5 ] || OVERRIDES=(tokens.window_summary=false)
 AEMG=.venv/bin/aemg
 EVAL_WINDOWS="windows.kind=labeled windows.length_s=0.5 windows.stride_s=0.25 windows.margin_s=0.25"
 [ -f "$OUT/corpus.zarr/manifest.json" ] || $AEMG prepare --source "$DATA" --out "$OUT/corpus.zarr" --quiet

@@ -447,7 +447,7 @@ def test_windows_tokenized_unlike_the_checkpoints_tokens_are_refused(setup, tmp_
     from aemg_dist.tokens import TokenConfig
     from aemg_dist.windows import WindowConfig
 
-    tokenize_corpus(root / "corpus.zarr", other, TokenizeConfig(tokens=TokenConfig(window_summary=True),
+    tokenize_corpus(root / "corpus.zarr", other, TokenizeConfig(tokens=TokenConfig(window_summary=False),
                                                                 windows=WindowConfig(kind="labeled", length_s=0.2,
                                                                                      stride_s=0.1, margin_s=0.1)),
                     keys=[k for k in Corpus(root / "corpus.zarr").keys() if k.startswith("synth_myo/")], workers=1,

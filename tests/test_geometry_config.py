@@ -91,3 +91,18 @@ def test_a_readme_config_path_resolves_to_the_shipped_config_outside_the_checkou
     assert load_pretrain_config("configs/pretrain/tiny.yaml").optim.max_steps == 7  # the user's own file
     with pytest.raises(ConfigError, match="configs/pretrain/nothing.yaml does not exist"):
         load_pretrain_config("configs/pretrain/nothing.yaml")
+
+
+@pytest.mark.parametrize("name", ["tiny", "real"])
+def test_every_shipped_pretraining_config_loads_and_differs_from_the_preset_only_where_it_says(name):
+    """A shipped pretraining config is valid as shipped (a typo in a key fails here, not in a user's run); real.yaml,
+    issue 14's recipe, keeps tiny's model and only lengthens the run and sets the sweep's codebook and mask."""
+    from aemg_dist.config import shipped_configs
+    from aemg_dist.train import load_pretrain_config
+
+    config = load_pretrain_config(shipped_configs() / "pretrain" / f"{name}.yaml", ["dist.ray=false"])
+    tiny = load_pretrain_config(shipped_configs() / "pretrain" / "tiny.yaml", ["dist.ray=false"])
+    assert config.preset == "tiny" and config.model.d_model == tiny.model.d_model
+    if name == "real":
+        assert (config.model.codebook_size, config.model.mask_ratio) == (256, 0.3)
+        assert config.optim.max_steps == 30_000  # ten times the sweep's 3,000 steps, as RESULTS measured it

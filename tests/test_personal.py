@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -212,3 +213,17 @@ def test_predict_from_a_socket_on_localhost(decoder_folder) -> None:
     with predict.listening(port) as source:
         assert predict.stream_to_csv(decoder, source, io.StringIO()) == 3  # windows ending at 0.5, 0.75, 1 s
     sender.join(timeout=30)
+
+
+def test_a_decoder_from_before_the_summary_group_reads_event_tokens(decoder_folder, tmp_path) -> None:
+    """A config.json written before tokens.window_summary existed was made without the summary group: it loads with
+    the setting off, not with today's default (on); one that holds the setting loads as written."""
+    _, _, out = decoder_folder
+    assert Decoder.load(out).config.tokens.window_summary  # fine-tuned on today's default tokens
+    older = tmp_path / "older"
+    older.mkdir()
+    (older / "model.safetensors").write_bytes((out / "model.safetensors").read_bytes())
+    values = json.loads((out / "config.json").read_text())
+    del values["tokens"]["window_summary"]
+    (older / "config.json").write_text(json.dumps(values))
+    assert not Decoder.load(older).config.tokens.window_summary

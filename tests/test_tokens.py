@@ -16,9 +16,14 @@ def ring(n_channels: int) -> np.ndarray:
     return np.column_stack([np.cos(angle), np.sin(angle), np.zeros(n_channels)]).astype(np.float32)
 
 
-def tokens_of(spans: list[list[tuple[int, int]]], **kwargs) -> WindowTokens:
-    """Tokens of a 1 s square-burst window with exact event edges (see test_events.square_bursts)."""
-    return tokenize_window(square_bursts(1000, spans), FS, ring(len(spans)), 1000.0, ev_cfg=EXACT, **kwargs)
+# most tests here pin the event groups themselves; the summary group (on by default) has its own tests at the end
+EVENTS_ONLY = TokenConfig(window_summary=False)
+
+
+def tokens_of(spans: list[list[tuple[int, int]]], tok_cfg: TokenConfig = EVENTS_ONLY, **kwargs) -> WindowTokens:
+    """Event tokens of a 1 s square-burst window with exact event edges (see test_events.square_bursts)."""
+    return tokenize_window(square_bursts(1000, spans), FS, ring(len(spans)), 1000.0, ev_cfg=EXACT, tok_cfg=tok_cfg,
+                           **kwargs)
 
 
 def column(tokens: WindowTokens, name: str, cfg: TokenConfig = TokenConfig()) -> np.ndarray:
@@ -42,7 +47,7 @@ def test_quiet_channels_become_inactive_tokens_only_with_include_quiet():
     assert with_quiet.active.tolist() == [True, True, False, False]
     assert column(with_quiet, "active").tolist() == [1, 1, 0, 0]
     assert with_quiet.group.tolist() == [0, 0, 0, 0]
-    without = tokens_of(spans, tok_cfg=TokenConfig(include_quiet=False))
+    without = tokens_of(spans, tok_cfg=TokenConfig(include_quiet=False, window_summary=False))
     assert without.channel.tolist() == [0, 1] and without.active.all()
 
 
@@ -50,14 +55,14 @@ def test_bad_channels_give_no_tokens():
     spans = [[(100, 400)], [(150, 400)], [], []]
     channel_ok = np.array([True, False, True, True])
     for include_quiet in (True, False):
-        tokens = tokens_of(spans, channel_ok=channel_ok, tok_cfg=TokenConfig(include_quiet=include_quiet))
+        tokens = tokens_of(spans, channel_ok=channel_ok, tok_cfg=TokenConfig(include_quiet=include_quiet, window_summary=False))
         assert 1 not in tokens.channel.tolist() and 0 in tokens.channel.tolist()
 
 
 def test_ranks_follow_onset_order_then_quiet_channels_by_amplitude():
     x = square_bursts(1000, [[(300, 600)], [(100, 600)], [(200, 600)], [], []])
     x[:, 4] *= 1.2  # the louder quiet channel ranks first among the quiet ones
-    tokens = tokenize_window(x, FS, ring(5), 1000.0, ev_cfg=EXACT)
+    tokens = tokenize_window(x, FS, ring(5), 1000.0, ev_cfg=EXACT, tok_cfg=EVENTS_ONLY)
     assert tokens.channel.tolist() == [1, 2, 0, 4, 3]
     assert tokens.rank.tolist() == [0, 1, 2, 3, 4]
     assert tokens.onset_s.tolist() == pytest.approx([0.1, 0.2, 0.3, 0.1, 0.1])
@@ -94,7 +99,7 @@ def tone_burst(freq_hz: float, n: int = 2000) -> np.ndarray:
 
 @pytest.mark.parametrize("source_fs", [200.0, 1000.0])
 def test_spectral_features_of_a_tone_are_fractions_of_the_source_nyquist(source_fs):
-    tokens = tokenize_window(tone_burst(60.0), FS, ring(1), source_fs)
+    tokens = tokenize_window(tone_burst(60.0), FS, ring(1), source_fs, tok_cfg=EVENTS_ONLY)
     expected = 60.0 / (source_fs / 2)  # 0.6 for a 200 Hz device, 0.12 for a 1 kHz one
     assert tokens.n_tokens == 1
     for name in ("centroid", "median_frequency", "zero_crossings", "waveform_length"):
@@ -113,7 +118,7 @@ def test_spectral_features_follow_the_source_nyquist_not_the_corpus_rate():
     rest = 0.05 * rng.standard_normal((3000, 1))
     centroid = {}
     for name, x, source_fs in (("myo", myo_like, 200.0), ("myo_as_1k", myo_like, 1000.0), ("full", full_rate, 1000.0)):
-        tokens = tokenize_window((x + rest).astype(np.float32), FS, ring(1), source_fs)
+        tokens = tokenize_window((x + rest).astype(np.float32), FS, ring(1), source_fs, tok_cfg=EVENTS_ONLY)
         centroid[name] = column(tokens, "centroid")[0]
     # Both fill their device's valid band (20 Hz high-pass up to near its Nyquist) ...
     assert 0.4 < centroid["myo"] < 0.7 and 0.4 < centroid["full"] < 0.7
@@ -131,7 +136,7 @@ def test_time_domain_features_match_a_direct_computation_on_each_event_span():
     events = detect_events(x, FS)
     assert len(set((events.offset - events.onset).tolist())) >= 3
     nyquist = 100.0
-    tokens = tokenize_window(x, FS, ring(2), 2 * nyquist)
+    tokens = tokenize_window(x, FS, ring(2), 2 * nyquist, tok_cfg=EVENTS_ONLY)
     for group, channel, features in zip(tokens.group, tokens.channel, tokens.features):
         segment = x[events.onset[group]:events.offset[group], channel].astype(np.float64)
         rms = np.sqrt(np.mean(segment ** 2))
@@ -146,7 +151,7 @@ def test_time_domain_features_match_a_direct_computation_on_each_event_span():
 
 def test_window_without_activity_has_zero_tokens():
     x = np.random.default_rng(0).standard_normal((2000, 3)).astype(np.float32)
-    tokens = tokenize_window(x, FS, ring(3), 1000.0)
+    tokens = tokenize_window(x, FS, ring(3), 1000.0, tok_cfg=EVENTS_ONLY)
     assert tokens.empty and tokens.n_tokens == 0
     assert tokens.features.shape == (0, len(feature_names(TokenConfig())))
     batch = TokenBatch.collate([tokens])
@@ -175,7 +180,7 @@ def test_collate_pads_masks_and_truncates_keeping_earliest_groups():
 
 def test_collate_rejects_bad_input():
     tokens = tokens_of([[(100, 300)]])
-    other = tokens_of([[(100, 300)]], tok_cfg=TokenConfig(n_bands=2))
+    other = tokens_of([[(100, 300)]], tok_cfg=TokenConfig(n_bands=2, window_summary=False))
     for windows, kwargs in (([], {}), ([tokens, other], {}), ([tokens], {"max_tokens": 0})):
         with pytest.raises(ValueError):
             TokenBatch.collate(windows, **kwargs)
@@ -194,7 +199,8 @@ def test_tokenize_rejects_bad_metadata():
 def test_window_summary_is_group_zero_over_the_whole_window_and_shifts_the_events():
     spans = [[(100, 300), (600, 900)], [(150, 400)], [], []]
     plain = tokens_of(spans)
-    summary_cfg = TokenConfig(window_summary=True)
+    summary_cfg = TokenConfig()  # the default
+    assert summary_cfg.window_summary
     both = tokens_of(spans, tok_cfg=summary_cfg)
     first = both.group == 0
     assert sorted(both.channel[first].tolist()) == [0, 1, 2, 3]  # one token per good channel

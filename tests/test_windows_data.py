@@ -1,12 +1,13 @@
 import numpy as np
 import pytest
+import yaml
 
-from aemg_dist.config import ConfigError, load_config
-from aemg_dist.artifacts import TokenizeConfig, read_token_table, table_to_windows
+from aemg_dist.artifacts import TokenizeConfig, load_tokenize_config, read_token_table, table_to_windows
+from aemg_dist.config import ConfigError, load_config, save_config
 from aemg_dist.data import (group_recordings, make_shards, plan_recording, read_shard, stretch_shards, tokenize_corpus,
                             tokenize_rows)
 from aemg_dist.events import EventConfig
-from aemg_dist.tokens import tokenize_window
+from aemg_dist.tokens import TokenConfig, tokenize_window
 from aemg_dist.windows import WindowConfig, cut_windows, recording_spans
 from preprocessing.corpus import Corpus
 from preprocessing.recording import Segment
@@ -44,10 +45,10 @@ def test_an_event_crossing_a_chunk_border_is_split_not_lost_or_duplicated():
     x = rng.standard_normal((4000, 2)).astype(np.float32) * 0.3
     x[1700:2400, 0] += rng.standard_normal(700).astype(np.float32) * 6  # one burst across the 2 s border
     coords = np.array([[1, 0, 0], [0, 1, 0]], dtype=np.float32)
-    cfg = EventConfig()
-    whole = tokenize_window(x, fs, coords, 1000.0, floor=np.full(2, 0.3, np.float32), ev_cfg=cfg)
-    halves = [tokenize_window(x[a:a + 2000], fs, coords, 1000.0, floor=np.full(2, 0.3, np.float32), ev_cfg=cfg)
-              for a in (0, 2000)]
+    cfg, events_only = EventConfig(), TokenConfig(window_summary=False)  # the event tokens, without the summary group
+    whole = tokenize_window(x, fs, coords, 1000.0, floor=np.full(2, 0.3, np.float32), ev_cfg=cfg, tok_cfg=events_only)
+    halves = [tokenize_window(x[a:a + 2000], fs, coords, 1000.0, floor=np.full(2, 0.3, np.float32), ev_cfg=cfg,
+                              tok_cfg=events_only) for a in (0, 2000)]
     active = [(w.onset_s[w.active & (w.channel == 0)], w.duration_s[w.active & (w.channel == 0)]) for w in halves]
     assert len(whole.onset_s[whole.active]) == 1 and all(len(on) == 1 for on, _ in active)
     (on_a, dur_a), (on_b, dur_b) = active
@@ -136,3 +137,17 @@ def test_refuses_to_mix_with_existing_shards_and_bad_configs(tiny_corpus, tmp_pa
 def _sorted_rows(folder):
     table = read_token_table(folder).sort_by([("key", "ascending"), ("start", "ascending")])
     return table.to_pylist()
+
+
+def test_a_token_folder_from_before_the_summary_group_is_read_as_event_tokens(tmp_path):
+    """tokenize.yaml written before tokens.window_summary existed lacks the key: those tokens were made without the
+    summary group, so it is read with the setting off, not with today's default (on); a file with the key wins."""
+    today = tmp_path / "today.yaml"
+    save_config(TokenizeConfig(), today)
+    assert load_tokenize_config(today).tokens.window_summary
+    values = yaml.safe_load(today.read_text())
+    del values["tokens"]["window_summary"]
+    older = tmp_path / "older.yaml"
+    older.write_text(yaml.safe_dump(values))
+    assert load_tokenize_config(older) == TokenizeConfig(tokens=TokenConfig(window_summary=False))
+

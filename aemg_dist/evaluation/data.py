@@ -20,8 +20,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from aemg_dist import storage
-from aemg_dist.artifacts import TOKENIZE_CONFIG, TokenizeConfig, read_token_table, table_to_windows
-from aemg_dist.config import load_config
+from aemg_dist.artifacts import (TOKENIZE_CONFIG, TokenizeConfig, load_tokenize_config, read_token_table,
+                                 table_to_windows)
 from aemg_dist.tokens import WindowTokens
 from preprocessing.corpus import Corpus
 from preprocessing.harmonize import HarmonizeConfig
@@ -143,7 +143,7 @@ def load_labeled_windows(tokens: str | Path, corpus_path: str | Path,
                          datasets: list[str] | None = None) -> dict[str, DatasetWindows]:
     """Labeled windows per dataset from a `windows.kind=labeled` token folder."""
     table = read_token_table(tokens)
-    settings = load_config(TokenizeConfig, [storage.join(storage.absolute(tokens), TOKENIZE_CONFIG)], [])
+    settings = load_tokenize_config(storage.join(storage.absolute(tokens), TOKENIZE_CONFIG))
     table = table.filter(pc.greater_equal(table.column("label"), 0))
     present = sorted(set(table.column("dataset").to_pylist()))
     chosen = datasets or present

@@ -42,8 +42,8 @@ from typing import Any
 import numpy as np
 
 from aemg_dist import storage
-from aemg_dist.artifacts import (RUN_CONFIG, RUN_EXPORT, TOKENS_MANIFEST, TokenizeConfig, model_preset,
-                                 read_tokens_manifest)
+from aemg_dist.artifacts import (RUN_CONFIG, RUN_EXPORT, TOKENS_BEFORE_THE_SETTING, TOKENS_MANIFEST, TokenizeConfig,
+                                 load_tokenize_config, model_preset, read_tokens_manifest)
 from aemg_dist.config import (ConfigError, check_ranges, config_from_dict, config_layer, dotted, load_config,
                               save_config)
 from aemg_dist.evaluation.classifiers import FinetuneConfig
@@ -239,9 +239,9 @@ def labeled_tokens(cfg: EvaluateConfig, checkpoints: list[Checkpoint], progress:
     layers = sorted({storage.join(c.tokens, "tokenize.yaml") for c in checkpoints})
     if cfg.windows_tokens:
         windows = storage.absolute(cfg.windows_tokens)
-        given = load_config(TokenizeConfig, [storage.join(windows, "tokenize.yaml")], [])
+        given = load_tokenize_config(storage.join(windows, "tokenize.yaml"))
         for layer in layers:  # the encoder must read tokens made the way it was pretrained on
-            pretrained = load_config(TokenizeConfig, [layer], [])
+            pretrained = load_tokenize_config(layer)
             for part in ("events", "tokens"):
                 if getattr(pretrained, part) != getattr(given, part):
                     raise ConfigError(f"windows_tokens={windows} was tokenized with other {part} settings than the "
@@ -251,12 +251,14 @@ def labeled_tokens(cfg: EvaluateConfig, checkpoints: list[Checkpoint], progress:
     if len(layers) > 1:
         raise ConfigError(f"the checkpoints were pretrained on tokens from different folders {layers}; "
                           "evaluate them separately or give windows_tokens")
-    tokenize = load_config(TokenizeConfig, layers, [])
+    tokenize = load_tokenize_config(*layers)
     tokenize = config_from_dict(TokenizeConfig, {**asdict(tokenize), "windows": asdict(cfg.windows)})
     out = storage.join(storage.absolute(cfg.out), "windows")
     manifest = storage.join(out, "tokens.json")
     if storage.exists(manifest):
         made = json.loads(storage.read_text(manifest))["config"]
+        if "tokens" in made:  # a folder from before a token setting existed was made with its old value
+            made["tokens"] = {**TOKENS_BEFORE_THE_SETTING, **made["tokens"]}
         wanted = {k: v for k, v in asdict(tokenize).items() if k in made}
         if made != json.loads(json.dumps(wanted)):
             raise ConfigError(f"{out} was tokenized with other settings; delete it or choose another --out")

@@ -1,0 +1,115 @@
+"""Issue 14's targets, measured on one test evaluation: which are met, with the numbers behind each verdict.
+
+    python benchmarks/targets_table.py TEST_RUN [--lodo DATASET=LODO_RUN ...] [--out targets.md]
+
+TEST_RUN is an `aemg evaluate --role test` output holding aemg_finetune, aemg_probe, aemg_scratch and the baselines
+on the same folds (benchmarks/recipe_test.sh writes one). Every number is over the held-out subjects (each subject's
+accuracy averaged over the evaluation seeds), balanced accuracy:
+
+- pretraining helps: aemg_finetune - aemg_scratch >= +0.03 at each of 1, 5 and 10 %, paired over the subjects of
+  every dataset, Wilcoxon signed-rank p < 0.01;
+- beats the field at 10 %: per dataset, aemg_finetune's mean >= the best baseline's mean on at least 4 of 6 datasets;
+  at 0 %: aemg_finetune >= td_lda + 0.05 on at least 4 of 6;
+- features that transfer frozen: aemg_probe's mean within 0.05 of aemg_finetune's at 100 %;
+- unseen device (with --lodo): aemg_finetune pretrained without the dataset (LODO_RUN, same folds) minus TEST_RUN's
+  aemg_scratch, the first target's bar on each left-out dataset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ablation_table import BASELINES, pooled, rows_of  # noqa: E402
+from aemg_dist.evaluation.report import per_subject  # noqa: E402
+
+HELPS_BUDGETS = (1.0, 5.0, 10.0)
+HELPS_BY, HELPS_P = 0.03, 0.01
+FIELD_DATASETS = 4  # of 6
+ZERO_SHOT_MARGIN = 0.05
+PROBE_WITHIN = 0.05
+
+
+def _mean(cells: dict, method: str, dataset: str, budget: float) -> float:
+    subjects = cells.get((method, dataset, budget))
+    return float(np.mean(list(subjects.values()))) if subjects else float("nan")
+
+
+def _pooled_mean(cells: dict, method: str, budget: float) -> float:
+    values = [v for (m, _, b), subjects in cells.items() if (m, b) == (method, budget) for v in subjects.values()]
+    return float(np.mean(values)) if values else float("nan")
+
+
+def helps(rows: list[dict], budgets: tuple[float, ...] = HELPS_BUDGETS) -> tuple[str, bool]:
+    pairs = [pooled(rows, "aemg_finetune", "aemg_scratch", b) for b in budgets]
+    text = " / ".join(f"{p['difference']:+.3f} ({p['wins']}/{p['n']}, p {p['p_value']:.2g})" for p in pairs)
+    met = all(p["n"] and p["difference"] >= HELPS_BY and p["p_value"] < HELPS_P for p in pairs)
+    return f"{text} at {' / '.join(f'{b:g}' for b in budgets)} %", met
+
+
+def per_dataset(cells: dict, budget: float, reference) -> list[tuple[str, float]]:
+    """(dataset, aemg_finetune's mean minus reference(dataset)) for every dataset aemg_finetune was scored on."""
+    datasets = sorted({d for (m, d, b) in cells if (m, b) == ("aemg_finetune", budget)})
+    return [(d, _mean(cells, "aemg_finetune", d, budget) - reference(d)) for d in datasets]
+
+
+def _datasets_cell(margins: list[tuple[str, float]], what: str) -> tuple[str, bool]:
+    ahead = sum(m >= 0 for _, m in margins)
+    listed = ", ".join(f"{d} {m:+.3f}" for d, m in sorted(margins, key=lambda x: -x[1]))
+    return f"{ahead} of {len(margins)} ({what}: {listed})", ahead >= FIELD_DATASETS
+
+
+def targets(test_run: Path, lodo: dict[str, Path]) -> str:
+    rows = rows_of(test_run)
+    cells = per_subject(rows, "balanced_accuracy")
+    seeds = sorted({r["seed"] for r in rows})
+    subjects = len({(r["dataset"], r["subject"]) for r in rows if r["method"] == "aemg_finetune"})
+    lines = [f"Test run {test_run.name}: {subjects} held-out subjects, evaluation seeds {seeds}.", "",
+             "| target | measured | met? |", "|---|---|---|"]
+
+    def add(target: str, measured: str, met: bool) -> None:
+        lines.append(f"| {target} | {measured} | {'met' if met else 'missed'} |")
+
+    add(f"fine-tuned − scratch ≥ +{HELPS_BY} at 1, 5 and 10 %, p < {HELPS_P}", *helps(rows))
+
+    def best_baseline(dataset: str) -> float:
+        return max((_mean(cells, m, dataset, 10.0) for m in BASELINES if (m, dataset, 10.0) in cells),
+                   default=float("nan"))
+
+    add(f"at 10 %, fine-tuned ≥ the best baseline on ≥ {FIELD_DATASETS} of 6 datasets",
+        *_datasets_cell(per_dataset(cells, 10.0, best_baseline), "fine-tuned − best baseline"))
+    add(f"at 0 %, fine-tuned ≥ TD+LDA + {ZERO_SHOT_MARGIN} on ≥ {FIELD_DATASETS} of 6",
+        *_datasets_cell(per_dataset(cells, 0.0, lambda d: _mean(cells, "td_lda", d, 0.0) + ZERO_SHOT_MARGIN),
+                        f"fine-tuned − (TD+LDA + {ZERO_SHOT_MARGIN})"))
+    probe, tuned = _pooled_mean(cells, "aemg_probe", 100.0), _pooled_mean(cells, "aemg_finetune", 100.0)
+    add(f"probe within {PROBE_WITHIN} of fine-tuning at 100 %", f"{probe:.3f} vs {tuned:.3f}: {probe - tuned:+.3f}",
+        bool(probe - tuned >= -PROBE_WITHIN))
+    if not lodo:
+        add("leave-one-dataset-out keeps the first target", "not run", False)
+    for dataset, folder in sorted(lodo.items()):
+        scratch = [r for r in rows if r["method"] == "aemg_scratch" and r["dataset"] == dataset]
+        left_out = [r for r in rows_of(folder) if r["method"] == "aemg_finetune"]
+        add(f"pretrained without {dataset}: the first target on {dataset}", *helps(left_out + scratch))
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("test_run", type=Path, help="an `aemg evaluate --role test` output with every method")
+    parser.add_argument("--lodo", action="append", default=[], metavar="DATASET=LODO_RUN",
+                        help="aemg_finetune pretrained without DATASET, on the same folds (repeat)")
+    parser.add_argument("--out", type=Path, help="also write the table here")
+    args = parser.parse_args()
+    lodo = dict(item.split("=", 1) for item in args.lodo)
+    text = targets(args.test_run, {d: Path(f) for d, f in lodo.items()})
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
