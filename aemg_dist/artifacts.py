@@ -24,7 +24,7 @@ import re
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -66,10 +66,10 @@ class TokenizeConfig:
 TOKENS_BEFORE_THE_SETTING = {"window_summary": False}
 
 
-def load_tokenize_config(*paths: str | Path) -> TokenizeConfig:
-    """The TokenizeConfig of tokenize.yaml files (later ones win); a setting an older file lacks takes its value from
-    TOKENS_BEFORE_THE_SETTING, not today's default."""
-    return load_config(TokenizeConfig, [{"tokens": TOKENS_BEFORE_THE_SETTING}, *paths])
+def load_tokenize_config(*layers: str | Path | Mapping[str, Any]) -> TokenizeConfig:
+    """The TokenizeConfig of tokenize.yaml files or recorded mappings (later ones win); a setting an older one lacks
+    takes its value from TOKENS_BEFORE_THE_SETTING, not today's default."""
+    return load_config(TokenizeConfig, [{"tokens": TOKENS_BEFORE_THE_SETTING}, *layers])
 
 
 # per-token arrays of WindowTokens and their stored dtypes

@@ -42,6 +42,7 @@ from aemg_dist.evaluation.heldout import heldout_view
 from aemg_dist.evaluation.methods import AEMGFinetune, FoldContext
 from aemg_dist.evaluation.td_lda import balanced_accuracy, macro_f1
 from aemg_dist.model import ModelConfig
+from aemg_dist.model.export import read_tokenize_settings
 from aemg_dist.tokens import feature_names
 from aemg_dist.windows import WindowConfig
 from preprocessing.corpus import Corpus
@@ -159,12 +160,16 @@ def finetune_personal(cfg: PersonalConfig, progress: bool = True) -> PersonalRes
 
 
 def pretrained_settings(path: str | Path) -> tuple[Path, TokenizeConfig]:
-    """The export folder of a pretrained run (or the export given) and the token settings it was pretrained with:
-    the tokenize.yaml of the run's token folder, else the defaults (checked against the model's feature count)."""
+    """The export folder of a pretrained run (or the export given) and the token settings it was pretrained with: those
+    the export recorded, else the tokenize.yaml of the run's token folder, else the defaults (checked against the
+    model's feature count)."""
     path = Path(path)
     export = run_export(path)
     if not (export / "model.safetensors").is_file():
         raise FileNotFoundError(f"{path} is neither an `aemg pretrain` run nor its export/ (no model.safetensors)")
+    recorded = read_tokenize_settings(export)
+    if recorded is not None:
+        return export, load_tokenize_config(recorded)
     run_config = export.parent / RUN_CONFIG
     if run_config.is_file():
         layer = Path(str(OmegaConf.load(run_config).data.tokens)) / TOKENIZE_CONFIG

@@ -42,7 +42,8 @@ from omegaconf import OmegaConf
 
 from aemg_dist import storage
 from aemg_dist.artifacts import (LOCAL_CHECKPOINT, RAY_RUN, RUN_CONFIG, RUN_EXPORT, RUN_METRICS, RUN_WORKERS,
-                                 TOKENS_MANIFEST, last_metrics, model_preset, read_tokens_manifest, table_to_windows)
+                                 TOKENIZE_CONFIG, TOKENS_MANIFEST, last_metrics, load_tokenize_config, model_preset,
+                                 read_tokens_manifest, table_to_windows)
 from aemg_dist.config import (ConfigError, check_ranges, config_from_dict, config_layer, dotted, load_config,
                               save_config)
 from aemg_dist.shards import (ShardSplit, count_rows, rank_files, read_rows, split_recordings, stream_batches,
@@ -299,6 +300,13 @@ def lr_lambda(cfg: OptimConfig):
     return factor
 
 
+def _token_settings(tokens: str) -> dict | None:
+    """The resolved tokenize.yaml of the pretraining's token folder, as plain values for the export (None without one:
+    shards written by hand)."""
+    path = storage.join(tokens, TOKENIZE_CONFIG)
+    return json.loads(json.dumps(asdict(load_tokenize_config(path)))) if storage.exists(path) else None
+
+
 class PlainStepper:
     """Backward/step/checkpoint with plain torch (the --no-ray path)."""
 
@@ -331,9 +339,9 @@ class PlainStepper:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def export(self, folder: Path, model_cfg: ModelConfig, rank: int) -> None:
+    def export(self, folder: Path, model_cfg: ModelConfig, rank: int, tokenize: dict | None = None) -> None:
         if rank == 0:
-            export_inference(self.model, model_cfg, folder)
+            export_inference(self.model, model_cfg, folder, tokenize)
 
     def save(self, folder: str, step: int) -> None:
         torch.save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -382,14 +390,14 @@ class DeepSpeedStepper(PlainStepper):
         # through the engine, as on a GPU: its hooks (ZeRO-3 gathers, timers, bf16 casts) run around the module
         return self.engine(batch, **kwargs)
 
-    def export(self, folder: Path, model_cfg: ModelConfig, rank: int) -> None:
+    def export(self, folder: Path, model_cfg: ModelConfig, rank: int, tokenize: dict | None = None) -> None:
         import deepspeed
 
         if self.zero_stage < 3:
-            return super().export(folder, model_cfg, rank)
+            return super().export(folder, model_cfg, rank, tokenize)
         # ZeRO-3 holds one partition per rank: gather the full weights (a collective) before saving
         with deepspeed.zero.GatheredParameters(list(self.model.parameters())):
-            super().export(folder, model_cfg, rank)
+            super().export(folder, model_cfg, rank, tokenize)
 
     def step(self, loss: torch.Tensor) -> None:
         self.engine.backward(loss)
@@ -462,7 +470,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
                 files.sync(RUN_METRICS, "tensorboard")  # before the checkpoint: never behind it
             _checkpoint(stepper, step + 1, last, cfg.run.out, distributed)
     log.close()
-    stepper.export(files.local / RUN_EXPORT, cfg.model, rank)
+    stepper.export(files.local / RUN_EXPORT, cfg.model, rank, _token_settings(cfg.data.tokens) if rank == 0 else None)
     if rank == 0:
         files.sync(RUN_METRICS, "tensorboard", RUN_EXPORT)
     files.close()

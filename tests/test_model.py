@@ -10,6 +10,7 @@ token is predictable from its position and the other tokens of the window (which
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from safetensors.torch import load_file, save_file
 from aemg_dist.config import ConfigError, load_config
 from aemg_dist.model import (AEMGModel, ModelConfig, VectorQuantizer, batch_to_torch, export_inference,
                              flops_per_token, load_inference, mask_tokens, param_count)
-from aemg_dist.model.export import CONFIG_FILE, WEIGHTS_FILE
+from aemg_dist.model.export import CONFIG_FILE, WEIGHTS_FILE, read_tokenize_settings
 from aemg_dist.tokens import TokenBatch, TokenConfig, WindowTokens, feature_names
 
 PRESETS = Path(__file__).resolve().parents[1] / "configs" / "model"
@@ -490,6 +491,19 @@ def test_load_refuses_unknown_versions_and_mismatched_shapes(tmp_path):
         load_inference(tmp_path)
     with pytest.raises(ValueError, match="does not fit"):
         export_inference(AEMGModel(cfg), replace(cfg, codebook_size=16), tmp_path / "other")
+
+
+def test_an_export_records_the_token_settings_it_is_given(tmp_path):
+    cfg = tiny()
+    export_inference(AEMGModel(cfg), cfg, tmp_path / "plain")
+    assert read_tokenize_settings(tmp_path / "plain") is None  # nothing recorded: the caller falls back
+    settings = {"tokens": {"window_summary": False}, "shard_s": 30.0}
+    export_inference(AEMGModel(cfg), cfg, tmp_path / "recorded", settings)
+    assert read_tokenize_settings(tmp_path / "recorded") == settings
+    config = tmp_path / "recorded" / CONFIG_FILE
+    config.write_text(json.dumps({**json.loads(config.read_text()), "tokenize": ["not an object"]}))
+    with pytest.raises(ValueError, match=f"{CONFIG_FILE}: tokenize is"):
+        read_tokenize_settings(tmp_path / "recorded")
 
 
 def test_augmented_views_change_gains_layout_and_tokens_but_not_the_input():

@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -227,3 +228,23 @@ def test_a_decoder_from_before_the_summary_group_reads_event_tokens(decoder_fold
     del values["tokens"]["window_summary"]
     (older / "config.json").write_text(json.dumps(values))
     assert not Decoder.load(older).config.tokens.window_summary
+
+
+def test_an_export_alone_says_how_its_tokens_were_made(pretrained, tmp_path) -> None:
+    """Pretraining records its token folder's settings in export/config.json, and fine-tuning from an export copied
+    without its run folder tokenizes as recorded (an export without the record falls back to the defaults)."""
+    from aemg_dist.artifacts import TokenizeConfig
+    from aemg_dist.finetune import pretrained_settings
+    from aemg_dist.model.export import read_tokenize_settings
+
+    _, run, _ = pretrained
+    assert read_tokenize_settings(run / "export")["tokens"]["window_summary"] is True  # the fixture's default tokens
+    alone = tmp_path / "export"
+    shutil.copytree(run / "export", alone)
+    meta = json.loads((alone / "config.json").read_text())
+    meta["tokenize"]["tokens"]["window_summary"] = False
+    (alone / "config.json").write_text(json.dumps(meta))
+    assert not pretrained_settings(alone)[1].tokens.window_summary
+    del meta["tokenize"]
+    (alone / "config.json").write_text(json.dumps(meta))
+    assert pretrained_settings(alone)[1] == TokenizeConfig()

@@ -2,7 +2,8 @@
 
     OUT/model.safetensors  every tensor of the model's state_dict (parameters and buffers: the
                            codebook and the Fourier frequencies are part of the model)
-    OUT/config.json        {"format_version": 1, "model": asdict(ModelConfig)}
+    OUT/config.json        {"format_version": 1, "model": asdict(ModelConfig), "tokenize": the settings of the
+                           tokens it was pretrained on (optional; exports before it lack it)}
 
 Training checkpoints (optimizer state, DeepSpeed shards) are the trainer's business; this is the
 format for evaluation and users, readable by any safetensors implementation.
@@ -20,7 +21,7 @@ import math
 import struct
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 from safetensors import SafetensorError
@@ -54,8 +55,10 @@ class TensorEntry:
     shape: tuple[int, ...]
 
 
-def export_inference(model: AEMGModel, cfg: ModelConfig, out_dir: str | Path) -> Path:
-    """Write OUT/model.safetensors and OUT/config.json for `model` built from `cfg`; returns OUT."""
+def export_inference(model: AEMGModel, cfg: ModelConfig, out_dir: str | Path,
+                     tokenize: Mapping[str, Any] | None = None) -> Path:
+    """Write OUT/model.safetensors and OUT/config.json for `model` built from `cfg`, with the token settings it was
+    pretrained on when given (so the export alone says how to tokenize for it); returns OUT."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     # safetensors refuses tensors that share storage or are not contiguous: save independent copies
@@ -63,8 +66,21 @@ def export_inference(model: AEMGModel, cfg: ModelConfig, out_dir: str | Path) ->
     _check_state(_expected_state(cfg), {k: TensorEntry(t.dtype, tuple(t.shape)) for k, t in state.items()},
                  "the model given to export_inference")
     save_file(state, out_dir / WEIGHTS_FILE, metadata={"format_version": str(FORMAT_VERSION)})
-    (out_dir / CONFIG_FILE).write_text(json.dumps({"format_version": FORMAT_VERSION, "model": asdict(cfg)}, indent=2))
+    meta = {"format_version": FORMAT_VERSION, "model": asdict(cfg)}
+    if tokenize is not None:
+        meta["tokenize"] = dict(tokenize)
+    (out_dir / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
     return out_dir
+
+
+def read_tokenize_settings(out_dir: str | Path) -> dict[str, Any] | None:
+    """The token settings an export recorded (a mapping of TokenizeConfig fields), None for an export without them;
+    the config is validated as by read_model_config first."""
+    read_model_config(out_dir)
+    settings = json.loads(storage.read_text(storage.join(out_dir, CONFIG_FILE))).get("tokenize")
+    if settings is not None and not isinstance(settings, dict):
+        raise CheckpointError(f"{storage.join(out_dir, CONFIG_FILE)}: tokenize is {_shown(settings)}, not an object")
+    return settings
 
 
 def read_model_config(out_dir: str | Path) -> ModelConfig:
