@@ -1,18 +1,19 @@
 """Issue 14's targets, measured on one test evaluation: which are met, with the numbers behind each verdict.
 
-    python benchmarks/targets_table.py TEST_RUN [--lodo DATASET=LODO_RUN ...] [--out targets.md]
+    python benchmarks/targets_table.py TEST_RUN [TEST_RUN ...] [--lodo DATASET=LODO_RUN ...] [--out targets.md]
 
 TEST_RUN is an `aemg evaluate --role test` output holding aemg_finetune, aemg_probe, aemg_scratch and the baselines
-on the same folds (benchmarks/recipe_test.sh writes one). Every number is over the held-out subjects (each subject's
-accuracy averaged over the evaluation seeds), balanced accuracy:
+on the same folds (benchmarks/recipe_test.sh writes one); several (other evaluation seeds of the same folds) are
+pooled. Every number is over the held-out subjects (each subject's accuracy averaged over the evaluation seeds),
+balanced accuracy:
 
 - pretraining helps: aemg_finetune - aemg_scratch >= +0.03 at each of 1, 5 and 10 %, paired over the subjects of
   every dataset, Wilcoxon signed-rank p < 0.01;
 - beats the field at 10 %: per dataset, aemg_finetune's mean >= the best baseline's mean on at least 4 of 6 datasets;
   at 0 %: aemg_finetune >= td_lda + 0.05 on at least 4 of 6;
 - features that transfer frozen: aemg_probe's mean within 0.05 of aemg_finetune's at 100 %;
-- unseen device (with --lodo): aemg_finetune pretrained without the dataset (LODO_RUN, same folds) minus TEST_RUN's
-  aemg_scratch, the first target's bar on each left-out dataset.
+- unseen device (with --lodo): aemg_finetune pretrained without the dataset (LODO_RUN, same folds; repeat for other
+  seeds) minus TEST_RUN's aemg_scratch, the first target's bar on each left-out dataset.
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ def _pooled_mean(cells: dict, method: str, budget: float) -> float:
 
 def helps(rows: list[dict], budgets: tuple[float, ...] = HELPS_BUDGETS) -> tuple[str, bool]:
     pairs = [pooled(rows, "aemg_finetune", "aemg_scratch", b) for b in budgets]
-    text = " / ".join(f"{p['difference']:+.3f} ({p['wins']}/{p['n']}, p {p['p_value']:.2g})" for p in pairs)
+    text = " / ".join(f"{p['difference']:+.3f} ({p['wins']}/{p['n']}, p {p['p_value']:.2g})" if p["n"] else "–"
+                      for p in pairs)
     met = all(p["n"] and p["difference"] >= HELPS_BY and p["p_value"] < HELPS_P for p in pairs)
     return f"{text} at {' / '.join(f'{b:g}' for b in budgets)} %", met
 
@@ -63,12 +65,13 @@ def _datasets_cell(margins: list[tuple[str, float]], what: str) -> tuple[str, bo
     return f"{ahead} of {len(margins)} ({what}: {listed})", ahead >= FIELD_DATASETS
 
 
-def targets(test_run: Path, lodo: dict[str, Path]) -> str:
-    rows = rows_of(test_run)
+def targets(test_runs: list[Path], lodo: dict[str, list[Path]]) -> str:
+    rows = [row for run in test_runs for row in rows_of(run)]
     cells = per_subject(rows, "balanced_accuracy")
     seeds = sorted({r["seed"] for r in rows})
     subjects = len({(r["dataset"], r["subject"]) for r in rows if r["method"] == "aemg_finetune"})
-    lines = [f"Test run {test_run.name}: {subjects} held-out subjects, evaluation seeds {seeds}.", "",
+    lines = [f"Test runs {', '.join(run.name for run in test_runs)}: {subjects} held-out subjects, evaluation seeds "
+             f"{seeds}.", "",
              "| target | measured | met? |", "|---|---|---|"]
 
     def add(target: str, measured: str, met: bool) -> None:
@@ -90,22 +93,27 @@ def targets(test_run: Path, lodo: dict[str, Path]) -> str:
         bool(probe - tuned >= -PROBE_WITHIN))
     if not lodo:
         add("leave-one-dataset-out keeps the first target", "not run", False)
-    for dataset, folder in sorted(lodo.items()):
-        scratch = [r for r in rows if r["method"] == "aemg_scratch" and r["dataset"] == dataset]
-        left_out = [r for r in rows_of(folder) if r["method"] == "aemg_finetune"]
+    for dataset, folders in sorted(lodo.items()):
+        left_out = [r for folder in folders for r in rows_of(folder) if r["method"] == "aemg_finetune"]
+        seeds = {r["seed"] for r in left_out}  # scratch at the same seeds
+        scratch = [r for r in rows if r["method"] == "aemg_scratch" and r["dataset"] == dataset and r["seed"] in seeds]
         add(f"pretrained without {dataset}: the first target on {dataset}", *helps(left_out + scratch))
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("test_run", type=Path, help="an `aemg evaluate --role test` output with every method")
+    parser.add_argument("test_runs", type=Path, nargs="+",
+                        help="`aemg evaluate --role test` outputs with every method (other seeds of the same folds)")
     parser.add_argument("--lodo", action="append", default=[], metavar="DATASET=LODO_RUN",
                         help="aemg_finetune pretrained without DATASET, on the same folds (repeat)")
     parser.add_argument("--out", type=Path, help="also write the table here")
     args = parser.parse_args()
-    lodo = dict(item.split("=", 1) for item in args.lodo)
-    text = targets(args.test_run, {d: Path(f) for d, f in lodo.items()})
+    lodo: dict[str, list[Path]] = {}
+    for item in args.lodo:
+        dataset, folder = item.split("=", 1)
+        lodo.setdefault(dataset, []).append(Path(folder))
+    text = targets(args.test_runs, lodo)
     print(text)
     if args.out:
         args.out.write_text(text + "\n")
