@@ -11,7 +11,8 @@ turns that mapping into one of the frozen (picklable) reader objects below.
         byteorder: little
     kind: label_column   delimited text whose last column is a per-sample integer label
         delimiter, skip_header as for `delimited`
-    kind: mat            MATLAB .mat, v5 (scipy.io) or v7.3 (HDF5, via h5py), told apart by the file
+    kind: mat            MATLAB .mat, v5 (scipy.io, after preprocessing/mat5.py checks its elements) or
+                         v7.3 (HDF5, via h5py), told apart by the file
         emg: emg         the EMG variable; `a.b` is field b of struct a
         orientation: samples_channels   or channels_samples (one row per channel)
         labels: null     a per-sample label variable (e.g. NinaPro's restimulus)
@@ -279,8 +280,11 @@ class MatReader(_ArrayReader):
             return
         import scipy.io
 
-        tops = sorted({n.split(".")[0] for n in (self.emg, self.labels, self.repetitions) if n})
-        variables = scipy.io.loadmat(path, variable_names=tops, simplify_cells=True)
+        from .mat5 import checked_variables
+
+        tops = {n.split(".")[0] for n in (self.emg, self.labels, self.repetitions) if n}
+        # scipy's C reader segfaults on some damaged v5 files: it reads the wanted variables once they are checked
+        variables = scipy.io.loadmat(checked_variables(path, tops), variable_names=sorted(tops), simplify_cells=True)
 
         def get(name: str) -> np.ndarray:
             value: Any = variables

@@ -166,3 +166,20 @@ def test_absurd_shapes(tmp_path_factory, shape: tuple, labels: tuple, kind: str)
         assert err.where == str(path)
         return
     assert data.emg.ndim == 2 and min(data.emg.shape) > 0 and data.labels.shape == (data.emg.shape[0],)
+
+
+def test_mat_edits_that_crashed_scipys_reader_are_data_errors(tmp_path) -> None:
+    """Two single-byte edits the fuzzer above found to segfault scipy.io's v5 reader (scipy 1.17): the complex flag
+    set on a real array (it reads an imaginary part past the element) and a data-type code outside its table. The
+    element walk of preprocessing/mat5.py refuses both before scipy reads the file."""
+    path = ninapro_mat(tmp_path / "x.mat", _emg(), _labels(), _labels())
+    original = path.read_bytes()
+    assert original[144] == 6 and original[176] == 9  # emg, the first variable: mxDOUBLE flags, miDOUBLE data
+    reader = make_reader({"kind": "mat", "labels": "restimulus", "repetitions": "rerepetition"})
+    for offset, value, problem in ((145, original[145] | 0x08, "1 data parts, its flags say 2"),
+                                   (176, 8, "unknown data type 8")):
+        edited = bytearray(original)
+        edited[offset] = value
+        path.write_bytes(bytes(edited))
+        with pytest.raises(DataError, match=f"damaged MAT v5 file: .*{problem}"):
+            reader.read(path, C)
