@@ -4,7 +4,9 @@
 # of the subjects (pt-g0 / pt-g1, the two side by side), then the AEMG methods on the same test folds, seeds and
 # windows settings. The baselines run in the same evaluation unless eval_real.sh's test run exists (OUT/test); then
 # benchmarks/compare_runs.py sets the recipe against it.
-# Usage: RECIPE=v1-summary TOKENS=runs/ablate/tokens-ws WINDOWS=runs/ablate/windows-ws FOLDS=6 SEEDS=0 \
+# With LODO=1 the recipe is also pretrained without 3DC and without Côté-Allard (side by side), and fine-tuned on
+# those datasets' test folds, for the unseen-device target. benchmarks/targets_table.py prints issue 14's targets.
+# Usage: RECIPE=v1-summary TOKENS=runs/ablate/tokens-ws WINDOWS=runs/ablate/windows-ws FOLDS=6 SEEDS=0 [LODO=1] \
 #          bash benchmarks/recipe_test.sh [OUT] [ABLATIONS]   (defaults runs/eval_real, runs/ablate)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,20 +20,36 @@ FOLDS=${FOLDS:-6}
 SEEDS=${SEEDS:-0}
 AEMG=.venv/bin/aemg
 SPLITS=configs/splits/shared.yaml
+S=$([ "$SEEDS" = 0 ] || echo "-s${SEEDS//,/}")  # other seeds than 0 go to their own folders (test-v7-long-s12)
 METHODS=aemg_finetune,aemg_probe,aemg_scratch
 [ -f "$OUT/test/trials.jsonl" ] || METHODS="$METHODS,td_lda,cnn,transformer,simclr,mae"
 
-pretrain() {  # half, exclusion override; the recipe's development-subject exclusion is replaced by the half's
+pretrain() {  # name suffix, exclusion override; the recipe's development-subject exclusion is replaced by it
   [ -f "$ABL/$RECIPE-$1/export/model.safetensors" ] || $AEMG pretrain --config "$ABL/$RECIPE/config.yaml" --no-ray \
     data.tokens="$TOKENS" run.out="$ABL/$RECIPE-$1" data.exclude_subjects=[] "$2"
+}
+test_run() {  # out folder, then evaluation options: the test folds, seeds and windows every run of the recipe shares
+  local out=$1; shift
+  $AEMG evaluate --corpus "$OUT/corpus.zarr" --out "$out" --splits "$SPLITS" --role test --budgets 0,1,5,10,100 \
+    --max-folds "$FOLDS" --seeds "$SEEDS" --quiet "$@" windows_tokens="$WINDOWS" train.probe_init=true
 }
 pretrain g0 "$($AEMG folds --corpus "$OUT/corpus.zarr" --groups 2 --group 0)" & first=$!
 pretrain g1 "$($AEMG folds --corpus "$OUT/corpus.zarr" --groups 2 --group 1)" & second=$!
 wait "$first"; wait "$second"  # each wait fails the script if its pretraining failed
-$AEMG evaluate --checkpoint "$ABL/$RECIPE-g0" --checkpoint "$ABL/$RECIPE-g1" --corpus "$OUT/corpus.zarr" \
-  --out "$ABL/test-$RECIPE" --splits "$SPLITS" --role test --methods "$METHODS" \
-  --budgets 0,1,5,10,100 --max-folds "$FOLDS" --seeds "$SEEDS" --quiet windows_tokens="$WINDOWS" train.probe_init=true
+test_run "$ABL/test-$RECIPE$S" --checkpoint "$ABL/$RECIPE-g0" --checkpoint "$ABL/$RECIPE-g1" --methods "$METHODS"
+LODO_RUNS=()
+if [ -n "${LODO:-}" ]; then  # the same folds of each left-out dataset, AEMG pretrained without the whole dataset
+  pretrain no-3dc "data.exclude_datasets=[3dc]" & first=$!
+  pretrain no-coteallard "data.exclude_datasets=[coteallard]" & second=$!
+  wait "$first"; wait "$second"
+  for dataset in 3dc coteallard; do
+    test_run "$ABL/test-$RECIPE-lodo-$dataset$S" --checkpoint "$ABL/$RECIPE-no-$dataset" --datasets "$dataset" \
+      --methods aemg_finetune,aemg_probe
+    LODO_RUNS+=(--lodo "$dataset=$ABL/test-$RECIPE-lodo-$dataset$S")
+  done
+fi
+.venv/bin/python benchmarks/targets_table.py "$ABL/test-$RECIPE$S" "${LODO_RUNS[@]}" --out "$ABL/test-$RECIPE-targets$S.md"
 if [ -f "$OUT/test/trials.jsonl" ]; then
-  .venv/bin/python benchmarks/compare_runs.py "$ABL/test-$RECIPE" "$OUT/test" --methods "$METHODS" \
-    --out "$ABL/test-$RECIPE-vs-selected.md"
+  .venv/bin/python benchmarks/compare_runs.py "$ABL/test-$RECIPE$S" "$OUT/test" --methods "$METHODS" \
+    --out "$ABL/test-$RECIPE-vs-selected$S.md"
 fi
