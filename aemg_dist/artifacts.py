@@ -72,6 +72,12 @@ def load_tokenize_config(*layers: str | Path | Mapping[str, Any]) -> TokenizeCon
     return load_config(TokenizeConfig, [{"tokens": TOKENS_BEFORE_THE_SETTING}, *layers])
 
 
+def recorded_token_settings(tokens: Mapping[str, Any]) -> dict[str, Any]:
+    """A recorded mapping of TokenConfig fields completed with TOKENS_BEFORE_THE_SETTING for the settings it
+    predates (a file written before a setting existed was made with its old value)."""
+    return {**TOKENS_BEFORE_THE_SETTING, **tokens}
+
+
 # per-token arrays of WindowTokens and their stored dtypes
 TOKEN_FIELDS = {"features": np.float32, "coords": np.float32, "onset_s": np.float32, "duration_s": np.float32,
                 "rank": np.int16, "group": np.int16, "channel": np.int16, "active": np.bool_}

@@ -24,7 +24,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from aemg_dist.artifacts import TOKENS_BEFORE_THE_SETTING
+from aemg_dist.artifacts import recorded_token_settings
 from aemg_dist.config import config_from_dict
 from aemg_dist.evaluation.classifiers import AEMGClassifier
 from aemg_dist.events import EventConfig
@@ -83,7 +83,7 @@ class DecoderConfig:
             parts = {"model": ModelConfig(**values.pop("model")),
                      "harmonize": config_from_dict(HarmonizeConfig, values.pop("harmonize")),
                      "events": config_from_dict(EventConfig, values.pop("events")),
-                     "tokens": config_from_dict(TokenConfig, {**TOKENS_BEFORE_THE_SETTING, **values.pop("tokens")})}
+                     "tokens": config_from_dict(TokenConfig, recorded_token_settings(values.pop("tokens")))}
             config = cls(**parts, **values)
         except (KeyError, TypeError, ValueError) as err:
             raise ValueError(f"{where}: bad decoder config ({err})") from None

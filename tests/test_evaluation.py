@@ -7,7 +7,7 @@ import csv
 import io
 import json
 import tempfile
-from dataclasses import replace
+from dataclasses import asdict, replace
 from collections import Counter
 from pathlib import Path
 
@@ -21,8 +21,8 @@ from aemg_dist.data import tokenize_corpus
 from aemg_dist.evaluation import calibration_split, loso_folds
 from aemg_dist.evaluation.folds import reference_split
 from aemg_dist.evaluation.methods import METHODS
-from aemg_dist.evaluation.runner import (CONFIG_FILE, TRIALS_FILE, EvaluateConfig, _check_resumable, evaluate,
-                                         exclusion_groups)
+from aemg_dist.evaluation.runner import (CONFIG_FILE, TRIALS_FILE, Checkpoint, EvaluateConfig, _check_resumable,
+                                         evaluate, exclusion_groups, labeled_tokens)
 from aemg_dist.train import load_pretrain_config, pretrain, split_tables
 from preprocessing.corpus import Corpus
 from preprocessing.prepare import prepare
@@ -456,3 +456,32 @@ def test_windows_tokenized_unlike_the_checkpoints_tokens_are_refused(setup, tmp_
                   f"windows_tokens={other}")
     with pytest.raises(ConfigError, match="other tokens settings"):
         evaluate(cfg, progress=False)
+
+
+def test_windows_folder_from_before_a_token_setting_is_read_with_its_old_value(setup, tmp_path):
+    """OUT/windows/tokens.json written before tokens.window_summary existed was made without the summary group: it
+    is reused for a checkpoint pretrained on such tokens and refused for one pretrained on today's default."""
+    root, runs = setup
+    from aemg_dist.artifacts import TokenizeConfig
+    from aemg_dist.tokens import TokenConfig
+
+    def checkpoint(window_summary: bool | None) -> Checkpoint:  # a tokens folder whose tokenize.yaml may lack the key
+        tokens = tmp_path / f"tokens-{window_summary}"
+        tokens.mkdir()
+        recorded = asdict(TokenizeConfig(tokens=TokenConfig(window_summary=bool(window_summary))))
+        if window_summary is None:
+            del recorded["tokens"]["window_summary"]
+        (tokens / "tokenize.yaml").write_text(json.dumps(recorded))  # JSON is YAML
+        return Checkpoint(run=str(runs["unseen"]), export=str(runs["unseen"] / "export"), tokens=str(tokens),
+                          seen=frozenset())
+
+    cfg = _config(root, tmp_path / "eval")
+    made = asdict(TokenizeConfig(tokens=TokenConfig(window_summary=False)))
+    made["windows"] = asdict(cfg.windows)
+    del made["tokens"]["window_summary"]  # as an older version wrote it
+    (tmp_path / "eval" / "windows").mkdir(parents=True)
+    (tmp_path / "eval" / "windows" / "tokens.json").write_text(json.dumps({"config": made}))
+    for old in (None, False):
+        assert labeled_tokens(cfg, [checkpoint(old)], progress=False) == str(tmp_path / "eval" / "windows")
+    with pytest.raises(ConfigError, match="other settings"):
+        labeled_tokens(cfg, [checkpoint(True)], progress=False)

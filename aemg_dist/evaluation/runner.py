@@ -42,8 +42,8 @@ from typing import Any
 import numpy as np
 
 from aemg_dist import storage
-from aemg_dist.artifacts import (RUN_CONFIG, RUN_EXPORT, TOKENS_BEFORE_THE_SETTING, TOKENS_MANIFEST, TokenizeConfig,
-                                 load_tokenize_config, model_preset, read_tokens_manifest)
+from aemg_dist.artifacts import (RUN_CONFIG, RUN_EXPORT, TOKENS_MANIFEST, TokenizeConfig,
+                                 load_tokenize_config, model_preset, read_tokens_manifest, recorded_token_settings)
 from aemg_dist.config import (ConfigError, check_ranges, config_from_dict, config_layer, dotted, load_config,
                               save_config)
 from aemg_dist.evaluation.classifiers import FinetuneConfig
@@ -258,7 +258,7 @@ def labeled_tokens(cfg: EvaluateConfig, checkpoints: list[Checkpoint], progress:
     if storage.exists(manifest):
         made = json.loads(storage.read_text(manifest))["config"]
         if "tokens" in made:  # a folder from before a token setting existed was made with its old value
-            made["tokens"] = {**TOKENS_BEFORE_THE_SETTING, **made["tokens"]}
+            made["tokens"] = recorded_token_settings(made["tokens"])
         wanted = {k: v for k, v in asdict(tokenize).items() if k in made}
         if made != json.loads(json.dumps(wanted)):
             raise ConfigError(f"{out} was tokenized with other settings; delete it or choose another --out")

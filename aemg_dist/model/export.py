@@ -75,11 +75,11 @@ def export_inference(model: AEMGModel, cfg: ModelConfig, out_dir: str | Path,
 
 def read_tokenize_settings(out_dir: str | Path) -> dict[str, Any] | None:
     """The token settings an export recorded (a mapping of TokenizeConfig fields), None for an export without them;
-    the config is validated as by read_model_config first."""
-    read_model_config(out_dir)
-    settings = json.loads(storage.read_text(storage.join(out_dir, CONFIG_FILE))).get("tokenize")
+    the config is validated as by read_model_config."""
+    path, meta, _ = _read_config(out_dir)
+    settings = meta.get("tokenize")
     if settings is not None and not isinstance(settings, dict):
-        raise CheckpointError(f"{storage.join(out_dir, CONFIG_FILE)}: tokenize is {_shown(settings)}, not an object")
+        raise CheckpointError(f"{path}: tokenize is {_shown(settings)}, not an object")
     return settings
 
 
@@ -87,6 +87,11 @@ def read_model_config(out_dir: str | Path) -> ModelConfig:
     """The ModelConfig of an export folder (a path or URI), validated: config.json must be small, JSON, of this
     format version, and a ModelConfig within its ranges. FileNotFoundError when it is missing, CheckpointError
     naming the file otherwise."""
+    return _read_config(out_dir)[2]
+
+
+def _read_config(out_dir: str | Path) -> tuple[str, dict[str, Any], ModelConfig]:
+    """config.json's path, its parsed object and its validated ModelConfig, from one read."""
     path = storage.join(out_dir, CONFIG_FILE)
     if not storage.exists(path):
         raise FileNotFoundError(f"{path} does not exist: not an inference checkpoint written by export_inference")
@@ -102,7 +107,7 @@ def read_model_config(out_dir: str | Path) -> ModelConfig:
                               f"{_shown(meta)}")
     _check_version(meta.get("format_version"), path)
     try:
-        return load_config(ModelConfig, [meta["model"]])
+        return path, meta, load_config(ModelConfig, [meta["model"]])
     except ConfigError as err:
         raise CheckpointError(f"{path}: {err}") from None
 
