@@ -6,8 +6,10 @@
 # benchmarks/compare_runs.py sets the recipe against it.
 # With LODO=1 the recipe is also pretrained without 3DC and without Côté-Allard (side by side), and fine-tuned on
 # those datasets' test folds, for the unseen-device target. benchmarks/targets_table.py prints issue 14's targets.
+# PART=aemg or PART=baselines runs only those methods (to its own folder, -aemg / -baselines), to split an evaluation
+# that does not fit one sitting; the targets table pools every test folder of the recipe (all seeds and parts).
 # Usage: RECIPE=v1-summary TOKENS=runs/ablate/tokens-ws WINDOWS=runs/ablate/windows-ws FOLDS=6 SEEDS=0 [LODO=1] \
-#          bash benchmarks/recipe_test.sh [OUT] [ABLATIONS]   (defaults runs/eval_real, runs/ablate)
+#          [PART=aemg|baselines] bash benchmarks/recipe_test.sh [OUT] [ABLATIONS]   (defaults runs/eval_real, runs/ablate)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
@@ -21,8 +23,14 @@ SEEDS=${SEEDS:-0}
 AEMG=.venv/bin/aemg
 SPLITS=configs/splits/shared.yaml
 S=$([ "$SEEDS" = 0 ] || echo "-s${SEEDS//,/}")  # other seeds than 0 go to their own folders (test-v7-long-s12)
-METHODS=aemg_finetune,aemg_probe,aemg_scratch
-[ -f "$OUT/test/trials.jsonl" ] || METHODS="$METHODS,td_lda,cnn,transformer,simclr,mae"
+AEMG_METHODS=aemg_finetune,aemg_probe,aemg_scratch
+BASELINE_METHODS=td_lda,cnn,transformer,simclr,mae
+case "${PART:-}" in
+  "") METHODS=$AEMG_METHODS; [ -f "$OUT/test/trials.jsonl" ] || METHODS="$METHODS,$BASELINE_METHODS" ;;
+  aemg) METHODS=$AEMG_METHODS; S="$S-aemg" ;;
+  baselines) METHODS=$BASELINE_METHODS; S="$S-baselines" ;;
+  *) echo "PART must be aemg or baselines, not $PART" >&2; exit 2 ;;
+esac
 
 pretrain() {  # name suffix, exclusion override; the recipe's development-subject exclusion is replaced by it
   [ -f "$ABL/$RECIPE-$1/export/model.safetensors" ] || $AEMG pretrain --config "$ABL/$RECIPE/config.yaml" --no-ray \
@@ -37,19 +45,26 @@ pretrain g0 "$($AEMG folds --corpus "$OUT/corpus.zarr" --groups 2 --group 0)" & 
 pretrain g1 "$($AEMG folds --corpus "$OUT/corpus.zarr" --groups 2 --group 1)" & second=$!
 wait "$first"; wait "$second"  # each wait fails the script if its pretraining failed
 test_run "$ABL/test-$RECIPE$S" --checkpoint "$ABL/$RECIPE-g0" --checkpoint "$ABL/$RECIPE-g1" --methods "$METHODS"
-LODO_RUNS=()
-if [ -n "${LODO:-}" ]; then  # the same folds of each left-out dataset, AEMG pretrained without the whole dataset
+# the same folds of each left-out dataset, AEMG pretrained without the whole dataset
+if [ -n "${LODO:-}" ] && [ "${PART:-}" != baselines ]; then
   pretrain no-3dc "data.exclude_datasets=[3dc]" & first=$!
   pretrain no-coteallard "data.exclude_datasets=[coteallard]" & second=$!
   wait "$first"; wait "$second"
   for dataset in 3dc coteallard; do
     test_run "$ABL/test-$RECIPE-lodo-$dataset$S" --checkpoint "$ABL/$RECIPE-no-$dataset" --datasets "$dataset" \
       --methods aemg_finetune,aemg_probe
-    LODO_RUNS+=(--lodo "$dataset=$ABL/test-$RECIPE-lodo-$dataset$S")
   done
 fi
-.venv/bin/python benchmarks/targets_table.py "$ABL/test-$RECIPE$S" "${LODO_RUNS[@]}" --out "$ABL/test-$RECIPE-targets$S.md"
-if [ -f "$OUT/test/trials.jsonl" ]; then
+TEST_RUNS=() LODO_RUNS=()  # every test folder of the recipe so far: seeds and parts pooled
+for run in "$ABL/test-$RECIPE" "$ABL/test-$RECIPE"-{s[0-9]*,aemg,baselines} "$ABL/test-$RECIPE"-lodo-*; do
+  [ -f "$run/trials.jsonl" ] || continue
+  case "$run" in
+    *-lodo-*) dataset=${run##*-lodo-}; LODO_RUNS+=(--lodo "${dataset%%-*}=$run") ;;
+    *) TEST_RUNS+=("$run") ;;
+  esac
+done
+.venv/bin/python benchmarks/targets_table.py "${TEST_RUNS[@]}" "${LODO_RUNS[@]}" --out "$ABL/test-$RECIPE-targets.md"
+if [ -f "$OUT/test/trials.jsonl" ] && [ -z "${PART:-}" ]; then
   .venv/bin/python benchmarks/compare_runs.py "$ABL/test-$RECIPE$S" "$OUT/test" --methods "$METHODS" \
     --out "$ABL/test-$RECIPE-vs-selected$S.md"
 fi

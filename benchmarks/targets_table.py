@@ -68,10 +68,12 @@ def _datasets_cell(margins: list[tuple[str, float]], what: str) -> tuple[str, bo
 def targets(test_runs: list[Path], lodo: dict[str, list[Path]]) -> str:
     rows = [row for run in test_runs for row in rows_of(run)]
     cells = per_subject(rows, "balanced_accuracy")
-    seeds = sorted({r["seed"] for r in rows})
     subjects = len({(r["dataset"], r["subject"]) for r in rows if r["method"] == "aemg_finetune"})
-    lines = [f"Test runs {', '.join(run.name for run in test_runs)}: {subjects} held-out subjects, evaluation seeds "
-             f"{seeds}.", "",
+    seeds = {group: sorted({r["seed"] for r in rows if (r["method"] in BASELINES) == (group == "baselines")})
+             for group in ("AEMG", "baselines")}
+    seeds_text = (f"evaluation seeds {seeds['AEMG']}" if seeds["AEMG"] == seeds["baselines"] or not seeds["baselines"]
+                  else f"evaluation seeds {seeds['AEMG']} for AEMG, {seeds['baselines']} for the baselines")
+    lines = [f"Test runs {', '.join(run.name for run in test_runs)}: {subjects} held-out subjects, {seeds_text}.", "",
              "| target | measured | met? |", "|---|---|---|"]
 
     def add(target: str, measured: str, met: bool) -> None:

@@ -1,0 +1,55 @@
+"""benchmarks/targets_table.py: issue 14's verdicts from test evaluations pooled over seeds and method groups."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from targets_table import targets  # noqa: E402
+
+DATASETS = {name: [f"S{i}" for i in range(5)] for name in ("alpha", "beta", "gamma", "delta")}
+BUDGETS = (0.0, 1.0, 5.0, 10.0, 100.0)
+
+
+def _run(folder: Path, accuracy: dict[str, float], seed: int, rng: np.random.Generator) -> Path:
+    """A test evaluation folder: every (method, dataset, subject, budget) at `seed`, accuracy[method] plus noise."""
+    folder.mkdir()
+    trials = [{"method": method, "dataset": dataset, "subject": subject, "budget": budget, "seed": seed,
+               "balanced_accuracy": level + budget / 1000 + rng.normal(0, 0.005)}
+              for method, level in accuracy.items() for dataset, subjects in DATASETS.items()
+              for subject in subjects for budget in BUDGETS]
+    (folder / "trials.jsonl").write_text("\n".join(json.dumps({"trials": [t]}) for t in trials) + "\n")
+    return folder
+
+
+def _rows(table: str) -> dict[str, str]:
+    """{target: 'met' / 'missed'} of the printed table."""
+    return {cells[1].strip(): cells[3].strip() for line in table.splitlines() if line.startswith("| ")
+            for cells in [line.split("|")] if cells[3].strip() in ("met", "missed")}
+
+
+def test_seeds_and_method_groups_are_pooled_and_judged(tmp_path):
+    rng = np.random.default_rng(0)
+    aemg = {"aemg_finetune": 0.70, "aemg_probe": 0.68, "aemg_scratch": 0.60}
+    baselines = {"td_lda": 0.60, "cnn": 0.72, "simclr": 0.65}
+    seed0 = _run(tmp_path / "seed0", {**aemg, **baselines}, 0, rng)
+    seed1 = _run(tmp_path / "seed1-aemg", aemg, 1, rng)
+    table = targets([seed0, seed1], {})
+    assert "20 held-out subjects, evaluation seeds [0, 1] for AEMG, [0] for the baselines" in table
+    verdicts = list(_rows(table).values())
+    # +0.10 over scratch on all 20 subjects: met; behind the CNN on every dataset at 10 %: missed; at 0 % +0.10 over
+    # TD+LDA (>= +0.05) on 4 datasets: met; the probe 0.02 below fine-tuning: met; no LODO run: missed
+    assert verdicts == ["met", "missed", "met", "met", "missed"]
+
+    scratch_close = _run(tmp_path / "close", {**aemg, "aemg_scratch": 0.69, **baselines}, 0, rng)
+    lodo = _run(tmp_path / "lodo-alpha", {"aemg_finetune": 0.75}, 0, rng)
+    verdicts = _rows(targets([scratch_close], {"alpha": [lodo]}))
+    assert list(verdicts.values())[0] == "missed"  # +0.01 is below the +0.03 bar
+    # pretrained without alpha, against the test run's scratch on alpha only: +0.06 on 5 subjects, whose smallest
+    # two-sided Wilcoxon p is 0.06: missed at p < 0.01, though every subject wins
+    assert verdicts["pretrained without alpha: the first target on alpha"] == "missed"
+    assert targets([scratch_close], {"alpha": [lodo]}).splitlines()[-1].count("(5/5, p 0.062)") == 3
