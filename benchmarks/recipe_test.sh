@@ -63,7 +63,7 @@ for run in "$ABL/test-$RECIPE" "$ABL/test-$RECIPE"-{s[0-9]*,aemg,baselines} "$AB
     *) TEST_RUNS+=("$run") ;;
   esac
 done
-.venv/bin/python benchmarks/targets_table.py "${TEST_RUNS[@]}" "${LODO_RUNS[@]}" --out "$ABL/test-$RECIPE-targets.md"
+.venv/bin/python benchmarks/targets_table.py "${TEST_RUNS[@]}" "${LODO_RUNS[@]}" --details --out "$ABL/test-$RECIPE-targets.md"
 if [ -f "$OUT/test/trials.jsonl" ] && [ -z "${PART:-}" ]; then
   .venv/bin/python benchmarks/compare_runs.py "$ABL/test-$RECIPE$S" "$OUT/test" --methods "$METHODS" \
     --out "$ABL/test-$RECIPE-vs-selected$S.md"

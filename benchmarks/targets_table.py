@@ -1,6 +1,6 @@
 """Issue 14's targets, measured on one test evaluation: which are met, with the numbers behind each verdict.
 
-    python benchmarks/targets_table.py TEST_RUN [TEST_RUN ...] [--lodo DATASET=LODO_RUN ...] [--out targets.md]
+    python benchmarks/targets_table.py TEST_RUN [TEST_RUN ...] [--lodo DATASET=LODO_RUN ...] [--details] [--out FILE]
 
 TEST_RUN is an `aemg evaluate --role test` output holding aemg_finetune, aemg_probe, aemg_scratch and the baselines
 on the same folds (benchmarks/recipe_test.sh writes one); several (other evaluation seeds of the same folds) are
@@ -14,6 +14,10 @@ balanced accuracy:
 - features that transfer frozen: aemg_probe's mean within 0.05 of aemg_finetune's at 100 %;
 - unseen device (with --lodo): aemg_finetune pretrained without the dataset (LODO_RUN, same folds; repeat for other
   seeds) minus TEST_RUN's aemg_scratch, the first target's bar on each left-out dataset.
+
+With --details, the numbers behind the verdicts follow: fine-tuned − scratch per evaluation seed and per dataset,
+and per left-out dataset the mean levels of fine-tuning pretrained without it, pretrained with its other subjects
+(TEST_RUN's), scratch, TD+LDA and the best baseline.
 """
 
 from __future__ import annotations
@@ -26,9 +30,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ablation_table import BASELINES, pooled, rows_of  # noqa: E402
-from aemg_dist.evaluation.report import per_subject  # noqa: E402
+from aemg_dist.evaluation.report import paired, per_subject  # noqa: E402
 
 HELPS_BUDGETS = (1.0, 5.0, 10.0)
+BUDGETS = (0.0, 1.0, 5.0, 10.0, 100.0)
 HELPS_BY, HELPS_P = 0.03, 0.01
 FIELD_DATASETS = 4  # of 6
 ZERO_SHOT_MARGIN = 0.05
@@ -65,6 +70,47 @@ def _datasets_cell(margins: list[tuple[str, float]], what: str) -> tuple[str, bo
     return f"{ahead} of {len(margins)} ({what}: {listed})", ahead >= FIELD_DATASETS
 
 
+def _lodo_rows(folders: list[Path]) -> list[dict]:
+    return [r for folder in folders for r in rows_of(folder) if r["method"] == "aemg_finetune"]
+
+
+def details(test_runs: list[Path], lodo: dict[str, list[Path]]) -> str:
+    """Fine-tuned − scratch per evaluation seed and per dataset, and the levels on every left-out dataset."""
+    rows = [row for run in test_runs for row in rows_of(run)]
+    budgets = " | ".join(f"{b:g} %" for b in BUDGETS)
+    lines = ["Fine-tuned − scratch per evaluation seed (subjects where pretraining helps):", "",
+             f"| seed | {budgets} |", "|---" * (len(BUDGETS) + 1) + "|"]
+    for seed in sorted({r["seed"] for r in rows if r["method"] == "aemg_scratch"}):
+        cells = [pooled([r for r in rows if r["seed"] == seed], "aemg_finetune", "aemg_scratch", b) for b in BUDGETS]
+        lines.append(f"| {seed} | " + " | ".join(f"{c['difference']:+.3f} ({c['wins']}/{c['n']})" for c in cells) + " |")
+    lines += ["", "Fine-tuned − scratch per dataset, seeds averaged per subject:", "",
+              f"| dataset | {budgets} |", "|---" * (len(BUDGETS) + 1) + "|"]
+    by_dataset: dict[str, dict[float, dict]] = {}
+    for pair in paired(rows, "aemg_finetune", "aemg_scratch"):
+        by_dataset.setdefault(pair["dataset"], {})[pair["budget"]] = pair
+    for dataset, pairs in sorted(by_dataset.items(), key=lambda item: (item[0] == "all", item[0])):
+        lines.append(f"| {dataset} | " + " | ".join(
+            f"{pairs[b]['difference']:+.3f} ({pairs[b]['wins']}/{pairs[b]['n']})" if b in pairs else "–"
+            for b in BUDGETS) + " |")
+    for dataset, folders in sorted(lodo.items()):
+        left_out = _lodo_rows(folders)
+        seeds = {r["seed"] for r in left_out}
+        cells = per_subject([dict(r, method="aemg_finetune_lodo") for r in left_out] +
+                            [r for r in rows if r["dataset"] == dataset and r["seed"] in seeds], "balanced_accuracy")
+        lines += ["", f"{dataset}, mean balanced accuracy, evaluation seeds {sorted(seeds)}:", "",
+                  f"| method | {budgets} |", "|---" * (len(BUDGETS) + 1) + "|"]
+        for label, level in (
+                (f"fine-tuned, pretrained without {dataset}", lambda b: _mean(cells, "aemg_finetune_lodo", dataset, b)),
+                (f"fine-tuned, pretrained with {dataset}'s other subjects",
+                 lambda b: _mean(cells, "aemg_finetune", dataset, b)),
+                ("scratch", lambda b: _mean(cells, "aemg_scratch", dataset, b)),
+                ("TD+LDA", lambda b: _mean(cells, "td_lda", dataset, b)),
+                ("best baseline", lambda b: max((_mean(cells, m, dataset, b) for m in BASELINES
+                                                 if (m, dataset, b) in cells), default=float("nan")))):
+            lines.append(f"| {label} | " + " | ".join(f"{level(b):.3f}" for b in BUDGETS) + " |")
+    return "\n".join(lines)
+
+
 def targets(test_runs: list[Path], lodo: dict[str, list[Path]]) -> str:
     rows = [row for run in test_runs for row in rows_of(run)]
     cells = per_subject(rows, "balanced_accuracy")
@@ -96,7 +142,7 @@ def targets(test_runs: list[Path], lodo: dict[str, list[Path]]) -> str:
     if not lodo:
         add("leave-one-dataset-out keeps the first target", "not run", False)
     for dataset, folders in sorted(lodo.items()):
-        left_out = [r for folder in folders for r in rows_of(folder) if r["method"] == "aemg_finetune"]
+        left_out = _lodo_rows(folders)
         seeds = {r["seed"] for r in left_out}  # scratch at the same seeds
         scratch = [r for r in rows if r["method"] == "aemg_scratch" and r["dataset"] == dataset and r["seed"] in seeds]
         add(f"pretrained without {dataset}: the first target on {dataset}", *helps(left_out + scratch))
@@ -109,13 +155,17 @@ def main() -> None:
                         help="`aemg evaluate --role test` outputs with every method (other seeds of the same folds)")
     parser.add_argument("--lodo", action="append", default=[], metavar="DATASET=LODO_RUN",
                         help="aemg_finetune pretrained without DATASET, on the same folds (repeat)")
-    parser.add_argument("--out", type=Path, help="also write the table here")
+    parser.add_argument("--details", action="store_true",
+                        help="also the numbers behind the verdicts: per seed, per dataset, left-out datasets' levels")
+    parser.add_argument("--out", type=Path, help="also write the output here")
     args = parser.parse_args()
     lodo: dict[str, list[Path]] = {}
     for item in args.lodo:
         dataset, folder = item.split("=", 1)
         lodo.setdefault(dataset, []).append(Path(folder))
     text = targets(args.test_runs, lodo)
+    if args.details:
+        text += "\n\n" + details(args.test_runs, lodo)
     print(text)
     if args.out:
         args.out.write_text(text + "\n")

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from targets_table import targets  # noqa: E402
+from targets_table import details, targets  # noqa: E402
 
 DATASETS = {name: [f"S{i}" for i in range(5)] for name in ("alpha", "beta", "gamma", "delta")}
 BUDGETS = (0.0, 1.0, 5.0, 10.0, 100.0)
@@ -53,3 +53,21 @@ def test_seeds_and_method_groups_are_pooled_and_judged(tmp_path):
     # two-sided Wilcoxon p is 0.06: missed at p < 0.01, though every subject wins
     assert verdicts["pretrained without alpha: the first target on alpha"] == "missed"
     assert targets([scratch_close], {"alpha": [lodo]}).splitlines()[-1].count("(5/5, p 0.062)") == 3
+
+
+def test_details_give_each_seed_dataset_and_left_out_level(tmp_path):
+    rng = np.random.default_rng(1)
+    seed0 = _run(tmp_path / "seed0", {"aemg_finetune": 0.70, "aemg_scratch": 0.60, "td_lda": 0.50, "cnn": 0.80}, 0, rng)
+    seed1 = _run(tmp_path / "seed1", {"aemg_finetune": 0.60, "aemg_scratch": 0.60}, 1, rng)
+    lodo = _run(tmp_path / "lodo", {"aemg_finetune": 0.40}, 0, rng)
+    text = details([seed0, seed1], {"beta": [lodo]})
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in text.splitlines()
+            if line.startswith("| ") and not line.startswith("| seed") and not line.startswith("| method")}
+    assert rows["0"][1].startswith("+0.10") and rows["0"][1].endswith("(20/20)")  # seed 0: +0.10 on every subject
+    assert abs(float(rows["1"][1].split()[0])) < 0.02  # seed 1: no difference
+    assert rows["alpha"][3].startswith("+0.05") and rows["all"][3].startswith("+0.05")  # seeds averaged per subject
+    # beta's levels at 10 % at the left-out run's seed (0): 0.40 without it, 0.70 with, 0.60 scratch, 0.50, 0.80
+    levels = [float(rows[label][3]) for label in ("fine-tuned, pretrained without beta",
+                                                  "fine-tuned, pretrained with beta's other subjects", "scratch",
+                                                  "TD+LDA", "best baseline")]
+    assert np.allclose(levels, [0.41, 0.71, 0.61, 0.51, 0.81], atol=0.01)
