@@ -15,7 +15,8 @@ balanced accuracy:
 - unseen device (with --lodo): aemg_finetune pretrained without the dataset (LODO_RUN, same folds; repeat for other
   seeds) minus TEST_RUN's aemg_scratch, the first target's bar on each left-out dataset.
 
-With --details, the numbers behind the verdicts follow: fine-tuned − scratch per evaluation seed and per dataset,
+With --details, the numbers behind the verdicts follow: every method's mean level per budget, fine-tuned − scratch
+per evaluation seed and per dataset,
 and per left-out dataset the mean levels of fine-tuning pretrained without it, pretrained with its other subjects
 (TEST_RUN's), scratch, TD+LDA and the best baseline.
 """
@@ -78,7 +79,13 @@ def details(test_runs: list[Path], lodo: dict[str, list[Path]]) -> str:
     """Fine-tuned − scratch per evaluation seed and per dataset, and the levels on every left-out dataset."""
     rows = [row for run in test_runs for row in rows_of(run)]
     budgets = " | ".join(f"{b:g} %" for b in BUDGETS)
-    lines = ["Fine-tuned − scratch per evaluation seed (subjects where pretraining helps):", "",
+    cells = per_subject(rows, "balanced_accuracy")
+    lines = ["Mean balanced accuracy over the held-out subjects (each method's seeds averaged per subject):", "",
+             f"| method | {budgets} |", "|---" * (len(BUDGETS) + 1) + "|"]
+    for method in ("aemg_finetune", "aemg_probe", "aemg_scratch", *BASELINES):
+        if any(m == method for m, _, _ in cells):
+            lines.append(f"| {method} | " + " | ".join(f"{_pooled_mean(cells, method, b):.3f}" for b in BUDGETS) + " |")
+    lines += ["", "Fine-tuned − scratch per evaluation seed (subjects where pretraining helps):", "",
              f"| seed | {budgets} |", "|---" * (len(BUDGETS) + 1) + "|"]
     for seed in sorted({r["seed"] for r in rows if r["method"] == "aemg_scratch"}):
         cells = [pooled([r for r in rows if r["seed"] == seed], "aemg_finetune", "aemg_scratch", b) for b in BUDGETS]

@@ -65,6 +65,7 @@ def test_details_give_each_seed_dataset_and_left_out_level(tmp_path):
             if line.startswith("| ") and not line.startswith("| seed") and not line.startswith("| method")}
     assert rows["0"][1].startswith("+0.10") and rows["0"][1].endswith("(20/20)")  # seed 0: +0.10 on every subject
     assert abs(float(rows["1"][1].split()[0])) < 0.02  # seed 1: no difference
+    assert abs(float(rows["aemg_finetune"][3]) - 0.66) < 0.01 and "mae" not in rows  # the two seeds' mean; no MAE run
     assert rows["alpha"][3].startswith("+0.05") and rows["all"][3].startswith("+0.05")  # seeds averaged per subject
     # beta's levels at 10 % at the left-out run's seed (0): 0.40 without it, 0.70 with, 0.60 scratch, 0.50, 0.80
     levels = [float(rows[label][3]) for label in ("fine-tuned, pretrained without beta",
