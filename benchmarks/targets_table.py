@@ -90,14 +90,15 @@ def details(test_runs: list[Path], lodo: dict[str, list[Path]]) -> str:
     for seed in sorted({r["seed"] for r in rows if r["method"] == "aemg_scratch"}):
         cells = [pooled([r for r in rows if r["seed"] == seed], "aemg_finetune", "aemg_scratch", b) for b in BUDGETS]
         lines.append(f"| {seed} | " + " | ".join(f"{c['difference']:+.3f} ({c['wins']}/{c['n']})" for c in cells) + " |")
-    lines += ["", "Fine-tuned − scratch per dataset, seeds averaged per subject:", "",
+    lines += ["", "Fine-tuned − scratch per dataset, seeds averaged per subject (wins / subjects, Wilcoxon p):", "",
               f"| dataset | {budgets} |", "|---" * (len(BUDGETS) + 1) + "|"]
     by_dataset: dict[str, dict[float, dict]] = {}
     for pair in paired(rows, "aemg_finetune", "aemg_scratch"):
         by_dataset.setdefault(pair["dataset"], {})[pair["budget"]] = pair
     for dataset, pairs in sorted(by_dataset.items(), key=lambda item: (item[0] == "all", item[0])):
         lines.append(f"| {dataset} | " + " | ".join(
-            f"{pairs[b]['difference']:+.3f} ({pairs[b]['wins']}/{pairs[b]['n']})" if b in pairs else "–"
+            f"{pairs[b]['difference']:+.3f} ({pairs[b]['wins']}/{pairs[b]['n']}, p {pairs[b]['p_value']:.2g})"
+            if b in pairs else "–"
             for b in BUDGETS) + " |")
     for dataset, folders in sorted(lodo.items()):
         left_out = _lodo_rows(folders)
