@@ -9,7 +9,8 @@
 # PART=aemg or PART=baselines runs only those methods (to its own folder, -aemg / -baselines), to split an evaluation
 # that does not fit one sitting; the targets table pools every test folder of the recipe (all seeds and parts).
 # Usage: RECIPE=v1-summary TOKENS=runs/ablate/tokens-ws WINDOWS=runs/ablate/windows-ws FOLDS=6 SEEDS=0 [LODO=1] \
-#          [PART=aemg|baselines] bash benchmarks/recipe_test.sh [OUT] [ABLATIONS]   (defaults runs/eval_real, runs/ablate)
+#          [PART=aemg|baselines] bash benchmarks/recipe_test.sh [OUT] [ABLATIONS]
+#        (defaults runs/eval_real, runs/ablate)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
@@ -63,7 +64,8 @@ for run in "$ABL/test-$RECIPE" "$ABL/test-$RECIPE"-{s[0-9]*,aemg,baselines} "$AB
     *) TEST_RUNS+=("$run") ;;
   esac
 done
-.venv/bin/python benchmarks/targets_table.py "${TEST_RUNS[@]}" "${LODO_RUNS[@]}" --details --out "$ABL/test-$RECIPE-targets.md"
+.venv/bin/python benchmarks/targets_table.py "${TEST_RUNS[@]}" "${LODO_RUNS[@]}" --details \
+  --out "$ABL/test-$RECIPE-targets.md"
 if [ -f "$OUT/test/trials.jsonl" ] && [ -z "${PART:-}" ]; then
   .venv/bin/python benchmarks/compare_runs.py "$ABL/test-$RECIPE$S" "$OUT/test" --methods "$METHODS" \
     --out "$ABL/test-$RECIPE-vs-selected$S.md"
