@@ -89,7 +89,8 @@ def details(test_runs: list[Path], lodo: dict[str, list[Path]]) -> str:
              f"| seed | {budgets} |", "|---" * (len(BUDGETS) + 1) + "|"]
     for seed in sorted({r["seed"] for r in rows if r["method"] == "aemg_scratch"}):
         pairs = [pooled([r for r in rows if r["seed"] == seed], "aemg_finetune", "aemg_scratch", b) for b in BUDGETS]
-        lines.append(f"| {seed} | " + " | ".join(f"{p['difference']:+.3f} ({p['wins']}/{p['n']})" for p in pairs) + " |")
+        text = " | ".join(f"{p['difference']:+.3f} ({p['wins']}/{p['n']})" for p in pairs)
+        lines.append(f"| {seed} | {text} |")
     lines += ["", "Fine-tuned − scratch per dataset, seeds averaged per subject (wins / subjects, Wilcoxon p):", "",
               f"| dataset | {budgets} |", "|---" * (len(BUDGETS) + 1) + "|"]
     by_dataset: dict[str, dict[float, dict]] = {}
