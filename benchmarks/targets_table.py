@@ -16,9 +16,8 @@ balanced accuracy:
   seeds) minus TEST_RUN's aemg_scratch, the first target's bar on each left-out dataset.
 
 With --details, the numbers behind the verdicts follow: every method's mean level per budget, fine-tuned − scratch
-per evaluation seed and per dataset,
-and per left-out dataset the mean levels of fine-tuning pretrained without it, pretrained with its other subjects
-(TEST_RUN's), scratch, TD+LDA and the best baseline.
+per evaluation seed and per dataset, and per left-out dataset the mean levels of fine-tuning pretrained without it,
+pretrained with its other subjects (TEST_RUN's), scratch, TD+LDA and the best baseline.
 """
 
 from __future__ import annotations
@@ -46,6 +45,11 @@ def _mean(cells: dict, method: str, dataset: str, budget: float) -> float:
     return float(np.mean(list(subjects.values()))) if subjects else float("nan")
 
 
+def _best_baseline(cells: dict, dataset: str, budget: float) -> float:
+    return max((_mean(cells, m, dataset, budget) for m in BASELINES if (m, dataset, budget) in cells),
+               default=float("nan"))
+
+
 def _pooled_mean(cells: dict, method: str, budget: float) -> float:
     values = [v for (m, _, b), subjects in cells.items() if (m, b) == (method, budget) for v in subjects.values()]
     return float(np.mean(values)) if values else float("nan")
@@ -71,28 +75,28 @@ def _datasets_cell(margins: list[tuple[str, float]], what: str) -> tuple[str, bo
     return f"{ahead} of {len(margins)} ({what}: {listed})", ahead >= FIELD_DATASETS
 
 
-def _lodo_rows(folders: list[Path]) -> list[dict]:
-    return [r for folder in folders for r in rows_of(folder) if r["method"] == "aemg_finetune"]
+def _budget_header(first: str) -> list[str]:
+    """The head of a table with one column per budget of BUDGETS."""
+    return [f"| {first} | " + " | ".join(f"{b:g} %" for b in BUDGETS) + " |", "|---" * (len(BUDGETS) + 1) + "|"]
 
 
-def details(test_runs: list[Path], lodo: dict[str, list[Path]]) -> str:
-    """Fine-tuned − scratch per evaluation seed and per dataset, and the levels on every left-out dataset."""
-    rows = [row for run in test_runs for row in rows_of(run)]
-    budgets = " | ".join(f"{b:g} %" for b in BUDGETS)
+def details(rows: list[dict], left_out: dict[str, list[dict]]) -> str:
+    """Every method's level, fine-tuned − scratch per evaluation seed and per dataset, and the levels on every
+    left-out dataset; `rows` are the test runs' trials, `left_out` each left-out dataset's aemg_finetune trials."""
     cells = per_subject(rows, "balanced_accuracy")
     lines = ["Mean balanced accuracy over the held-out subjects (each method's seeds averaged per subject):", "",
-             f"| method | {budgets} |", "|---" * (len(BUDGETS) + 1) + "|"]
+             *_budget_header("method")]
     for method in ("aemg_finetune", "aemg_probe", "aemg_scratch", *BASELINES):
         if any(m == method for m, _, _ in cells):
             lines.append(f"| {method} | " + " | ".join(f"{_pooled_mean(cells, method, b):.3f}" for b in BUDGETS) + " |")
     lines += ["", "Fine-tuned − scratch per evaluation seed (subjects where pretraining helps):", "",
-             f"| seed | {budgets} |", "|---" * (len(BUDGETS) + 1) + "|"]
+              *_budget_header("seed")]
     for seed in sorted({r["seed"] for r in rows if r["method"] == "aemg_scratch"}):
         pairs = [pooled([r for r in rows if r["seed"] == seed], "aemg_finetune", "aemg_scratch", b) for b in BUDGETS]
         text = " | ".join(f"{p['difference']:+.3f} ({p['wins']}/{p['n']})" for p in pairs)
         lines.append(f"| {seed} | {text} |")
     lines += ["", "Fine-tuned − scratch per dataset, seeds averaged per subject (wins / subjects, Wilcoxon p):", "",
-              f"| dataset | {budgets} |", "|---" * (len(BUDGETS) + 1) + "|"]
+              *_budget_header("dataset")]
     by_dataset: dict[str, dict[float, dict]] = {}
     for pair in paired(rows, "aemg_finetune", "aemg_scratch"):
         by_dataset.setdefault(pair["dataset"], {})[pair["budget"]] = pair
@@ -101,27 +105,29 @@ def details(test_runs: list[Path], lodo: dict[str, list[Path]]) -> str:
             f"{pairs[b]['difference']:+.3f} ({pairs[b]['wins']}/{pairs[b]['n']}, p {pairs[b]['p_value']:.2g})"
             if b in pairs else "–"
             for b in BUDGETS) + " |")
-    for dataset, folders in sorted(lodo.items()):
-        left_out = _lodo_rows(folders)
-        seeds = {r["seed"] for r in left_out}
-        cells = per_subject([dict(r, method="aemg_finetune_lodo") for r in left_out] +
+    for dataset, tuned in sorted(left_out.items()):
+        seeds = {r["seed"] for r in tuned}
+        cells = per_subject([dict(r, method="aemg_finetune_lodo") for r in tuned] +
                             [r for r in rows if r["dataset"] == dataset and r["seed"] in seeds], "balanced_accuracy")
         lines += ["", f"{dataset}, mean balanced accuracy, evaluation seeds {sorted(seeds)}:", "",
-                  f"| method | {budgets} |", "|---" * (len(BUDGETS) + 1) + "|"]
+                  *_budget_header("method")]
         for label, level in (
                 (f"fine-tuned, pretrained without {dataset}", lambda b: _mean(cells, "aemg_finetune_lodo", dataset, b)),
                 (f"fine-tuned, pretrained with {dataset}'s other subjects",
                  lambda b: _mean(cells, "aemg_finetune", dataset, b)),
                 ("scratch", lambda b: _mean(cells, "aemg_scratch", dataset, b)),
                 ("TD+LDA", lambda b: _mean(cells, "td_lda", dataset, b)),
-                ("best baseline", lambda b: max((_mean(cells, m, dataset, b) for m in BASELINES
-                                                 if (m, dataset, b) in cells), default=float("nan")))):
+                ("best baseline", lambda b: _best_baseline(cells, dataset, b))):
             lines.append(f"| {label} | " + " | ".join(f"{level(b):.3f}" for b in BUDGETS) + " |")
     return "\n".join(lines)
 
 
-def targets(test_runs: list[Path], lodo: dict[str, list[Path]]) -> str:
+def targets(test_runs: list[Path], lodo: dict[str, list[Path]], with_details: bool = False) -> str:
+    """The targets table of the pooled test runs and LODO runs (`lodo`: left-out dataset -> its runs), followed by
+    `details` when asked; each run's trials are read once."""
     rows = [row for run in test_runs for row in rows_of(run)]
+    left_out = {dataset: [r for folder in folders for r in rows_of(folder) if r["method"] == "aemg_finetune"]
+                for dataset, folders in lodo.items()}
     cells = per_subject(rows, "balanced_accuracy")
     subjects = len({(r["dataset"], r["subject"]) for r in rows if r["method"] == "aemg_finetune"})
     seeds = {group: sorted({r["seed"] for r in rows if (r["method"] in BASELINES) == (group == "baselines")})
@@ -136,25 +142,23 @@ def targets(test_runs: list[Path], lodo: dict[str, list[Path]]) -> str:
 
     add(f"fine-tuned − scratch ≥ +{HELPS_BY} at 1, 5 and 10 %, p < {HELPS_P}", *helps(rows))
 
-    def best_baseline(dataset: str) -> float:
-        return max((_mean(cells, m, dataset, 10.0) for m in BASELINES if (m, dataset, 10.0) in cells),
-                   default=float("nan"))
-
     add(f"at 10 %, fine-tuned ≥ the best baseline on ≥ {FIELD_DATASETS} of 6 datasets",
-        *_datasets_cell(per_dataset(cells, 10.0, best_baseline), "fine-tuned − best baseline"))
+        *_datasets_cell(per_dataset(cells, 10.0, lambda d: _best_baseline(cells, d, 10.0)),
+                        "fine-tuned − best baseline"))
     add(f"at 0 %, fine-tuned ≥ TD+LDA + {ZERO_SHOT_MARGIN} on ≥ {FIELD_DATASETS} of 6",
         *_datasets_cell(per_dataset(cells, 0.0, lambda d: _mean(cells, "td_lda", d, 0.0) + ZERO_SHOT_MARGIN),
                         f"fine-tuned − (TD+LDA + {ZERO_SHOT_MARGIN})"))
     probe, tuned = _pooled_mean(cells, "aemg_probe", 100.0), _pooled_mean(cells, "aemg_finetune", 100.0)
     add(f"probe within {PROBE_WITHIN} of fine-tuning at 100 %", f"{probe:.3f} vs {tuned:.3f}: {probe - tuned:+.3f}",
         bool(probe - tuned >= -PROBE_WITHIN))
-    if not lodo:
+    if not left_out:
         add("leave-one-dataset-out keeps the first target", "not run", False)
-    for dataset, folders in sorted(lodo.items()):
-        left_out = _lodo_rows(folders)
-        seeds = {r["seed"] for r in left_out}  # scratch at the same seeds
+    for dataset, tuned in sorted(left_out.items()):
+        seeds = {r["seed"] for r in tuned}  # scratch at the same seeds
         scratch = [r for r in rows if r["method"] == "aemg_scratch" and r["dataset"] == dataset and r["seed"] in seeds]
-        add(f"pretrained without {dataset}: the first target on {dataset}", *helps(left_out + scratch))
+        add(f"pretrained without {dataset}: the first target on {dataset}", *helps(tuned + scratch))
+    if with_details:
+        lines += ["", details(rows, left_out)]
     return "\n".join(lines)
 
 
@@ -172,9 +176,7 @@ def main() -> None:
     for item in args.lodo:
         dataset, folder = item.split("=", 1)
         lodo.setdefault(dataset, []).append(Path(folder))
-    text = targets(args.test_runs, lodo)
-    if args.details:
-        text += "\n\n" + details(args.test_runs, lodo)
+    text = targets(args.test_runs, lodo, args.details)
     print(text)
     if args.out:
         args.out.write_text(text + "\n")

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from targets_table import details, targets  # noqa: E402
+from targets_table import targets  # noqa: E402
 
 DATASETS = {name: [f"S{i}" for i in range(5)] for name in ("alpha", "beta", "gamma", "delta")}
 BUDGETS = (0.0, 1.0, 5.0, 10.0, 100.0)
@@ -60,7 +60,7 @@ def test_details_give_each_seed_dataset_and_left_out_level(tmp_path):
     seed0 = _run(tmp_path / "seed0", {"aemg_finetune": 0.70, "aemg_scratch": 0.60, "td_lda": 0.50, "cnn": 0.80}, 0, rng)
     seed1 = _run(tmp_path / "seed1", {"aemg_finetune": 0.60, "aemg_scratch": 0.60}, 1, rng)
     lodo = _run(tmp_path / "lodo", {"aemg_finetune": 0.40}, 0, rng)
-    text = details([seed0, seed1], {"beta": [lodo]})
+    text = targets([seed0, seed1], {"beta": [lodo]}, with_details=True)
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in text.splitlines()
             if line.startswith("| ") and not line.startswith("| seed") and not line.startswith("| method")}
     assert rows["0"][1].startswith("+0.10") and rows["0"][1].endswith("(20/20)")  # seed 0: +0.10 on every subject
