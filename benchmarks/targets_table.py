@@ -16,7 +16,8 @@ balanced accuracy:
   seeds) minus TEST_RUN's aemg_scratch, the first target's bar on each left-out dataset.
 
 With --details, the numbers behind the verdicts follow: every method's mean level per budget, fine-tuned − scratch
-per evaluation seed and per dataset, and per left-out dataset the mean levels of fine-tuning pretrained without it,
+per evaluation seed and per dataset, every dataset's fine-tuned, scratch and best baseline levels (naming the
+baseline), and per left-out dataset the mean levels of fine-tuning pretrained without it,
 pretrained with its other subjects (TEST_RUN's), scratch, TD+LDA and the best baseline.
 """
 
@@ -105,6 +106,17 @@ def details(rows: list[dict], left_out: dict[str, list[dict]]) -> str:
             f"{pairs[b]['difference']:+.3f} ({pairs[b]['wins']}/{pairs[b]['n']}, p {pairs[b]['p_value']:.2g})"
             if b in pairs else "–"
             for b in BUDGETS) + " |")
+    lines += ["", "Per dataset, mean balanced accuracy: fine-tuned / scratch / the best baseline (which):", "",
+              *_budget_header("dataset")]
+    for dataset in sorted({d for m, d, _ in cells if m == "aemg_finetune"}):
+        levels = []
+        for budget in BUDGETS:
+            best = max((m for m in BASELINES if (m, dataset, budget) in cells), default=None,
+                       key=lambda m: _mean(cells, m, dataset, budget))
+            levels.append(f"{_mean(cells, 'aemg_finetune', dataset, budget):.3f} / "
+                          f"{_mean(cells, 'aemg_scratch', dataset, budget):.3f} / " +
+                          (f"{_mean(cells, best, dataset, budget):.3f} ({best})" if best else "–"))
+        lines.append(f"| {dataset} | " + " | ".join(levels) + " |")
     for dataset, tuned in sorted(left_out.items()):
         seeds = {r["seed"] for r in tuned}
         cells = per_subject([dict(r, method="aemg_finetune_lodo") for r in tuned] +
