@@ -61,8 +61,11 @@ def test_details_give_each_seed_dataset_and_left_out_level(tmp_path):
     seed1 = _run(tmp_path / "seed1", {"aemg_finetune": 0.60, "aemg_scratch": 0.60}, 1, rng)
     lodo = _run(tmp_path / "lodo", {"aemg_finetune": 0.40}, 0, rng)
     text = targets([seed0, seed1], {"beta": [lodo]}, with_details=True)
-    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in text.splitlines()
-            if line.startswith("| ") and not line.startswith("| seed") and not line.startswith("| method")}
+    blocks = text.split("\n\n")
+    tables = {above: {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+                      for line in block.splitlines()[2:]}  # {the text above a table: {first cell: the other cells}}
+              for above, block in zip(blocks, blocks[1:]) if block.startswith("|")}
+    rows = {k: v for title, table in tables.items() if not title.startswith("Per dataset") for k, v in table.items()}
     assert rows["0"][1].startswith("+0.10") and rows["0"][1].endswith("(20/20)")  # seed 0: +0.10 on every subject
     assert abs(float(rows["1"][1].split()[0])) < 0.02  # seed 1: no difference
     assert abs(float(rows["aemg_finetune"][3]) - 0.66) < 0.01 and "mae" not in rows  # the two seeds' mean; no MAE run
@@ -72,3 +75,8 @@ def test_details_give_each_seed_dataset_and_left_out_level(tmp_path):
                                                   "fine-tuned, pretrained with beta's other subjects", "scratch",
                                                   "TD+LDA", "best baseline")]
     assert np.allclose(levels, [0.41, 0.71, 0.61, 0.51, 0.81], atol=0.01)
+    # every dataset's levels at 10 %, seeds averaged: fine-tuned 0.66, scratch 0.61, the best baseline the CNN's 0.81
+    alpha = next(table for title, table in tables.items() if title.startswith("Per dataset"))["alpha"][3]
+    tuned, scratch, best = alpha.split(" / ")
+    assert abs(float(tuned) - 0.66) < 0.01 and abs(float(scratch) - 0.61) < 0.01 and best.endswith("(cnn)")
+    assert abs(float(best.split()[0]) - 0.81) < 0.01
