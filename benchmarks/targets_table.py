@@ -17,8 +17,8 @@ balanced accuracy:
 
 With --details, the numbers behind the verdicts follow: every method's mean level per budget, fine-tuned − scratch
 per evaluation seed and per dataset, every dataset's fine-tuned, scratch and best baseline levels (naming the
-baseline), and per left-out dataset the mean levels of fine-tuning pretrained without it,
-pretrained with its other subjects (TEST_RUN's), scratch, TD+LDA and the best baseline.
+baseline), and per left-out dataset the mean levels of fine-tuning pretrained without it, pretrained with its other
+subjects (TEST_RUN's), scratch, TD+LDA and the best baseline.
 """
 
 from __future__ import annotations
