@@ -7,9 +7,11 @@ import csv
 import io
 import json
 import tempfile
+import zlib
 from dataclasses import asdict, replace
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -21,8 +23,8 @@ from aemg_dist.data import tokenize_corpus
 from aemg_dist.evaluation import calibration_split, loso_folds
 from aemg_dist.evaluation.folds import reference_split
 from aemg_dist.evaluation.methods import METHODS
-from aemg_dist.evaluation.runner import (CONFIG_FILE, TRIALS_FILE, Checkpoint, EvaluateConfig, _check_resumable,
-                                         evaluate, exclusion_groups, labeled_tokens)
+from aemg_dist.evaluation.runner import (CONFIG_FILE, SOURCE_SCORE_WINDOWS, TRIALS_FILE, Checkpoint, EvaluateConfig,
+                                         _check_resumable, evaluate, exclusion_groups, labeled_tokens, source_sample)
 from aemg_dist.train import load_pretrain_config, pretrain, split_tables
 from preprocessing.corpus import Corpus
 from preprocessing.prepare import prepare
@@ -111,6 +113,11 @@ def test_end_to_end_fold_bookkeeping(full_run):
         # neural methods adapt for train.adapt_steps=5 steps; refit classifiers and 0 % record none
         neural = r["method"] not in ("td_lda", "aemg_probe") and r["n_calib"] > 0
         assert r["calib_steps"] == (5 if neural else None), r
+    # the source model's fit is measured once per (method, fold): every trial of it carries the same number
+    source_fit: dict[tuple, set] = {}
+    for r in rows:
+        source_fit.setdefault((r["method"], r["subject"]), set()).add(r["source_accuracy"])
+    assert all(len(v) == 1 and 0 <= next(iter(v)) <= 1 for v in source_fit.values())
 
 
 def test_early_stopping_chooses_calibration_steps_per_budget(setup, tmp_path, monkeypatch):
@@ -195,6 +202,12 @@ def test_td_lda_matches_a_direct_reimplementation(full_run):
     features, labels = _td_loop(raw, 0.01), table.column("label").to_numpy()
     expected = {(r["subject"], r["budget"], r["seed"]): r["balanced_accuracy"] for r in result.rows if r["method"] == "td_lda"}
     for fold in loso_folds(table, "synth_myo", gap_s=0.3):
+        # the source model (LDA on the other subjects' windows, unweighted) scored on those windows
+        source = fold.train_idx
+        fitted = _weighted_lda_predict(features[source], labels[source], np.ones(source.size), features[source])
+        recorded = {r["source_accuracy"] for r in result.rows if r["method"] == "td_lda" and r["subject"] == fold.held_out}
+        assert len(recorded) == 1
+        assert recorded.pop() == pytest.approx(_direct_balanced_accuracy(labels[source], fitted), abs=1e-4)
         for budget in BUDGETS:
             calib, test = calibration_split(fold, budget, 1)
             reference = reference_split(fold, budget, 1)
@@ -375,6 +388,19 @@ def test_cli_baselines_and_errors(setup, tmp_path, capsys):
     assert cli.main(["baselines", "--corpus", str(root / "corpus.zarr"), "--out", str(tmp_path / "x"),
                      "--methods", "aemg_probe", "--workers", "1"]) == 2
     assert "need a pretrained checkpoint" in capsys.readouterr().err
+
+
+def test_source_models_are_scored_on_at_most_a_fixed_sample_of_their_windows():
+    def context(source: np.ndarray) -> SimpleNamespace:
+        return SimpleNamespace(source=source, seed=lambda *parts: zlib.crc32("/".join(parts).encode()))
+
+    small = np.arange(0, 2 * SOURCE_SCORE_WINDOWS, 2)[:SOURCE_SCORE_WINDOWS]
+    assert source_sample(context(small)) is small
+    large = np.arange(3, 3 + 5 * SOURCE_SCORE_WINDOWS, 2)
+    sample = source_sample(context(large))
+    assert sample.size == SOURCE_SCORE_WINDOWS and np.all(np.diff(sample) > 0) and np.isin(sample, large).all()
+    assert np.array_equal(sample, source_sample(context(large)))  # every method of the fold sees the same windows
+    assert sample.max() > large[SOURCE_SCORE_WINDOWS]  # drawn over the whole source, not its first windows
 
 
 def test_exclusion_groups_cover_every_subject_once():

@@ -322,11 +322,13 @@ def run_fold(job: FoldJob, cfg_dict: dict[str, Any], tokens: str) -> list[dict[s
     role = fold_role(load_splits(cfg.splits), job.dataset, job.held_out) if cfg.splits else ""
     methods = {name: METHODS[name]() for name in cfg.methods}
     seconds = dict.fromkeys(methods, 0.0)
-    bases = {}
+    bases, source_fit = {}, {}
+    scored = source_sample(ctx)
     for name, method in methods.items():  # the other subjects only: no view, no held-out window
         started = time.perf_counter()
         bases[name] = method.source_model(ctx)
         seconds[name] += time.perf_counter() - started
+        source_fit[name] = balanced_accuracy(data.y[scored], method.predict(ctx, bases[name], scored))
     results, view, view_reference = [], None, None
     for seed in cfg.seeds:
         for budget in cfg.budgets:
@@ -348,6 +350,9 @@ def run_fold(job: FoldJob, cfg_dict: dict[str, Any], tokens: str) -> list[dict[s
                     "balanced_accuracy": balanced_accuracy(truth, pred), "macro_f1": macro_f1(truth, pred),
                     "n_train": int(fold.train_idx.size + calib.size), "n_test": int(test.size),
                     "n_calib": int(calib.size), "pretraining": job.pretraining if name in AEMG_METHODS else "",
+                    # how well the source model fits the windows it was trained on (the same for every trial of
+                    # the method in this fold): tells a model that underfits the source from one that transfers worse
+                    "source_accuracy": source_fit[name],
                     # a neural method's adaptation steps (None: a refit classifier, or no calibration windows)
                     "calib_steps": getattr(model, "calibration_steps", None) if calib.size else None,
                     "calib_seconds_per_class": calibration_seconds(data.starts[calib], data.stops[calib],
@@ -359,6 +364,18 @@ def run_fold(job: FoldJob, cfg_dict: dict[str, Any], tokens: str) -> list[dict[s
     for r in results:  # a method's time for the whole fold (its source model, every budget and seed), and the fold's
         r["seconds"], r["fold_seconds"] = seconds[r["method"]], fold_seconds
     return results
+
+
+SOURCE_SCORE_WINDOWS = 4096  # a balanced accuracy to about ±0.01; scoring every source window costs a pass over them
+
+
+def source_sample(ctx: FoldContext) -> np.ndarray:
+    """The source windows a fold's source models are scored on: all of them, or SOURCE_SCORE_WINDOWS drawn once per
+    fold (the same for every method), in index order."""
+    if ctx.source.size <= SOURCE_SCORE_WINDOWS:
+        return ctx.source
+    rng = np.random.default_rng(ctx.seed("source-score"))
+    return np.sort(rng.choice(ctx.source, SOURCE_SCORE_WINDOWS, replace=False))
 
 
 def _scratch_config(cfg: EvaluateConfig, checkpoint: str, data: DatasetWindows) -> ModelConfig:
