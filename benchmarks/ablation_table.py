@@ -21,7 +21,8 @@ Columns:
 
 With --levels a second table gives the levels behind the differences: aemg_finetune's and aemg_scratch's mean
 balanced accuracy per budget and the median number of calibration steps each adapted for; with --probe-levels,
-aemg_probe's and aemg_finetune's mean balanced accuracy per budget.
+aemg_probe's and aemg_finetune's mean balanced accuracy per budget; with --source-fit, per dataset, how well the
+fine-tuned and scratch source models fit the windows they were trained on beside their held-out accuracy at 0 %.
 """
 
 from __future__ import annotations
@@ -144,6 +145,27 @@ def probe_levels(variants: list[Variant], budgets: tuple[float, ...]) -> str:
     return "\n".join(lines)
 
 
+def source_fit(variants: list[Variant]) -> str:
+    """Per variant and dataset: how well the source models of aemg_finetune and aemg_scratch fit the other subjects'
+    windows they were trained on (the trials' source_accuracy, one per fold) beside their balanced accuracy on the
+    held-out subjects at 0 % (the same models, no calibration): a pretrained model below scratch on both underfits the
+    source; level on the source and below on the held-out subjects, it transfers worse."""
+    methods = ("aemg_finetune", "aemg_scratch")
+    lines = ["| variant | dataset | source fit: fine-tuned / scratch | held-out at 0 %: fine-tuned / scratch |",
+             "|---|---|---|---|"]
+    for name, run, _, _ in variants:
+        rows = [r for r in rows_of(*run) if r["method"] in methods and r.get("source_accuracy") is not None]
+        for dataset in sorted({r["dataset"] for r in rows}) + ["all"]:
+            chosen = [r for r in rows if dataset in ("all", r["dataset"])]
+            fit = [{(r["dataset"], r["subject"]): r["source_accuracy"] for r in chosen if r["method"] == m}
+                   for m in methods]
+            cells = per_subject([r for r in chosen if r["budget"] == 0], "balanced_accuracy")
+            lines.append(f"| {name} | {dataset} (folds: {len(fit[0])}) | "
+                         + " / ".join(f"{np.mean(list(f.values())):.3f}" if f else "–" for f in fit)
+                         + f" | {mean_levels(cells, methods, 0.0)} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("variants", nargs="+", help="NAME=DEV_RUN[+RUN...][:PRETRAIN_RUN[:BASELINES]]")
@@ -154,6 +176,9 @@ def main() -> None:
                         help="also print fine-tuned and scratch accuracy per budget and their median calibration steps")
     parser.add_argument("--probe-levels", action="store_true",
                         help="also print the frozen probe's and fine-tuning's accuracy per budget")
+    parser.add_argument("--source-fit", action="store_true",
+                        help="also print, per dataset, how well the fine-tuned and scratch source models fit the other "
+                             "subjects' windows beside their accuracy on the held-out subjects at 0 %%")
     args = parser.parse_args()
     variants = []
     for spec in args.variants:
@@ -168,6 +193,8 @@ def main() -> None:
         text += "\n\n" + levels(variants, budgets)
     if args.probe_levels:
         text += "\n\n" + probe_levels(variants, budgets)
+    if args.source_fit:
+        text += "\n\n" + source_fit(variants)
     print(text)
     if args.out:
         args.out.write_text(text + "\n")

@@ -1,0 +1,38 @@
+"""benchmarks/ablation_table.py: the source-fit table that tells underfitting the source from transferring worse."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from ablation_table import source_fit  # noqa: E402
+
+
+def _trial(method: str, dataset: str, subject: str, budget: float, accuracy: float, source: float) -> dict:
+    return {"method": method, "dataset": dataset, "subject": subject, "budget": budget, "seed": 0,
+            "balanced_accuracy": accuracy, "source_accuracy": source}
+
+
+def test_source_fit_is_averaged_per_fold_beside_the_zero_budget_accuracy(tmp_path):
+    trials = []
+    for dataset, subjects, fit, heldout in (("alpha", ("S0", "S1"), (0.80, 0.95), (0.50, 0.60)),
+                                            ("beta", ("S0",), (0.99, 0.97), (0.90, 0.85))):
+        for i, subject in enumerate(subjects):
+            for method, source, zero in zip(("aemg_finetune", "aemg_scratch"), fit, heldout):
+                # one fold's trials all carry its source fit; only the 0 % trial's held-out accuracy is read
+                trials += [_trial(method, dataset, subject, 0.0, zero + i / 10, source - i / 100),
+                           _trial(method, dataset, subject, 10.0, 0.99, source - i / 100)]
+    trials.append(_trial("cnn", "alpha", "S0", 0.0, 0.1, 0.1))  # other methods are not read
+    folder = tmp_path / "dev"
+    folder.mkdir()
+    (folder / "trials.jsonl").write_text("\n".join(json.dumps({"trials": [t]}) for t in trials) + "\n")
+    rows = {line.split("|")[2].strip(): [c.strip() for c in line.split("|")[3:5]]
+            for line in source_fit([("v", [folder], None, None)]).splitlines()[2:]}
+    assert rows["alpha (folds: 2)"] == ["0.795 / 0.945", "0.550 / 0.650"]
+    assert rows["beta (folds: 1)"] == ["0.990 / 0.970", "0.900 / 0.850"]
+    fine, scratch = (float(v) for v in rows["all (folds: 3)"][0].split(" / "))
+    assert (fine, scratch) == pytest.approx(((0.80 + 0.79 + 0.99) / 3, (0.95 + 0.94 + 0.97) / 3), abs=1e-3)
