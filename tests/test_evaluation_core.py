@@ -343,3 +343,63 @@ def test_check_score_by_loss_and_by_accuracy_disagree_where_they_should():
     assert scores["b"]["loss"] < scores["a"]["loss"]
     assert scores["a"]["accuracy"] < scores["b"]["accuracy"]
     assert scores["a"]["accuracy"][0] == -1.0 and scores["b"]["accuracy"][0] == pytest.approx(-5 / 6)
+
+
+def test_augmentation_reaches_every_training_batch_and_never_the_scoring():
+    """A linear model on two separable classes, trained on views that flip the sign of the input: it learns the
+    flipped mapping (so the change reached training), and early stopping, which scores the check windows unchanged,
+    prefers not to adapt at all."""
+    import torch
+
+    from aemg_dist.evaluation.classifiers import FinetuneConfig, early_stopped_steps, predict, train_classifier
+
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 20)
+    X = (rng.normal(size=(40, 2)) + 3 * (2 * y[:, None] - 1)).astype(np.float32)
+    inputs = lambda idx: torch.from_numpy(X[idx])  # noqa: E731
+    seen = []
+
+    def flip(batch: torch.Tensor) -> torch.Tensor:
+        seen.append(batch.shape[0])
+        return -batch
+
+    cfg = FinetuneConfig(batch_size=16, calib_share=1.0, adapt_check_every=5, warmup_fraction=0.0)
+    everything = np.arange(40)
+    torch.manual_seed(0)
+    model = torch.nn.Linear(2, 2)
+    train_classifier(model, inputs, y, everything, np.zeros(0, int), 30, 0.05, cfg, seed=0, augment=flip)
+    assert seen == [16] * 30
+    assert np.array_equal(predict(model, inputs, everything), 1 - y)
+    fit, check = np.arange(0, 40, 2), np.arange(1, 40, 2)
+    torch.manual_seed(0)
+    assert early_stopped_steps(torch.nn.Linear(2, 2), inputs=inputs, y=y, source=fit, fit=fit, check=check, steps=30,
+                               lr=0.05, cfg=cfg, seed=0, augment=flip) == 0
+    torch.manual_seed(0)  # the same without the flip adapts to the end: the flip alone made the difference
+    assert early_stopped_steps(torch.nn.Linear(2, 2), inputs=inputs, y=y, source=fit, fit=fit, check=check, steps=30,
+                               lr=0.05, cfg=cfg, seed=0) == 30
+
+
+def test_aemg_arms_augment_only_when_asked_and_with_the_models_view_settings():
+    from types import SimpleNamespace
+
+    import torch
+
+    from aemg_dist.evaluation.classifiers import FinetuneConfig
+    from aemg_dist.evaluation.methods import CNN, AEMGFinetune, AEMGScratch
+    from aemg_dist.model import ModelConfig
+
+    model_config = ModelConfig(augment_rotation=0.0, augment_drop=0.0, augment_noise=0.0, augment_gain_std=0.5,
+                               gain_features=[16])
+    off = SimpleNamespace(train=FinetuneConfig(), model_config=model_config)
+    on = SimpleNamespace(train=FinetuneConfig(augment=True), model_config=model_config)
+    assert AEMGFinetune().augmentation(off) is None and CNN().augmentation(on) is None
+    n_features = model_config.n_features
+    batch = {"features": torch.zeros(3, 4, n_features), "mask": torch.ones(3, 4, dtype=torch.bool),
+             "channel": torch.tensor([[0, 1, 2, 3]] * 3), "coords": torch.rand(3, 4, 3)}
+    for method in (AEMGFinetune(), AEMGScratch()):
+        torch.manual_seed(0)
+        view = method.augmentation(on)(batch)
+        changed = (view["features"] != 0).any(dim=(0, 1))
+        # only the gain feature the model names moves (no noise, rotation or drop asked), and the input stays
+        assert changed.tolist() == [i == 16 for i in range(n_features)]
+        assert torch.equal(view["coords"], batch["coords"]) and not batch["features"].any()

@@ -68,6 +68,10 @@ class FinetuneConfig:
     adapt_check: float = 0.0
     adapt_check_every: int = 10
     adapt_check_by: str = "loss"
+    # aemg_finetune and aemg_scratch: every training batch (source and calibration) is a view changed as between users
+    # (model/augment.py with the model's view settings: a gain per channel, a turned layout, dropped tokens, noise);
+    # scoring and prediction read the windows unchanged
+    augment: bool = False
 
     def __post_init__(self) -> None:
         check_ranges(self, base_steps="[1, inf)", adapt_steps="[0, inf)", batch_size="[1, 65536]", lr="(0, 1]",
@@ -149,13 +153,15 @@ def _batch_indices(rng: np.random.Generator, source: np.ndarray, calib: np.ndarr
 
 def train_classifier(model: nn.Module, inputs: Inputs, y: np.ndarray, source: np.ndarray, calib: np.ndarray,
                      steps: int, lr: float, cfg: FinetuneConfig, seed: int, layer_decay: float = 1.0,
-                     after_step: Callable[[int, nn.Module], None] | None = None) -> list[float]:
+                     after_step: Callable[[int, nn.Module], None] | None = None,
+                     augment: Callable[[Any], Any] | None = None) -> list[float]:
     """Train `model` (inputs -> logits) in place with AdamW, warmup + cosine; returns the step losses.
 
     Batches draw `calib_share` of their windows from `calib` (with replacement) when it is not
     empty, the rest from `source`; the draws depend only on `seed`. With layer_decay < 1 and a model
     that has `layer_groups`, each depth gets lr x layer_decay^depth. `after_step(n, model)` is called
-    after step n (1-based).
+    after step n (1-based). `augment` changes each batch's input before the model reads it (torch's
+    generator, seeded by `seed`, draws the change).
     """
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -172,7 +178,8 @@ def train_classifier(model: nn.Module, inputs: Inputs, y: np.ndarray, source: np
     losses = []
     for _ in range(steps):
         idx = _batch_indices(rng, source, calib, cfg.batch_size, cfg.calib_share)
-        loss = F.cross_entropy(model(inputs(idx)), labels[idx])
+        batch = inputs(idx)
+        loss = F.cross_entropy(model(batch if augment is None else augment(batch)), labels[idx])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -201,7 +208,7 @@ def check_score(model: nn.Module, inputs: Inputs, y: np.ndarray, idx: np.ndarray
 
 def early_stopped_steps(model: nn.Module, inputs: Inputs, y: np.ndarray, source: np.ndarray, fit: np.ndarray,
                         check: np.ndarray, steps: int, lr: float, cfg: FinetuneConfig, seed: int,
-                        layer_decay: float = 1.0) -> int:
+                        layer_decay: float = 1.0, augment: Callable[[Any], Any] | None = None) -> int:
     """Adapt `model` (a copy the caller discards) on `fit` for `steps` steps, scoring `check` before the first step
     and every `adapt_check_every` steps; the step count that scores best by `adapt_check_by` (the earliest of ties)."""
     scores = {0: check_score(model, inputs, y, check, cfg.adapt_check_by)}
@@ -210,7 +217,8 @@ def early_stopped_steps(model: nn.Module, inputs: Inputs, y: np.ndarray, source:
         if step % cfg.adapt_check_every == 0 or step == steps:
             scores[step] = check_score(trained, inputs, y, check, cfg.adapt_check_by)
 
-    train_classifier(model, inputs, y, source, fit, steps, lr, cfg, seed, layer_decay, after_step=score)
+    train_classifier(model, inputs, y, source, fit, steps, lr, cfg, seed, layer_decay, after_step=score,
+                     augment=augment)
     return min(scores, key=lambda step: (*scores[step], step))
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import zlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any, Callable
 
 import numpy as np
@@ -42,6 +43,7 @@ from aemg_dist.evaluation.folds import Fold
 from aemg_dist.evaluation.heldout import HeldOutView
 from aemg_dist.evaluation.td_lda import LDA, td_features
 from aemg_dist.model import AEMGModel, ModelConfig, batch_to_torch, load_inference
+from aemg_dist.model.augment import augment
 from aemg_dist.tokens import TokenBatch, WindowTokens
 
 AEMG_METHODS = ("aemg_finetune", "aemg_probe")  # need a pretrained checkpoint
@@ -219,19 +221,24 @@ class NeuralMethod(Method):
         """Learning-rate decay per depth (1: every layer at one rate); only pretrained layers get less."""
         return 1.0
 
+    def augmentation(self, ctx: FoldContext) -> Callable[[Any], Any] | None:
+        """What changes each training batch's input (None: nothing)."""
+        return None
+
     def source_model(self, ctx: FoldContext) -> nn.Module:
         torch.manual_seed(ctx.seed(self.name, "init"))
         model = self.build(ctx)
         train_classifier(model, self.inputs(ctx), ctx.data.y, ctx.source, np.zeros(0, dtype=np.int64),
                          ctx.train.base_steps, ctx.train.lr, ctx.train, ctx.seed(self.name, "source"),
-                         self.layer_decay(ctx))
+                         self.layer_decay(ctx), augment=self.augmentation(ctx))
         return model
 
     def calibrated(self, ctx: FoldContext, base: nn.Module, calib: np.ndarray, seed: int) -> nn.Module:
         """A copy of `base` adapted to `calib`; its `calibration_steps` says how many steps it adapted for."""
         cfg = ctx.train
         adapt = dict(inputs=self.inputs(ctx), y=ctx.data.y, source=ctx.source, lr=cfg.adapt_lr, cfg=cfg,
-                     seed=ctx.seed(self.name, "calibrate", calib.size, seed), layer_decay=self.layer_decay(ctx))
+                     seed=ctx.seed(self.name, "calibrate", calib.size, seed), layer_decay=self.layer_decay(ctx),
+                     augment=self.augmentation(ctx))
         steps = adaptation_steps(calib.size, cfg)
         if cfg.adapt_check and steps:
             data = ctx.data
@@ -274,6 +281,15 @@ class AEMGFinetune(NeuralMethod):
 
     def layer_decay(self, ctx: FoldContext) -> float:
         return ctx.train.layer_decay
+
+    def augmentation(self, ctx: FoldContext) -> Callable[[Any], Any] | None:
+        """With train.augment, the views of the model's view-consistency settings (the pretraining's, for a
+        checkpoint): what a new user changes, so the source subjects' idiosyncrasies are harder to fit."""
+        if not ctx.train.augment:
+            return None
+        mc = ctx.model_config
+        return partial(augment, gain_features=list(mc.gain_features), gain_std=mc.augment_gain_std,
+                       rotation=mc.augment_rotation, drop=mc.augment_drop, noise=mc.augment_noise)
 
 
 class AEMGScratch(AEMGFinetune):
