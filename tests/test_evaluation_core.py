@@ -305,6 +305,16 @@ def test_adaptation_steps_scale_with_the_calibration_size():
     assert [adaptation_steps(n, cfg) for n in (11, 64, 160, 3000)] == [15, 20, 50, 100]  # 10 x n / 32, clipped
 
 
+def _two_separable_classes():
+    """Labels and an inputs function (row indices -> (n, 2) tensor) of 40 points in two well separated classes."""
+    import torch
+
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 20)
+    X = (rng.normal(size=(40, 2)) + 3 * (2 * y[:, None] - 1)).astype(np.float32)
+    return y, lambda idx: torch.from_numpy(X[idx])
+
+
 def test_early_stopping_keeps_the_step_count_the_check_windows_like_best():
     """A linear model on two separable classes: check windows labelled like the fit windows are scored best after
     the last step; check windows with the opposite labels before the first."""
@@ -312,10 +322,7 @@ def test_early_stopping_keeps_the_step_count_the_check_windows_like_best():
 
     from aemg_dist.evaluation.classifiers import FinetuneConfig, early_stopped_steps
 
-    rng = np.random.default_rng(0)
-    y = np.repeat([0, 1], 20)
-    X = (rng.normal(size=(40, 2)) + 3 * (2 * y[:, None] - 1)).astype(np.float32)
-    inputs = lambda idx: torch.from_numpy(X[idx])  # noqa: E731
+    y, inputs = _two_separable_classes()
     cfg = FinetuneConfig(batch_size=16, calib_share=1.0, adapt_check_every=5, warmup_fraction=0.0)
     fit, check = np.arange(0, 40, 2), np.arange(1, 40, 2)
     args = dict(inputs=inputs, source=fit, fit=fit, check=check, steps=30, lr=0.05, cfg=cfg, seed=0)
@@ -353,10 +360,7 @@ def test_augmentation_reaches_every_training_batch_and_never_the_scoring():
 
     from aemg_dist.evaluation.classifiers import FinetuneConfig, early_stopped_steps, predict, train_classifier
 
-    rng = np.random.default_rng(0)
-    y = np.repeat([0, 1], 20)
-    X = (rng.normal(size=(40, 2)) + 3 * (2 * y[:, None] - 1)).astype(np.float32)
-    inputs = lambda idx: torch.from_numpy(X[idx])  # noqa: E731
+    y, inputs = _two_separable_classes()
     seen = []
 
     def flip(batch: torch.Tensor) -> torch.Tensor:
