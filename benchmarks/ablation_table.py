@@ -108,29 +108,39 @@ def table(variants: list[Variant], baselines: Path,
     return "\n".join(lines)
 
 
+def mean_level(cells: dict, method: str, budget: float) -> float:
+    """The method's mean balanced accuracy at `budget` over the held-out subjects (seeds averaged); nan if not run."""
+    values = [v for (m, _, b), subjects in cells.items() if (m, b) == (method, budget) for v in subjects.values()]
+    return float(np.mean(values)) if values else float("nan")
+
+
 def mean_levels(cells: dict, methods: tuple[str, ...], budget: float) -> str:
-    """Each method's mean balanced accuracy at `budget` over the held-out subjects (seeds averaged), "a / b"; "–" for
-    a method the run does not hold."""
-    values = [[v for (method, _, b), subjects in cells.items() if (method, b) == (m, budget) for v in subjects.values()]
-              for m in methods]
-    return " / ".join(f"{np.mean(v):.3f}" if v else "–" for v in values)
+    """Each method's mean_level at `budget`, "a / b"; "–" for a method the run does not hold."""
+    return " / ".join(_level_cell(mean_level(cells, m, budget)) for m in methods)
+
+
+def _level_cell(value: float) -> str:
+    return "–" if np.isnan(value) else f"{value:.3f}"
 
 
 def levels(variants: list[Variant], budgets: tuple[float, ...]) -> str:
     """Fine-tuned and from-scratch balanced accuracy per budget (mean over the held-out subjects, seeds averaged) and
     the median calibration steps each adapted for (the trials' calib_steps; "–" where not recorded)."""
+    methods = ("aemg_finetune", "aemg_scratch")
     head = "".join(f" {b:g} %: fine-tuned / scratch (steps) |" for b in budgets)
-    lines = [f"| variant |{head}", "|---|" + "---|" * len(budgets)]
+    lines = [f"| variant |{head} mean of these budgets: fine-tuned / scratch |", "|---|" + "---|" * (len(budgets) + 1)]
     for name, run, _, _ in variants:
         rows = rows_of(*run)
         cells = per_subject(rows, "balanced_accuracy")
         out = []
         for b in budgets:
             steps = [[r["calib_steps"] for r in rows if r["method"] == m and r["budget"] == b
-                      and r.get("calib_steps") is not None] for m in ("aemg_finetune", "aemg_scratch")]
+                      and r.get("calib_steps") is not None] for m in methods]
             told = " / ".join(f"{np.median(s):.0f}" if s else "–" for s in steps)
-            out.append(f" {mean_levels(cells, ('aemg_finetune', 'aemg_scratch'), b)} ({told}) |")
-        lines.append(f"| {name} |" + "".join(out))
+            out.append(f" {mean_levels(cells, methods, b)} ({told}) |")
+        # each method's level averaged over the budgets (a recipe chosen per method on development folds compares these)
+        overall = (np.mean([mean_level(cells, m, b) for b in budgets]) for m in methods)
+        lines.append(f"| {name} |" + "".join(out) + " " + " / ".join(map(_level_cell, overall)) + " |")
     return "\n".join(lines)
 
 

@@ -9,12 +9,29 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from ablation_table import source_fit  # noqa: E402
+from ablation_table import levels, source_fit  # noqa: E402
 
 
 def _trial(method: str, dataset: str, subject: str, budget: float, accuracy: float, source: float) -> dict:
     return {"method": method, "dataset": dataset, "subject": subject, "budget": budget, "seed": 0,
             "balanced_accuracy": accuracy, "source_accuracy": source}
+
+
+def _folder(tmp_path: Path, trials: list[dict]) -> Path:
+    folder = tmp_path / "dev"
+    folder.mkdir()
+    (folder / "trials.jsonl").write_text("\n".join(json.dumps({"trials": [t]}) for t in trials) + "\n")
+    return folder
+
+
+def test_levels_give_each_arm_per_budget_and_its_mean_over_the_budgets(tmp_path):
+    # subject S0 at 0.5 / 0.7, S1 at 0.7 / 0.9 for fine-tuned at 1 / 10 %; scratch 0.1 lower everywhere
+    trials = [_trial(method, "alpha", subject, budget, level + offset - shift, 0.9)
+              for method, shift in (("aemg_finetune", 0.0), ("aemg_scratch", 0.1))
+              for subject, level in (("S0", 0.5), ("S1", 0.7)) for budget, offset in ((1.0, 0.0), (10.0, 0.2))]
+    row = levels([("v", [_folder(tmp_path, trials)], None, None)], (1.0, 10.0)).splitlines()[-1]
+    assert [c.strip() for c in row.split("|")[2:5]] == ["0.600 / 0.500 (– / –)", "0.800 / 0.700 (– / –)",
+                                                       "0.700 / 0.600"]
 
 
 def test_source_fit_is_averaged_per_fold_beside_the_zero_budget_accuracy(tmp_path):
@@ -27,11 +44,8 @@ def test_source_fit_is_averaged_per_fold_beside_the_zero_budget_accuracy(tmp_pat
                 trials += [_trial(method, dataset, subject, 0.0, zero + i / 10, source - i / 100),
                            _trial(method, dataset, subject, 10.0, 0.99, source - i / 100)]
     trials.append(_trial("cnn", "alpha", "S0", 0.0, 0.1, 0.1))  # other methods are not read
-    folder = tmp_path / "dev"
-    folder.mkdir()
-    (folder / "trials.jsonl").write_text("\n".join(json.dumps({"trials": [t]}) for t in trials) + "\n")
     rows = {line.split("|")[2].strip(): [c.strip() for c in line.split("|")[3:5]]
-            for line in source_fit([("v", [folder], None, None)]).splitlines()[2:]}
+            for line in source_fit([("v", [_folder(tmp_path, trials)], None, None)]).splitlines()[2:]}
     assert rows["alpha (folds: 2)"] == ["0.795 / 0.945", "0.550 / 0.650"]
     assert rows["beta (folds: 1)"] == ["0.990 / 0.970", "0.900 / 0.850"]
     fine, scratch = (float(v) for v in rows["all (folds: 3)"][0].split(" / "))
