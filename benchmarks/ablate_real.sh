@@ -11,7 +11,8 @@
 # table go to names ending in -s<seeds> (dev-v1-summary-s012), so the one-seed runs stay; BASELINE_SEEDS (SEEDS)
 # likewise for the baselines (their three seeds take about an hour here); SKIP_RECIPE_BASELINES=1 runs a calibration
 # recipe's AEMG methods without its baselines (its gap to the best baseline is then not scored); LEVELS=1 also prints
-# the fine-tuned and scratch accuracies per budget and their median calibration steps.
+# the fine-tuned and scratch accuracies per budget and their median calibration steps; SOURCE_FIT=1 how well the two
+# arms' source models fit the other subjects' windows, per dataset.
 # Without runs/sweep-real/selected.json (the sweep takes about 45 minutes), the base is the selection the sweep made
 # and RESULTS records: configs/pretrain/tiny.yaml with codebook 256, mask 0.3 and 3,000 steps, checkpoints and
 # validation every 500 steps, one worker.
@@ -167,6 +168,21 @@ if [ "$LONG_STEPS" -gt 0 ]; then
     CHECKPOINT=v7-long development v7-long-head-layers "$ABL/windows-ws" train.head_features=layers
     TABLE+=("v7 + fine-tuned head on every layer=$ABL/dev-v7-long-head-layers$S:$ABL/v7-long")
   fi
+  # how long the two AEMG arms train on the source subjects before calibration (train.base_steps, 300 by default; at
+  # 300 the model from scratch fits those windows far worse than the pretrained one, SOURCE_FIT=1); and both arms
+  # trained on views changed as between users (train.augment)
+  for recipe in base1000 base3000 base1000-augment; do
+    want "v7-long-$recipe" || continue
+    case $recipe in
+      base1000) overrides=(train.base_steps=1000) ;;
+      base3000) overrides=(train.base_steps=3000) ;;
+      base1000-augment) overrides=(train.base_steps=1000 train.augment=true) ;;
+    esac
+    pretrain_named v7-long
+    CHECKPOINT=v7-long METHODS=aemg_finetune,aemg_scratch development "v7-long-$recipe" "$ABL/windows-ws" \
+      "${overrides[@]}"
+    TABLE+=("v7 + source steps ${recipe#base}=$ABL/dev-v7-long-$recipe$S:$ABL/v7-long")
+  done
 fi
 if want untrained-probe-layers || want untrained-probe-window; then
   pretrain untrained "$ABL/tokens-ws" optim.max_steps=1 optim.lr=1e-12 run.checkpoint_every=1 run.val_every=1
@@ -177,5 +193,6 @@ if want untrained-probe-window; then
   TABLE+=("untrained encoder, probe on the pooled output=$ABL/dev-untrained-probe-window$S:$ABL/untrained")
 fi
 
-.venv/bin/python benchmarks/ablation_table.py --budgets 0,1,10,100 ${LEVELS:+--levels} ${PROBE_LEVELS:+--probe-levels} --baselines "$ABL/dev-baselines$BS" \
+.venv/bin/python benchmarks/ablation_table.py --budgets 0,1,10,100 ${LEVELS:+--levels} ${PROBE_LEVELS:+--probe-levels} \
+  ${SOURCE_FIT:+--source-fit} --baselines "$ABL/dev-baselines$BS" \
   --out "$ABL/ablation$S.md" "${TABLE[@]}"

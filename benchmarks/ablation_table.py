@@ -165,6 +165,8 @@ def source_fit(variants: list[Variant]) -> str:
              "|---|---|---|---|"]
     for name, run, _, _ in variants:
         rows = [r for r in rows_of(*run) if r["method"] in methods and r.get("source_accuracy") is not None]
+        if not rows:  # evaluated before the trials recorded it
+            continue
         for dataset in sorted({r["dataset"] for r in rows}) + ["all"]:
             chosen = [r for r in rows if dataset in ("all", r["dataset"])]
             fit = [{(r["dataset"], r["subject"]): r["source_accuracy"] for r in chosen if r["method"] == m}
