@@ -43,10 +43,10 @@ def test_source_fit_is_averaged_per_fold_beside_the_zero_budget_accuracy(tmp_pat
                 # one fold's trials all carry its source fit; only the 0 % trial's held-out accuracy is read
                 trials += [_trial(method, dataset, subject, 0.0, zero + i / 10, source - i / 100),
                            _trial(method, dataset, subject, 10.0, 0.99, source - i / 100)]
-    trials.append(_trial("cnn", "alpha", "S0", 0.0, 0.1, 0.1))  # other methods are not read
-    rows = {line.split("|")[2].strip(): [c.strip() for c in line.split("|")[3:5]]
+    trials.append(_trial("cnn", "alpha", "S0", 0.0, 0.1, 0.1))  # another method: its source fit apart
+    rows = {line.split("|")[2].strip(): [c.strip() for c in line.split("|")[3:6]]
             for line in source_fit([("v", [_folder(tmp_path, trials)], None, None)]).splitlines()[2:]}
-    assert rows["alpha (folds: 2)"] == ["0.795 / 0.945", "0.550 / 0.650"]
-    assert rows["beta (folds: 1)"] == ["0.990 / 0.970", "0.900 / 0.850"]
+    assert rows["alpha (folds: 2)"] == ["0.795 / 0.945", "0.550 / 0.650", "cnn 0.100"]
+    assert rows["beta (folds: 1)"] == ["0.990 / 0.970", "0.900 / 0.850", "cnn –"]
     fine, scratch = (float(v) for v in rows["all (folds: 3)"][0].split(" / "))
     assert (fine, scratch) == pytest.approx(((0.80 + 0.79 + 0.99) / 3, (0.95 + 0.94 + 0.97) / 3), abs=1e-3)
