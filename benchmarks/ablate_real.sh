@@ -183,6 +183,10 @@ if [ "$LONG_STEPS" -gt 0 ]; then
       "${overrides[@]}"
     TABLE+=("v7 + source steps ${recipe#base}=$ABL/dev-v7-long-$recipe$S:$ABL/v7-long")
   done
+  if want v7-long-base1000 && want v7-long-base3000; then  # each arm at the length its mean over the budgets prefers
+    TABLE+=("v7, fine-tuned at 1000 source steps, scratch at 3000=$ABL/dev-v7-long-base1000$S@aemg_finetune+$(
+      )$ABL/dev-v7-long-base3000$S@aemg_scratch:$ABL/v7-long")
+  fi
 fi
 if want untrained-probe-layers || want untrained-probe-window; then
   pretrain untrained "$ABL/tokens-ws" optim.max_steps=1 optim.lr=1e-12 run.checkpoint_every=1 run.val_every=1

@@ -6,7 +6,8 @@
 Each DEV_RUN is an `aemg evaluate` output holding aemg_finetune, aemg_probe and aemg_scratch on development
 folds; DEV_BASELINES one holding the baselines on the same folds (same windows and budgets), or the row's own
 BASELINES (a calibration recipe is every method's: its row compares with baselines calibrated alike). DEV_RUN+RUN:
-the methods RUN holds replace DEV_RUN's (a probe-only evaluation scored against an earlier run's fine-tuning).
+the methods RUN holds replace DEV_RUN's (a probe-only evaluation scored against an earlier run's fine-tuning);
+RUN@m1,m2: only those methods of RUN (each arm from the run of its own recipe).
 Columns:
 
 - pretrained - scratch at 1 % and at 10 % (or the budgets of --budgets): aemg_finetune minus aemg_scratch in
@@ -42,10 +43,13 @@ BASELINES = ("td_lda", "cnn", "transformer", "simclr", "mae")
 
 
 def rows_of(*folders: Path) -> list[dict]:
-    """The trials of evaluation folders, each one's methods replacing those of the folders before it."""
+    """The trials of evaluation folders, each one's methods replacing those of the folders before it. A folder named
+    FOLDER@m1,m2 gives only those methods' trials (each arm of a variant from the run at its own recipe)."""
     rows: list[dict] = []
-    for folder in folders:
-        own = [r for line in (folder / "trials.jsonl").read_text().splitlines() for r in json.loads(line)["trials"]]
+    for spec in folders:
+        folder, _, only = str(spec).partition("@")
+        own = [r for line in (Path(folder) / "trials.jsonl").read_text().splitlines()
+               for r in json.loads(line)["trials"] if not only or r["method"] in only.split(",")]
         methods = {r["method"] for r in own}
         rows = [r for r in rows if r["method"] not in methods] + own
     return rows

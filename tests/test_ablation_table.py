@@ -29,9 +29,13 @@ def test_levels_give_each_arm_per_budget_and_its_mean_over_the_budgets(tmp_path)
     trials = [_trial(method, "alpha", subject, budget, level + offset - shift, 0.9)
               for method, shift in (("aemg_finetune", 0.0), ("aemg_scratch", 0.1))
               for subject, level in (("S0", 0.5), ("S1", 0.7)) for budget, offset in ((1.0, 0.0), (10.0, 0.2))]
-    row = levels([("v", [_folder(tmp_path, trials)], None, None)], (1.0, 10.0)).splitlines()[-1]
+    folder = _folder(tmp_path, trials)
+    row = levels([("v", [folder], None, None)], (1.0, 10.0)).splitlines()[-1]
     assert [c.strip() for c in row.split("|")[2:5]] == ["0.600 / 0.500 (– / –)", "0.800 / 0.700 (– / –)",
                                                        "0.700 / 0.600"]
+    # FOLDER@method keeps that method's trials only
+    row = levels([("v", [Path(f"{folder}@aemg_scratch")], None, None)], (1.0,)).splitlines()[-1]
+    assert [c.strip() for c in row.split("|")[2:4]] == ["– / 0.500 (– / –)", "– / 0.500"]
 
 
 def test_source_fit_is_averaged_per_fold_beside_the_zero_budget_accuracy(tmp_path):
