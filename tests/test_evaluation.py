@@ -390,6 +390,27 @@ def test_cli_baselines_and_errors(setup, tmp_path, capsys):
     assert "need a pretrained checkpoint" in capsys.readouterr().err
 
 
+def test_each_neural_method_trains_its_own_source_steps(setup, tmp_path, monkeypatch):
+    from aemg_dist.evaluation import methods
+
+    root, runs = setup
+    trained, real_train = [], methods.train_classifier
+
+    def count(model, inputs, y, source, calib, steps, *args, **kwargs):
+        if not calib.size:  # the source model (calibration passes its windows)
+            trained.append((type(model).__name__, steps))
+        return real_train(model, inputs, y, source, calib, steps, *args, **kwargs)
+
+    monkeypatch.setattr(methods, "train_classifier", count)
+    cfg = _config(root, tmp_path / "steps", "methods=[aemg_scratch,cnn,td_lda]", "budgets=[0]", "seeds=[0]",
+                  "subjects=[synth_myo/s01]", "workers=1", "train.source_steps.cnn=7")
+    rows = evaluate(cfg, progress=False).rows
+    assert {r["method"]: r["source_steps"] for r in rows} == {"aemg_scratch": 15, "cnn": 7, "td_lda": None}
+    assert sorted(trained) == [("AEMGClassifier", 15), ("RawCNN", 7)]
+    with pytest.raises(ConfigError, match="unknown methods"):
+        _config(root, tmp_path / "bad", "train.source_steps.cnnn=7")
+
+
 def test_source_models_are_scored_on_at_most_a_fixed_sample_of_their_windows():
     def context(source: np.ndarray) -> SimpleNamespace:
         return SimpleNamespace(source=source, seed=lambda *parts: zlib.crc32("/".join(parts).encode()))

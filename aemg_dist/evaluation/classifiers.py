@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
@@ -37,6 +37,9 @@ class FinetuneConfig:
     """How every neural classifier is trained (AEMG fine-tuning, from scratch, CNN, Transformer, ...)."""
 
     base_steps: int = 300  # on the other subjects' windows
+    # per method, its own number of steps on the other subjects' windows instead of base_steps (chosen on development
+    # folds by that method's own accuracy), e.g. train.source_steps.aemg_scratch=3000
+    source_steps: dict[str, int] = field(default_factory=dict)
     adapt_steps: int = 100  # per calibration budget, continuing from the source model (the most, with adapt_epochs)
     batch_size: int = 64
     lr: float = 1e-3
@@ -78,6 +81,9 @@ class FinetuneConfig:
                      adapt_lr="(0, 1]", weight_decay="[0, inf)", warmup_fraction="[0, 1]", calib_share="(0, 1]",
                      probe_l2="[0, inf)", layer_decay="(0, 1]", pretrain_steps="[1, inf)", adapt_epochs="[0, inf)",
                      adapt_min_steps="[0, inf)", adapt_check="[0, 1)", adapt_check_every="[1, inf)")
+        bad = {method: steps for method, steps in self.source_steps.items() if steps < 1}
+        if bad:
+            raise ValueError(f"source_steps must be at least 1, got {bad}")
         for name, allowed in (("adapt_check_by", CHECK_CRITERIA), ("probe_features", FEATURE_READS),
                               ("head_features", FEATURE_READS)):
             if getattr(self, name) not in allowed:
@@ -92,6 +98,11 @@ def read_features(backbone: AEMGModel, batch: dict[str, torch.Tensor], reads: st
     """What a probe or a head reads of the encoder (`FEATURE_READS`): "window", the pooled output (B, d_model);
     "layers", every block's mean and std over the window (B, 2 * n_layers * d_model)."""
     return backbone.layer_summary(batch) if reads == "layers" else backbone.encode(batch)[0]
+
+
+def source_steps(method: str, cfg: FinetuneConfig) -> int:
+    """How many steps `method` trains on the other subjects' windows."""
+    return cfg.source_steps.get(method, cfg.base_steps)
 
 
 def adaptation_steps(n_calib: int, cfg: FinetuneConfig) -> int:

@@ -37,7 +37,7 @@ import torch.nn as nn
 
 from aemg_dist.evaluation.classifiers import (
     AEMGClassifier, FinetuneConfig, LinearProbe, adaptation_steps, adapted_copy, apply_in_batches,
-    calibration_weights, check_split, early_stopped_steps, predict, read_features, train_classifier)
+    calibration_weights, check_split, early_stopped_steps, predict, read_features, source_steps, train_classifier)
 from aemg_dist.evaluation.data import DatasetWindows
 from aemg_dist.evaluation.folds import Fold
 from aemg_dist.evaluation.heldout import HeldOutView
@@ -229,7 +229,7 @@ class NeuralMethod(Method):
         torch.manual_seed(ctx.seed(self.name, "init"))
         model = self.build(ctx)
         train_classifier(model, self.inputs(ctx), ctx.data.y, ctx.source, np.zeros(0, dtype=np.int64),
-                         ctx.train.base_steps, ctx.train.lr, ctx.train, ctx.seed(self.name, "source"),
+                         source_steps(self.name, ctx.train), ctx.train.lr, ctx.train, ctx.seed(self.name, "source"),
                          self.layer_decay(ctx), augment=self.augmentation(ctx))
         return model
 

@@ -46,11 +46,11 @@ from aemg_dist.artifacts import (RUN_CONFIG, RUN_EXPORT, TOKENS_MANIFEST, Tokeni
                                  load_tokenize_config, model_preset, read_tokens_manifest, recorded_token_settings)
 from aemg_dist.config import (ConfigError, check_ranges, config_from_dict, config_layer, dotted, load_config,
                               save_config)
-from aemg_dist.evaluation.classifiers import FinetuneConfig
+from aemg_dist.evaluation.classifiers import FinetuneConfig, source_steps
 from aemg_dist.evaluation.data import DatasetWindows, load_labeled_windows
 from aemg_dist.evaluation.folds import Fold, calibration_seconds, calibration_split, loso_folds, reference_split
 from aemg_dist.evaluation.heldout import NORMALIZATIONS, heldout_view
-from aemg_dist.evaluation.methods import AEMG_METHODS, BASELINE_METHODS, METHODS, FoldContext
+from aemg_dist.evaluation.methods import AEMG_METHODS, BASELINE_METHODS, METHODS, FoldContext, NeuralMethod
 from aemg_dist.evaluation.splits import ROLES, fold_role, load_splits
 from aemg_dist.evaluation.td_lda import balanced_accuracy, macro_f1
 from aemg_dist.model import ModelConfig
@@ -100,6 +100,9 @@ class EvaluateConfig:
         unknown = sorted(set(self.methods) - set(METHODS))
         if unknown or not self.methods:
             raise ValueError(f"unknown methods {unknown}; choose from {sorted(METHODS)}")
+        unknown = sorted(set(self.train.source_steps) - set(METHODS))
+        if unknown:
+            raise ValueError(f"train.source_steps names unknown methods {unknown}; choose from {sorted(METHODS)}")
         check_ranges(self, budgets="[0, 100]", seeds="[0, inf)", test_percent="(0, 100)", reference_percent="(0, 100]",
                      max_folds="[0, inf)", max_tokens="[1, 16384]", workers="[0, 4096]")
         if not self.budgets or not self.seeds:
@@ -353,6 +356,7 @@ def run_fold(job: FoldJob, cfg_dict: dict[str, Any], tokens: str) -> list[dict[s
                     # how well the source model fits the windows it was trained on (the same for every trial of
                     # the method in this fold): tells a model that underfits the source from one that transfers worse
                     "source_accuracy": source_fit[name],
+                    "source_steps": source_steps(name, cfg.train) if isinstance(method, NeuralMethod) else None,
                     # a neural method's adaptation steps (None: a refit classifier, or no calibration windows)
                     "calib_steps": getattr(model, "calibration_steps", None) if calib.size else None,
                     "calib_seconds_per_class": calibration_seconds(data.starts[calib], data.stops[calib],
