@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ablation_table import BASELINES, pooled, rows_of  # noqa: E402
+from ablation_table import BASELINES, mean_level, pooled, rows_of  # noqa: E402
 from aemg_dist.evaluation.report import paired, per_subject  # noqa: E402
 
 HELPS_BUDGETS = (1.0, 5.0, 10.0)
@@ -46,14 +46,15 @@ def _mean(cells: dict, method: str, dataset: str, budget: float) -> float:
     return float(np.mean(list(subjects.values()))) if subjects else float("nan")
 
 
+def _best_baseline_name(cells: dict, dataset: str, budget: float) -> str | None:
+    """The baseline with the highest mean on the dataset at the budget (None: no baseline ran there)."""
+    return max((m for m in BASELINES if (m, dataset, budget) in cells), default=None,
+               key=lambda m: _mean(cells, m, dataset, budget))
+
+
 def _best_baseline(cells: dict, dataset: str, budget: float) -> float:
-    return max((_mean(cells, m, dataset, budget) for m in BASELINES if (m, dataset, budget) in cells),
-               default=float("nan"))
-
-
-def _pooled_mean(cells: dict, method: str, budget: float) -> float:
-    values = [v for (m, _, b), subjects in cells.items() if (m, b) == (method, budget) for v in subjects.values()]
-    return float(np.mean(values)) if values else float("nan")
+    best = _best_baseline_name(cells, dataset, budget)
+    return _mean(cells, best, dataset, budget) if best else float("nan")
 
 
 def helps(rows: list[dict], budgets: tuple[float, ...] = HELPS_BUDGETS) -> tuple[str, bool]:
@@ -89,7 +90,7 @@ def details(rows: list[dict], left_out: dict[str, list[dict]]) -> str:
              *_budget_header("method")]
     for method in ("aemg_finetune", "aemg_probe", "aemg_scratch", *BASELINES):
         if any(m == method for m, _, _ in cells):
-            lines.append(f"| {method} | " + " | ".join(f"{_pooled_mean(cells, method, b):.3f}" for b in BUDGETS) + " |")
+            lines.append(f"| {method} | " + " | ".join(f"{mean_level(cells, method, b):.3f}" for b in BUDGETS) + " |")
     lines += ["", "Fine-tuned − scratch per evaluation seed (subjects where pretraining helps):", "",
               *_budget_header("seed")]
     for seed in sorted({r["seed"] for r in rows if r["method"] == "aemg_scratch"}):
@@ -111,8 +112,7 @@ def details(rows: list[dict], left_out: dict[str, list[dict]]) -> str:
     for dataset in sorted({d for m, d, _ in cells if m == "aemg_finetune"}):
         levels = []
         for budget in BUDGETS:
-            best = max((m for m in BASELINES if (m, dataset, budget) in cells), default=None,
-                       key=lambda m: _mean(cells, m, dataset, budget))
+            best = _best_baseline_name(cells, dataset, budget)
             levels.append(f"{_mean(cells, 'aemg_finetune', dataset, budget):.3f} / "
                           f"{_mean(cells, 'aemg_scratch', dataset, budget):.3f} / " +
                           (f"{_mean(cells, best, dataset, budget):.3f} ({best})" if best else "–"))
@@ -160,7 +160,7 @@ def targets(test_runs: list[Path], lodo: dict[str, list[Path]], with_details: bo
     add(f"at 0 %, fine-tuned ≥ TD+LDA + {ZERO_SHOT_MARGIN} on ≥ {FIELD_DATASETS} of 6",
         *_datasets_cell(per_dataset(cells, 0.0, lambda d: _mean(cells, "td_lda", d, 0.0) + ZERO_SHOT_MARGIN),
                         f"fine-tuned − (TD+LDA + {ZERO_SHOT_MARGIN})"))
-    probe, tuned = _pooled_mean(cells, "aemg_probe", 100.0), _pooled_mean(cells, "aemg_finetune", 100.0)
+    probe, tuned = mean_level(cells, "aemg_probe", 100.0), mean_level(cells, "aemg_finetune", 100.0)
     add(f"probe within {PROBE_WITHIN} of fine-tuning at 100 %", f"{probe:.3f} vs {tuned:.3f}: {probe - tuned:+.3f}",
         bool(probe - tuned >= -PROBE_WITHIN))
     if not left_out:
