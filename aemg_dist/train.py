@@ -105,12 +105,18 @@ class RunConfig:
                      val_batches="[1, inf)", fail_at_step="[-1, inf)")
 
 
+PRECISIONS = ("auto", "fp32", "bf16", "bf16-autocast")
+
+
 @dataclass
 class DistConfig:
     ray: bool = True
     num_workers: int = 2
     zero_stage: int = 0
-    precision: str = "auto"  # auto = bf16 on GPU, fp32 on CPU
+    # auto = bf16 on GPU, fp32 on CPU. bf16: DeepSpeed's bf16 parameters (its unfused bf16 optimizer wrapper checks
+    # each parameter for overflow, a host sync per parameter per step); bf16-autocast: fp32 parameters and optimizer,
+    # the forward under torch.autocast(bf16) (DeepSpeed's torch_autocast), a few host syncs per step
+    precision: str = "auto"
     max_failures: int = 1
     address: str = ""
     cpus_per_worker: int = 1
@@ -118,8 +124,8 @@ class DistConfig:
     def __post_init__(self) -> None:
         check_ranges(self, num_workers="[1, 4096]", zero_stage="[0, 3]", max_failures="[-1, inf)",
                      cpus_per_worker="[1, inf)")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise ValueError(f"dist.precision must be auto, fp32 or bf16, got {self.precision!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"dist.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
 
 @dataclass
@@ -362,7 +368,10 @@ class DeepSpeedStepper(PlainStepper):
         import deepspeed
 
         super().__init__(model, cfg)
-        bf16 = cfg.dist.precision == "bf16" or (cfg.dist.precision == "auto" and torch.cuda.is_available())
+        self.precision = cfg.dist.precision
+        if self.precision == "auto":
+            self.precision = "bf16" if torch.cuda.is_available() else "fp32"
+        bf16 = self.precision == "bf16"
         ds_config = {
             "train_batch_size": cfg.data.batch_size,
             "train_micro_batch_size_per_gpu": cfg.data.batch_size // world_size,
@@ -375,6 +384,8 @@ class DeepSpeedStepper(PlainStepper):
         if bf16:  # DeepSpeed 0.19 casts only the parameters by default; the model's float buffers (time and
             # Fourier frequencies) meet bf16 inputs, so they are cast too (the quantizer is set back below)
             ds_config["data_types"] = {"buffer_dtype": "bf16"}
+        if self.precision == "bf16-autocast":  # parameters, gradients and batches stay float32
+            ds_config["torch_autocast"] = {"enabled": True, "dtype": "bfloat16"}
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model, optimizer=self.optimizer, lr_scheduler=self.scheduler, config=ds_config)
         self.model = self.engine.module

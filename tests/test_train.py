@@ -251,8 +251,9 @@ def test_a_non_default_tokenizer_pretrains_without_model_overrides(tokens, tmp_p
 
 
 def test_bf16_through_the_deepspeed_engine_on_cpu_tracks_fp32(tokens, tmp_path, monkeypatch):
-    """The GPU configuration (DeepSpeed bf16, the forward through the engine) runs on CPU: two steps on the same
-    batch give finite losses within 3 % of the fp32 engine's (bf16 keeps 8 bits of mantissa: ~0.4 % per value)."""
+    """The GPU configurations (DeepSpeed bf16, and fp32 parameters under bf16 autocast; the forward through the
+    engine) run on CPU: two steps on the same batch give finite losses within 3 % of the fp32 engine's (bf16 keeps
+    8 bits of mantissa: ~0.4 % per value)."""
     import socket
 
     from aemg_dist.model import AEMGModel
@@ -266,12 +267,14 @@ def test_bf16_through_the_deepspeed_engine_on_cpu_tracks_fp32(tokens, tmp_path, 
         monkeypatch.setenv(name, value)
     train, _ = split_tables(_config(tokens, tmp_path, "dist.ray=false").data)
     losses = {}
-    for precision in ("fp32", "bf16"):
+    for precision in ("fp32", "bf16", "bf16-autocast"):
         cfg = _config(tokens, tmp_path / precision, f"dist.precision={precision}", "dist.num_workers=1",
                       "data.batch_size=16")
         torch.manual_seed(0)
         stepper = DeepSpeedStepper(AEMGModel(cfg.model), cfg, world_size=1)
+        # DeepSpeed bf16 holds bf16 parameters and batches; autocast keeps both float32 and lowers the matmuls
         assert stepper.dtype == (torch.bfloat16 if precision == "bf16" else torch.float32)
+        assert {p.dtype for p in stepper.model.tokenizer.encoder.parameters()} == {stepper.dtype}
         batch = stepper.prepare(collate(train.slice(0, 16), cfg.data.max_tokens))
         losses[precision] = []
         for step in range(2):
@@ -279,8 +282,10 @@ def test_bf16_through_the_deepspeed_engine_on_cpu_tracks_fp32(tokens, tmp_path, 
             out = stepper.forward(batch)
             stepper.step(out["loss"])
             losses[precision].append(float(out["loss"]))
-    assert np.isfinite(losses["bf16"]).all()
-    np.testing.assert_allclose(losses["bf16"], losses["fp32"], rtol=0.03)
+    for precision in ("bf16", "bf16-autocast"):
+        assert np.isfinite(losses[precision]).all()
+        np.testing.assert_allclose(losses[precision], losses["fp32"], rtol=0.03)
+    assert losses["bf16-autocast"] != losses["fp32"]  # the autocast really lowered the precision
 
 
 def test_the_gpu_benchmark_runs_on_cpu_at_tiny_size(tmp_path):
@@ -292,14 +297,17 @@ def test_the_gpu_benchmark_runs_on_cpu_at_tiny_size(tmp_path):
     import sys
 
     repo = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PRESETS": "tiny", "ZERO": "0", "COMPILE": "off", "STEPS": "2", "WARM": "1",
-           "OUT": str(tmp_path), "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PRESETS": "tiny", "ZERO": "0", "COMPILE": "off", "PRECISION": "auto,bf16-autocast",
+           "BATCH": "8", "STEPS": "2", "WARM": "1", "OUT": str(tmp_path), "PYTHON": sys.executable,
+           "OMP_NUM_THREADS": "1"}
     done = subprocess.run(["bash", str(repo / "benchmarks" / "gpu.sh")], env=env, capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     rows = json.loads((tmp_path / "gpu.json").read_text())
-    assert len(rows) == 1 and "error" not in rows[0], rows
-    row = rows[0]
-    assert row["precision"] == "fp32" and row["mfu"] is None and np.isfinite(row["step_s"])
-    assert row["tokens_per_s"] == pytest.approx(row["batch"] * row["tokens"] / row["step_s"])
-    assert "| tiny | 0 | off | fp32 |" in (tmp_path / "gpu.md").read_text()
+    assert [row.get("error") for row in rows] == [None, None], rows
+    assert [row["precision"] for row in rows] == ["fp32", "bf16-autocast"]  # auto is fp32 on CPU
+    for row in rows:
+        assert row["batch"] == 8 and row["mfu"] is None and np.isfinite(row["step_s"]) and np.isfinite(row["loss"])
+        assert row["tokens_per_s"] == pytest.approx(row["batch"] * row["tokens"] / row["step_s"])
+    table = (tmp_path / "gpu.md").read_text()
+    assert "| tiny | 0 | off | fp32 |" in table and "| tiny | 0 | off | bf16-autocast |" in table
