@@ -1,4 +1,5 @@
-"""benchmarks/ablation_table.py: the source-fit table that tells underfitting the source from transferring worse."""
+"""benchmarks/ablation_table.py: the source-fit table that tells underfitting the source from transferring worse;
+benchmarks/source_length.py: each method's source length chosen by its mean over the budgets."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from ablation_table import levels, source_fit  # noqa: E402
+from source_length import by_length, markdown  # noqa: E402
 
 
 def _trial(method: str, dataset: str, subject: str, budget: float, accuracy: float, source: float) -> dict:
@@ -17,8 +19,8 @@ def _trial(method: str, dataset: str, subject: str, budget: float, accuracy: flo
             "balanced_accuracy": accuracy, "source_accuracy": source}
 
 
-def _folder(tmp_path: Path, trials: list[dict]) -> Path:
-    folder = tmp_path / "dev"
+def _folder(tmp_path: Path, trials: list[dict], name: str = "dev") -> Path:
+    folder = tmp_path / name
     folder.mkdir()
     (folder / "trials.jsonl").write_text("\n".join(json.dumps({"trials": [t]}) for t in trials) + "\n")
     return folder
@@ -54,3 +56,31 @@ def test_source_fit_is_averaged_per_fold_beside_the_zero_budget_accuracy(tmp_pat
     assert rows["beta (folds: 1)"] == ["0.990 / 0.970", "0.900 / 0.850", "cnn –"]
     fine, scratch = (float(v) for v in rows["all (folds: 3)"][0].split(" / "))
     assert (fine, scratch) == pytest.approx(((0.80 + 0.79 + 0.99) / 3, (0.95 + 0.94 + 0.97) / 3), abs=1e-3)
+
+
+def test_each_method_takes_the_source_length_with_the_best_mean_over_the_budgets(tmp_path):
+    from ablation_table import rows_of
+
+    def run(steps: int, levels: dict[str, tuple[float, float]]) -> list[dict]:
+        # per method its accuracy at 0 and 10 % (subjects S0 at it, S1 0.1 above); td_lda has no source length
+        trials = [{**_trial(method, "alpha", subject, budget, level + shift, 0.8 + steps / 1e5),
+                   "source_steps": steps} for method, pair in levels.items() for budget, level in zip((0.0, 10.0), pair)
+                  for subject, shift in (("S0", 0.0), ("S1", 0.1))]
+        trials.append({**_trial("td_lda", "alpha", "S0", 0.0, 0.9, 0.9), "source_steps": None})
+        return rows_of(_folder(tmp_path, trials, f"base{steps}"))
+
+    runs = {300: run(300, {"cnn": (0.5, 0.7), "mae": (0.4, 0.6), "simclr": (0.5, 0.5)}),
+            1000: run(1000, {"cnn": (0.6, 0.7), "mae": (0.3, 0.6), "simclr": (0.4, 0.6)})}
+    table = by_length(runs, (0.0, 10.0))
+    assert set(table) == {"cnn", "mae", "simclr"}  # td_lda trains nothing on the source subjects
+    assert table["cnn"][1000]["levels"] == pytest.approx([0.65, 0.75])
+    assert table["cnn"][1000]["mean"] == pytest.approx(0.70) and table["cnn"][300]["mean"] == pytest.approx(0.65)
+    assert table["mae"][300]["fit"] == pytest.approx(0.803)
+    text = markdown(table, (0.0, 10.0))
+    # cnn prefers 1000, mae 300; simclr ties (0.55 both) and takes the shorter
+    assert text.splitlines()[-1] == ("chosen: train.source_steps.cnn=1000 train.source_steps.mae=300 "
+                                     "train.source_steps.simclr=300")
+    assert "| cnn | 1000 | 0.650 | 0.750 | **0.700** | 0.810 |" in text
+    # a folder whose trials trained another length than its label is refused
+    with pytest.raises(ValueError, match="labelled 3000 trained cnn for \\[1000\\]"):
+        by_length({3000: runs[1000]}, (0.0,))
