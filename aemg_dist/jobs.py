@@ -18,7 +18,7 @@ import os
 import shlex
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from aemg_dist import storage
 from aemg_dist.commands import CommandError, format_table, subcommand
@@ -28,7 +28,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # Path-valued arguments of aemg commands. On a cluster a relative path resolves inside the job's
 # uploaded working directory (a temporary folder on the head node), never where the user meant.
 PATH_OPTIONS = ("--corpus", "--out", "--config", "--checkpoint", "--manifest", "--source")
-PATH_KEYS = ("data.tokens", "run.out", "run.init_from")
+PATH_KEYS = ("data.tokens", "data.extra_tokens", "run.out", "run.init_from")  # extra_tokens: a [list] of paths
 NO_AGENT = "No available agent to submit job"  # the job server's answer until the head's job agent is up
 AGENT_WAIT_S = 120.0
 
@@ -61,13 +61,7 @@ def _check_paths(args: Sequence[str], uploaded: bool) -> None:
 
     With an uploaded working directory, a relative --config inside the checkout is fine (it is uploaded).
     """
-    for i, arg in enumerate(args):
-        if arg in PATH_OPTIONS and i + 1 < len(args):
-            name, value = arg, args[i + 1]
-        elif "=" in arg and arg.split("=", 1)[0] in PATH_KEYS:
-            name, value = arg.split("=", 1)
-        else:
-            continue
+    for name, value in _path_arguments(args):
         if "://" in value:
             storage.check_scheme(value)  # a URI, on shared storage: fine unless no filesystem knows its scheme
             continue
@@ -80,6 +74,19 @@ def _check_paths(args: Sequence[str], uploaded: bool) -> None:
         shown = f"{name}={value}" if name in PATH_KEYS else f"{name} {value}"
         raise CommandError(f"{shown} is a relative path: on the cluster it would resolve inside the job's "
                            "temporary working directory; give an absolute path on shared storage or an s3:// / gs:// URI")
+
+
+def _path_arguments(args: Sequence[str]) -> Iterator[tuple[str, str]]:
+    """(option or key, path) of every path-valued argument; a list key (data.extra_tokens=[a,b]) gives each path."""
+    for i, arg in enumerate(args):
+        if arg in PATH_OPTIONS and i + 1 < len(args):
+            yield arg, args[i + 1]
+        elif "=" in arg and arg.split("=", 1)[0] in PATH_KEYS:
+            name, value = arg.split("=", 1)
+            if value.startswith("[") and value.endswith("]"):
+                yield from ((name, item.strip().strip("'\"")) for item in value[1:-1].split(",") if item.strip())
+            else:
+                yield name, value
 
 
 def runtime_env(installed: bool, env: Sequence[str]) -> dict[str, Any]:

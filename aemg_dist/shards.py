@@ -1,7 +1,8 @@
 """Token shards as pretraining streams them: which recordings train and which validate, read file by file.
 
-No process holds the token table. The split is decided from the token folder's manifest
-(`tokens.json` lists every recording and every part file), per recording:
+No process holds the token table. The split is decided from the token folders' manifests
+(`tokens.json` lists every recording and every part file; pretraining may read several folders, e.g. a
+synthetic corpus's tokens beside the real ones), per recording:
 
 - a recording whose (dataset, subject) or dataset is excluded is never read;
 - of the others, a stable hash of the key puts `val_fraction` of them in validation (whole recordings,
@@ -33,31 +34,42 @@ from aemg_dist.errors import ConfigError
 
 @dataclass(frozen=True)
 class ShardSplit:
-    """The part files of a token folder and the recordings pretraining trains and validates on."""
+    """The part files of the token folders and the recordings pretraining trains and validates on."""
 
-    folder: str
-    files: tuple[str, ...]  # every part file (paths or URIs), in the manifest's order
+    folder: str  # the folders, comma-separated (for messages)
+    files: tuple[str, ...]  # every part file (paths or URIs), in the manifests' order, folder after folder
     train_keys: frozenset[str]
     val_keys: frozenset[str]
     train_rows: int  # estimated from the manifest: the part files' rows times the training recordings' share
 
 
-def split_recordings(folder: str, exclude_subjects: Sequence[str] = (), exclude_datasets: Sequence[str] = (),
-                     val_fraction: float = 0.1) -> ShardSplit:
-    """The split of a finished `aemg tokenize` folder (see read_tokens_manifest for a folder that is not one;
-    ConfigError when the exclusions leave no training recording)."""
-    manifest = read_tokens_manifest(folder, "data.tokens")
-    files = tuple(storage.join(folder, f["path"]) for f in manifest["files"] if f["rows"])
-    kept = [k for k in manifest["recordings"] if k.split("/")[0] not in set(exclude_datasets)
+def split_recordings(folders: str | Sequence[str], exclude_subjects: Sequence[str] = (),
+                     exclude_datasets: Sequence[str] = (), val_fraction: float = 0.1) -> ShardSplit:
+    """The split of one or more finished `aemg tokenize` folders (see read_tokens_manifest for a folder that is not
+    one; ConfigError when a recording is in two folders, or the exclusions leave no training recording)."""
+    folders = [folders] if isinstance(folders, str) else list(folders)
+    files: list[str] = []
+    recordings: dict[str, str] = {}  # key -> the folder that holds it
+    rows = 0
+    for folder in folders:
+        manifest = read_tokens_manifest(folder, "data.tokens")
+        files += [storage.join(folder, f["path"]) for f in manifest["files"] if f["rows"]]
+        rows += sum(f["rows"] for f in manifest["files"])
+        for key in manifest["recordings"]:
+            if key in recordings:  # its rows would be read twice, and the key filter cannot tell them apart
+                raise ConfigError(f"recording {key} is in both {recordings[key]} and {folder}; give each "
+                                  "recording's tokens once (data.tokens, data.extra_tokens)")
+            recordings[key] = folder
+    kept = [k for k in recordings if k.split("/")[0] not in set(exclude_datasets)
             and "/".join(k.split("/")[:2]) not in set(exclude_subjects)]
     # a stable hash of the key: the split never depends on file order or the machine
     val = {k for k in kept if zlib.crc32(k.encode()) / 2**32 < val_fraction}
     train = frozenset(kept) - val
+    named = ", ".join(folders)
     if not train:
-        raise ConfigError(f"no training windows left in {folder} after the exclusions (data.exclude_subjects, "
+        raise ConfigError(f"no training windows left in {named} after the exclusions (data.exclude_subjects, "
                           "data.exclude_datasets, data.val_fraction)")
-    rows = sum(f["rows"] for f in manifest["files"])
-    return ShardSplit(folder, files, train, frozenset(val), rows * len(train) // max(1, len(manifest["recordings"])))
+    return ShardSplit(named, tuple(files), train, frozenset(val), rows * len(train) // max(1, len(recordings)))
 
 
 def rank_files(split: ShardSplit, seed: int, epoch: int, rank: int = 0, world: int = 1) -> list[str]:

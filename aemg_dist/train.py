@@ -60,6 +60,9 @@ METRICS = ("loss", "recon_loss", "commit_loss", "mtm_loss", "mtm_accuracy", "fea
 @dataclass
 class DataConfig:
     tokens: str = "runs/demo/tokens"  # output folder of `aemg tokenize` (chunks)
+    # more `aemg tokenize` folders read beside `tokens` (e.g. a synthetic corpus's tokens as extra unlabeled data),
+    # tokenized with the same settings; the exclusions and the validation split apply to every folder
+    extra_tokens: list[str] = field(default_factory=list)
     batch_size: int = 32  # global batch, in windows
     max_tokens: int = 256  # per window; longer windows keep their earliest groups
     exclude_subjects: list[str] = field(default_factory=list)  # "dataset/subject" never seen (LOSO folds)
@@ -71,6 +74,10 @@ class DataConfig:
         # attention memory grows with batch x max_tokens^2: beyond these a step cannot fit any machine
         check_ranges(self, batch_size="[1, 65536]", max_tokens="[1, 16384]", val_fraction="[0, 1)",
                      shuffle_buffer="[1, 16777216]")
+
+    @property
+    def token_folders(self) -> list[str]:
+        return [self.tokens, *self.extra_tokens]
 
 
 @dataclass
@@ -187,9 +194,17 @@ def token_features(names: Sequence[str]) -> dict[str, Any]:
 
 def check_token_features(cfg: PretrainConfig) -> None:
     """The model reads as many features as the tokens carry, and the view augmentation's gain columns are the
-    log amplitudes (ConfigError naming the token folder otherwise); before anything is written. The folder must
-    hold a finished tokenization."""
+    log amplitudes (ConfigError naming the token folder otherwise); every folder of data.extra_tokens was tokenized
+    with data.tokens' settings (one tokenizer goes with the exported model); before anything is written. The folders
+    must hold finished tokenizations."""
     names = read_tokens_manifest(cfg.data.tokens, "data.tokens")["feature_names"]
+    settings = _token_meaning(cfg.data.tokens)
+    for extra in cfg.data.extra_tokens:
+        other = read_tokens_manifest(extra, "data.extra_tokens")["feature_names"]
+        if other != names or _token_meaning(extra) != settings:
+            raise ConfigError(f"data.extra_tokens {extra} was tokenized with other settings than data.tokens "
+                              f"{cfg.data.tokens} ({len(other)} features against {len(names)}; compare their "
+                              f"{TOKENIZE_CONFIG}); tokenize it with the same `aemg tokenize` overrides")
     if len(names) != cfg.model.n_features:
         raise ConfigError(f"{cfg.data.tokens} holds tokens of {len(names)} features; set model.n_features={len(names)} "
                           f"(it is {cfg.model.n_features}) or leave it unset to take it from {TOKENS_MANIFEST}")
@@ -200,16 +215,16 @@ def check_token_features(cfg: PretrainConfig) -> None:
 
 
 def recording_split(cfg: DataConfig) -> ShardSplit:
-    """The training and validation recordings of the token folder, from its manifest; ConfigError when the exclusions
-    leave nothing to train on or not one full batch (the batch iterator could never yield)."""
-    split = split_recordings(cfg.tokens, cfg.exclude_subjects, cfg.exclude_datasets, cfg.val_fraction)
+    """The training and validation recordings of the token folders, from their manifests; ConfigError when the
+    exclusions leave nothing to train on or not one full batch (the batch iterator could never yield)."""
+    split = split_recordings(cfg.token_folders, cfg.exclude_subjects, cfg.exclude_datasets, cfg.val_fraction)
     rows = count_rows(split, split.train_keys, at_most=cfg.batch_size)  # stops reading once a batch is there
     if rows == 0:
-        raise ConfigError(f"no training windows left in {cfg.tokens} after the exclusions (data.exclude_subjects, "
+        raise ConfigError(f"no training windows left in {split.folder} after the exclusions (data.exclude_subjects, "
                           "data.exclude_datasets, data.val_fraction)")
     if rows < cfg.batch_size:
         raise ConfigError(f"data.batch_size={cfg.batch_size} is more than the {rows} training windows in "
-                          f"{cfg.tokens}; lower data.batch_size")
+                          f"{split.folder}; lower data.batch_size")
     return split
 
 
@@ -311,6 +326,13 @@ def _token_settings(tokens: str) -> dict | None:
     shards written by hand)."""
     path = storage.join(tokens, TOKENIZE_CONFIG)
     return json.loads(json.dumps(asdict(load_tokenize_config(path)))) if storage.exists(path) else None
+
+
+def _token_meaning(tokens: str) -> dict | None:
+    """The settings that decide what a token folder's rows are (events, tokens, windows), not how they were written
+    (shard and task lengths)."""
+    settings = _token_settings(tokens)
+    return {key: settings[key] for key in ("events", "tokens", "windows")} if settings else None
 
 
 class PlainStepper:
@@ -622,6 +644,7 @@ def pretrain(cfg: PretrainConfig, callbacks: Sequence[Any] = ()) -> PretrainResu
     run callbacks (`ray.train.UserCallback`, e.g. Tune's report callback when a sweep trial drives the run)."""
     # workers do not share the driver's working directory: hand them absolute paths (or URIs)
     cfg.run.out, cfg.data.tokens = storage.absolute(cfg.run.out), storage.absolute(cfg.data.tokens)
+    cfg.data.extra_tokens = [storage.absolute(folder) for folder in cfg.data.extra_tokens]
     cfg.run.init_from = storage.absolute(cfg.run.init_from) if cfg.run.init_from else ""
     if storage.is_uri(cfg.run.out) and not cfg.dist.ray:
         raise ConfigError(f"run.out={cfg.run.out}: --no-ray keeps its checkpoints on a local disk; give a local "

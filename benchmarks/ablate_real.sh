@@ -187,6 +187,19 @@ if [ "$LONG_STEPS" -gt 0 ]; then
     TABLE+=("v7, fine-tuned at 1000 source steps, scratch at 3000=$ABL/dev-v7-long-base1000$S@aemg_finetune+$(
       )$ABL/dev-v7-long-base3000$S@aemg_scratch:$ABL/v7-long")
   fi
+  # more unlabeled data: v7's pretraining also reading the synthetic corpus (four simulated devices, 23 h, tokenized
+  # like tokens-ws), fine-tuned at the same 1,000 source steps and set against scratch at 3,000 (needs that row)
+  if want v9-synthetic && want v7-long-base3000; then
+    [ -f "$ABL/synthetic.zarr/manifest.json" ] || $AEMG prepare --source synthetic --scale full \
+      --out "$ABL/synthetic.zarr" --quiet
+    [ -f "$ABL/tokens-synthetic-ws/tokens.json" ] || $AEMG tokenize --corpus "$ABL/synthetic.zarr" \
+      --out "$ABL/tokens-synthetic-ws" --quiet "$SUMMARY"
+    pretrain v9-synthetic "$ABL/tokens-ws" "${LONG[@]}" "data.extra_tokens=[$ABL/tokens-synthetic-ws]"
+    CHECKPOINT=v9-synthetic METHODS=aemg_finetune development v9-synthetic-base1000 "$ABL/windows-ws" \
+      train.base_steps=1000
+    TABLE+=("v9 v7 + the synthetic corpus, fine-tuned at 1000 source steps, scratch at 3000=$(
+      )$ABL/dev-v9-synthetic-base1000$S@aemg_finetune+$ABL/dev-v7-long-base3000$S@aemg_scratch:$ABL/v9-synthetic")
+  fi
 fi
 if want untrained-probe-layers || want untrained-probe-window; then
   pretrain untrained "$ABL/tokens-ws" optim.max_steps=1 optim.lr=1e-12 run.checkpoint_every=1 run.val_every=1

@@ -45,6 +45,21 @@ def tiny_corpus(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def extra_corpus(tmp_path_factory) -> Path:
+    """Another device's corpus (synth_extra, two subjects of the tiny protocol): recordings no other fixture holds,
+    e.g. extra pretraining data beside tiny_corpus's."""
+    from dataclasses import replace
+
+    from preprocessing.prepare import prepare
+    from preprocessing.synthetic import SyntheticConfig, default_datasets, synthetic_jobs
+
+    path = tmp_path_factory.mktemp("extra") / "corpus.zarr"
+    spec = replace(default_datasets("tiny")[0], name="synth_extra", n_subjects=2)
+    assert prepare(synthetic_jobs(SyntheticConfig(scale="tiny", datasets=[spec])), path, workers=1, progress=False).ok
+    return path
+
+
+@pytest.fixture(scope="session")
 def ray_local():
     """A 2-CPU local Ray, started once and always shut down."""
     import ray

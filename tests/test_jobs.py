@@ -34,12 +34,16 @@ def test_uploaded_checkout_runs_through_python_m_and_installed_through_aemg():
     assert entrypoint(["aemg", "tokenize", "--corpus", "gs://b/c.zarr", "--out", "/nfs/t"], installed=True) == \
         "aemg tokenize --corpus gs://b/c.zarr --out /nfs/t"
     assert shlex.split(entrypoint(["aemg", "pretrain", "run.out=/a b/c"], installed=True))[-1] == "run.out=/a b/c"
+    assert entrypoint(["aemg", "pretrain", "data.extra_tokens=[/nfs/t,s3://b/t]"], installed=True) == \
+        "aemg pretrain 'data.extra_tokens=[/nfs/t,s3://b/t]'"
 
 
 @pytest.mark.parametrize("command,match", [
     (["aemg", "pretrain", "run.out=runs/x"], "run.out=runs/x is a relative path"),
     (["aemg", "tokenize", "--corpus", "/c.zarr", "--out", "tokens"], "--out tokens is a relative path"),
     (["aemg", "pretrain", "--config", "no/such.yaml"], "--config no/such.yaml is a relative path"),
+    # each path of a list key is checked: the second one here is relative
+    (["aemg", "pretrain", "data.extra_tokens=[/nfs/synth, runs/synth]"], "data.extra_tokens=runs/synth is a relative"),
     (["python", "train.py"], "must be an aemg command"),
     ([], "must be an aemg command"),
 ])

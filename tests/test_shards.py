@@ -23,6 +23,14 @@ def tokens(tiny_corpus, tmp_path_factory):
     return str(out)
 
 
+@pytest.fixture(scope="module")
+def extra_tokens(extra_corpus, tmp_path_factory):
+    """Another corpus's tokens, tokenized with the same settings."""
+    out = tmp_path_factory.mktemp("extra") / "tokens"
+    tokenize_corpus(extra_corpus, out, TokenizeConfig(task_s=20.0), workers=1, progress=False)
+    return str(out)
+
+
 def _rows(tables) -> list[tuple[str, int]]:
     table = pa.concat_tables(list(tables))
     return list(zip(table.column("key").to_pylist(), table.column("start").to_pylist()))
@@ -46,6 +54,26 @@ def test_the_split_comes_from_the_manifest_and_matches_the_rows(tokens):
     # without validation recordings the validation table is empty, not an error
     train, val = split_tables(DataConfig(tokens=tokens, val_fraction=0.0))
     assert val.num_rows == 0 and train.num_rows == every.num_rows
+
+
+def test_several_token_folders_are_read_as_one_with_the_exclusions_applied_to_each(tokens, extra_tokens):
+    exclude = [*EXCLUDED, "synth_extra/s02"]
+    split = split_recordings([tokens, extra_tokens], exclude_subjects=exclude, val_fraction=0.25)
+    alone = [split_recordings(folder, exclude_subjects=exclude, val_fraction=0.25) for folder in (tokens, extra_tokens)]
+    assert split.files == alone[0].files + alone[1].files
+    assert split.train_keys == alone[0].train_keys | alone[1].train_keys
+    assert split.val_keys == alone[0].val_keys | alone[1].val_keys  # the hash split does not depend on the company
+    assert any(k.startswith("synth_extra/s01/") for k in split.train_keys | split.val_keys)
+    assert not any(k.startswith("synth_extra/s02/") for k in split.train_keys | split.val_keys)
+    train, _ = split_tables(DataConfig(tokens=tokens, extra_tokens=[extra_tokens], exclude_subjects=exclude,
+                                       val_fraction=0.25))
+    assert set(train.column("key").to_pylist()) == split.train_keys
+    # one epoch streams every training row of both folders once
+    stream = stream_batches(split, batch_size=1, seed=0, buffer_batches=64)
+    served = _rows(next(stream) for _ in range(train.num_rows))
+    assert sorted(served) == sorted(_rows([train]))
+    with pytest.raises(ValueError, match="is in both"):  # the same recordings twice would be read twice
+        split_recordings([tokens, tokens])
 
 
 @pytest.mark.parametrize("world", [1, 2])

@@ -250,6 +250,26 @@ def test_a_non_default_tokenizer_pretrains_without_model_overrides(tokens, tmp_p
     assert result.steps == 3 and load_inference(result.export).cfg.n_features == 28
 
 
+def test_extra_token_folders_are_pretrained_on_and_counted_as_seen(tokens, extra_corpus, tmp_path):
+    """data.extra_tokens (e.g. a synthetic corpus beside the real one): pretraining reads it, the evaluation's guard
+    counts its subjects as seen (minus the exclusions), and a folder tokenized otherwise is refused before anything
+    is written."""
+    from aemg_dist.evaluation.runner import Checkpoint
+
+    extra = tmp_path / "extra-tokens"
+    tokenize_corpus(extra_corpus, extra, workers=1, progress=False)
+    cfg = _config(tokens, tmp_path / "run", "dist.ray=false", "optim.max_steps=3", f"data.extra_tokens=[{extra}]",
+                  "data.exclude_subjects=[synth_extra/s02]")
+    assert pretrain(cfg).steps == 3
+    seen = Checkpoint.from_run(tmp_path / "run").seen
+    assert ("synth_extra", "s01") in seen and ("synth_extra", "s02") not in seen and ("synth_myo", "s01") in seen
+    other = tmp_path / "other-tokens"
+    tokenize_corpus(extra_corpus, other, TokenizeConfig(tokens=TokenConfig(n_bands=8)), workers=1, progress=False)
+    with pytest.raises(ConfigError, match=f"data.extra_tokens {other} was tokenized with other settings"):
+        pretrain(_config(tokens, tmp_path / "refused", "dist.ray=false", f"data.extra_tokens=[{other}]"))
+    assert not (tmp_path / "refused").exists()
+
+
 def test_bf16_through_the_deepspeed_engine_on_cpu_tracks_fp32(tokens, tmp_path, monkeypatch):
     """The GPU configurations (DeepSpeed bf16, and fp32 parameters under bf16 autocast; the forward through the
     engine) run on CPU: two steps on the same batch give finite losses within 3 % of the fp32 engine's (bf16 keeps

@@ -154,7 +154,8 @@ class Checkpoint:
         except ConfigError as err:
             raise CheckpointError(f"{config}: not the config of an `aemg pretrain` run ({err})") from None
         data = settings.data
-        seen = _trained_on(str(data.tokens), set(data.exclude_subjects), set(data.exclude_datasets), run)
+        seen = set().union(*(_trained_on(str(folder), set(data.exclude_subjects), set(data.exclude_datasets), run)
+                             for folder in data.token_folders))
         init_from = settings.run.init_from
         if init_from:  # stage 2 of two-stage training: it also holds what its stage 1 saw
             if _depth >= MAX_LINEAGE:
@@ -178,7 +179,7 @@ class Checkpoint:
 
 
 def _trained_on(tokens: str, exclude_subjects: set[str], exclude_datasets: set[str], run: str) -> set[tuple[str, str]]:
-    """(dataset, subject) of every recording in a token folder's manifest that the exclusions keep."""
+    """(dataset, subject) of every recording in one of a pretraining's token folders that the exclusions keep."""
     try:
         recordings = read_tokens_manifest(tokens, "data.tokens")["recordings"]
     except FileNotFoundError:
