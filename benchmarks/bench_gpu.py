@@ -58,6 +58,26 @@ def synthetic_batch(n_windows: int, n_tokens: int, n_features: int, seed: int):
     return batch_to_torch(TokenBatch.collate(windows))
 
 
+def write_profile(stepper, data: dict, sync, gpu: bool, path: Path) -> None:
+    """Three more steps under torch.profiler: the per-step counts of aten operators, host reads, kernel launches
+    and stream synchronizations (first line, also on stderr), then the operators by self CPU and by device time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if gpu else [])) as prof:
+        for _ in range(3):
+            stepper.step(stepper.forward(data)["loss"])
+        sync()
+    table = prof.key_averages()
+    calls = {row.key: row.count for row in table}
+    per_step = (f"per step: {sum(n for key, n in calls.items() if key.startswith('aten::')) / 3:.0f} aten ops, "
+                f"{calls.get('aten::item', 0) / 3:.0f} host reads (aten::item), "
+                f"{calls.get('cudaLaunchKernel', 0) / 3:.0f} kernel launches, "
+                f"{calls.get('cudaStreamSynchronize', 0) / 3:.0f} stream synchronizations")
+    print(per_step, file=sys.stderr)
+    path.write_text("\n\n".join([per_step] + [table.table(sort_by=key, row_limit=40) for key in
+                                                ["self_cpu_time_total"] + (["self_device_time_total"] if gpu else [])]))
+
+
 def run_one(preset: str, zero: int, compile_model: bool, precision: str, batch: int, tokens: int, steps: int,
             warm: int, profile: Path | None = None) -> dict:
     """One configuration in this process (a single-rank DeepSpeed engine); with `profile`, three more steps under
@@ -96,23 +116,7 @@ def run_one(preset: str, zero: int, compile_model: bool, precision: str, batch: 
         if step >= warm:
             times.append(time.perf_counter() - started)
     if profile:
-        from torch.profiler import ProfilerActivity
-        from torch.profiler import profile as profiler
-
-        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if gpu else [])
-        with profiler(activities=activities) as prof:
-            for _ in range(3):
-                stepper.step(stepper.forward(data)["loss"])
-            sync()
-        table = prof.key_averages()
-        calls = {row.key: row.count for row in table}
-        per_step = (f"per step: {sum(n for key, n in calls.items() if key.startswith('aten::')) / 3:.0f} aten ops, "
-                    f"{calls.get('aten::item', 0) / 3:.0f} host reads (aten::item), "
-                    f"{calls.get('cudaLaunchKernel', 0) / 3:.0f} kernel launches, "
-                    f"{calls.get('cudaStreamSynchronize', 0) / 3:.0f} stream synchronizations")
-        print(per_step, file=sys.stderr)
-        profile.write_text("\n\n".join([per_step] + [table.table(sort_by=key, row_limit=40) for key in
-                                         ["self_cpu_time_total"] + (["self_device_time_total"] if gpu else [])]))
+        write_profile(stepper, data, sync, gpu, profile)
     step_s = float(np.median(times))
     flops = training_flops(cfg.model, np.full(batch, tokens))
     device = torch.cuda.get_device_name() if gpu else "cpu"

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import re
 import subprocess
 import sys
 import zlib
@@ -331,3 +332,11 @@ def test_the_gpu_benchmark_runs_on_cpu_at_tiny_size(tmp_path):
         assert row["tokens_per_s"] == pytest.approx(row["batch"] * row["tokens"] / row["step_s"])
     table = (tmp_path / "gpu.md").read_text()
     assert "| tiny | 0 | off | fp32 |" in table and "| tiny | 0 | off | bf16-autocast |" in table
+    # --profile: where one configuration's step goes, counted per step on the first line
+    done = subprocess.run([sys.executable, str(repo / "benchmarks" / "bench_gpu.py"), "--one", "tiny,0,off,fp32",
+                           "--batch", "4", "--steps", "1", "--warm", "1", "--profile", str(tmp_path / "prof.txt")],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    first = (tmp_path / "prof.txt").read_text().splitlines()[0]
+    ops, reads = (int(n) for n in re.match(r"per step: (\d+) aten ops, (\d+) host reads", first).groups())
+    assert ops > 100 and 0 < reads < ops
