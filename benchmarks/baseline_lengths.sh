@@ -6,7 +6,7 @@
 # benchmarks/source_length.py prints the table and the train.source_steps overrides.
 # Usage: bash benchmarks/baseline_lengths.sh [OUT] [ABLATIONS]   (defaults runs/eval_real, runs/ablate)
 # Environment: LENGTHS (300 1000 3000), METHODS (cnn,transformer,simclr,mae), SEEDS (0,1,2).
-# Timing (2 cores, 2026-12-04): 27 min at 300 steps, about 70 min at 1,000.
+# Timing (2 cores, 2026-12-04): 27 min at 300 steps, 62 min at 1,000.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
