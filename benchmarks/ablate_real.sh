@@ -188,7 +188,10 @@ if [ "$LONG_STEPS" -gt 0 ]; then
       )$ABL/dev-v7-long-base3000$S@aemg_scratch:$ABL/v7-long")
   fi
   # more unlabeled data: v7's pretraining also reading the synthetic corpus (four simulated devices, 23 h, tokenized
-  # like tokens-ws), fine-tuned at the same 1,000 source steps and set against scratch at 3,000 (needs that row)
+  # like tokens-ws), fine-tuned at the same 1,000 source steps and set against scratch at 3,000 (needs that row).
+  # Cost: a step took about 4x v7's here (2026-12-04: 900 steps in 234 s against 4,100 for v7 side by side): the
+  # synthetic windows carry 47 tokens on average against the real ones' 24 (the 64-channel grid) and a batch pads
+  # to its longest window, so the 30,000 steps take about 2 hours on one core
   if want v9-synthetic && want v7-long-base3000; then
     [ -f "$ABL/synthetic.zarr/manifest.json" ] || $AEMG prepare --source synthetic --scale full \
       --out "$ABL/synthetic.zarr" --quiet
