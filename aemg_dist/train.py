@@ -198,7 +198,7 @@ def check_token_features(cfg: PretrainConfig) -> None:
     with data.tokens' settings (one tokenizer goes with the exported model); before anything is written. The folders
     must hold finished tokenizations."""
     names = read_tokens_manifest(cfg.data.tokens, "data.tokens")["feature_names"]
-    settings = _token_meaning(cfg.data.tokens)
+    settings = _token_meaning(cfg.data.tokens) if cfg.data.extra_tokens else None  # read only to compare
     for extra in cfg.data.extra_tokens:
         other = read_tokens_manifest(extra, "data.extra_tokens")["feature_names"]
         if other != names or _token_meaning(extra) != settings:
