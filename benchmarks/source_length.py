@@ -4,8 +4,9 @@
         1000=runs/ablate/dev-baselines-base1000-s012 [--budgets 0,1,10,100] [--out table.md]
 
 Each argument is STEPS=FOLDER: an `aemg evaluate`/`aemg baselines` output on the same development folds, seeds and
-budgets, every neural method in it trained STEPS steps on the source subjects (`train.base_steps`). For every
-method that has a source length (its trials record `source_steps`) and every run, the table gives its mean
+budgets, every neural method in it trained STEPS steps on the source subjects (`train.base_steps`). A length run
+in parts (e.g. two methods at a time) is given as STEPS=FOLDER once per part; a method in two parts is refused.
+For every method that has a source length (its trials record `source_steps`) and every run, the table gives its mean
 balanced accuracy per budget (over the held-out subjects, seeds averaged), their mean, and how well its source
 model fits the source windows (`source_accuracy`, mean over trials). The rule is the one the AEMG arms were chosen
 by: each method takes the length with the highest mean over the budgets (ties: the shorter). The last line is
@@ -44,6 +45,22 @@ def by_length(runs: dict[int, list[dict]], budgets: tuple[float, ...]) -> dict[s
     return table
 
 
+def parts_of(folders: list[Path]) -> list[dict]:
+    """The trials of one length's folders together; a method trained on the source in two of them is refused (which
+    would count?)."""
+    def trained(rows: list[dict]) -> set[str]:
+        return {r["method"] for r in rows if r.get("source_steps") is not None}
+
+    rows: list[dict] = []
+    for folder in folders:
+        own = rows_of(folder)
+        twice = sorted(trained(own) & trained(rows))
+        if twice:
+            raise ValueError(f"{folder} has trials of {', '.join(twice)} that another folder of its length has too")
+        rows += own
+    return rows
+
+
 def chosen(lengths: dict[int, dict]) -> int:
     """The length with the highest mean over the budgets; the shorter one of a tie (equal to 1e-9: float sums of
     the same levels in another order differ in the last bits)."""
@@ -71,12 +88,13 @@ def main() -> None:
     parser.add_argument("--budgets", default="0,1,10,100", help="budgets (%%) the mean is taken over")
     parser.add_argument("--out", type=Path, help="also write the table here")
     args = parser.parse_args()
-    runs = {}
+    folders: dict[int, list[Path]] = {}
     for spec in args.runs:
         steps, _, folder = spec.partition("=")
         if not steps.isdigit() or not folder:
             parser.error(f"expected STEPS=FOLDER, got {spec!r}")
-        runs[int(steps)] = rows_of(Path(folder))
+        folders.setdefault(int(steps), []).append(Path(folder))
+    runs = {steps: parts_of(parts) for steps, parts in folders.items()}
     budgets = tuple(float(b) for b in args.budgets.split(","))
     text = markdown(by_length(runs, budgets), budgets)
     print(text)

@@ -11,7 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from ablation_table import levels, source_fit  # noqa: E402
-from source_length import by_length, markdown  # noqa: E402
+from source_length import by_length, markdown, parts_of  # noqa: E402
 
 
 def _trial(method: str, dataset: str, subject: str, budget: float, accuracy: float, source: float) -> dict:
@@ -61,16 +61,20 @@ def test_source_fit_is_averaged_per_fold_beside_the_zero_budget_accuracy(tmp_pat
 def test_each_method_takes_the_source_length_with_the_best_mean_over_the_budgets(tmp_path):
     from ablation_table import rows_of
 
-    def run(steps: int, levels: dict[str, tuple[float, float]]) -> list[dict]:
+    def run(steps: int, levels: dict[str, tuple[float, float]], part: str = "") -> Path:
         # per method its accuracy at 0 and 10 % (subjects S0 at it, S1 0.1 above); td_lda has no source length
         trials = [{**_trial(method, "alpha", subject, budget, level + shift, 0.8 + steps / 1e5),
                    "source_steps": steps} for method, pair in levels.items() for budget, level in zip((0.0, 10.0), pair)
                   for subject, shift in (("S0", 0.0), ("S1", 0.1))]
         trials.append({**_trial("td_lda", "alpha", "S0", 0.0, 0.9, 0.9), "source_steps": None})
-        return rows_of(_folder(tmp_path, trials, f"base{steps}"))
+        return _folder(tmp_path, trials, f"base{steps}{part}")
 
-    runs = {300: run(300, {"cnn": (0.5, 0.7), "mae": (0.4, 0.6), "simclr": (0.5, 0.5)}),
-            1000: run(1000, {"cnn": (0.6, 0.7), "mae": (0.3, 0.6), "simclr": (0.4, 0.6)})}
+    # the 1,000-step length run in two parts (cnn apart from mae and simclr) reads as one run
+    runs = {300: rows_of(run(300, {"cnn": (0.5, 0.7), "mae": (0.4, 0.6), "simclr": (0.5, 0.5)})),
+            1000: parts_of([run(1000, {"cnn": (0.6, 0.7)}, "a"),
+                            run(1000, {"mae": (0.3, 0.6), "simclr": (0.4, 0.6)}, "b")])}
+    with pytest.raises(ValueError, match="trials of cnn that another folder of its length has too"):
+        parts_of([tmp_path / "base1000a", run(1000, {"cnn": (0.6, 0.7)}, "c")])
     table = by_length(runs, (0.0, 10.0))
     assert set(table) == {"cnn", "mae", "simclr"}  # td_lda trains nothing on the source subjects
     assert table["cnn"][1000]["levels"] == pytest.approx([0.65, 0.75])
