@@ -80,6 +80,9 @@ class DataConfig:
         return [self.tokens, *self.extra_tokens]
 
 
+OPTIMIZER_IMPLEMENTATIONS = ("auto", "fused", "foreach", "for-loop")
+
+
 @dataclass
 class OptimConfig:
     lr: float = 1e-3
@@ -90,10 +93,25 @@ class OptimConfig:
     warmup_steps: int = 20
     max_steps: int = 300
     grad_clip: float = 1.0
+    # torch AdamW's implementation: auto = fused on a GPU (a handful of multi-tensor kernels per step instead of
+    # several per parameter: the step there is bound by kernel launches), torch's default elsewhere (on CPU the fused
+    # kernel still visits each parameter, and the recorded CPU results were measured without it)
+    implementation: str = "auto"
 
     def __post_init__(self) -> None:
         check_ranges(self, lr="(0, 1]", min_lr_ratio="[0, 1]", weight_decay="[0, inf)", beta1="[0, 1)",
                      beta2="[0, 1)", warmup_steps="[0, inf)", max_steps="[1, inf)", grad_clip="(0, inf)")
+        if self.implementation not in OPTIMIZER_IMPLEMENTATIONS:
+            raise ValueError(f"optim.implementation must be one of {', '.join(OPTIMIZER_IMPLEMENTATIONS)}, "
+                             f"got {self.implementation!r}")
+
+    def adamw_options(self) -> dict[str, bool]:
+        """torch.optim.AdamW's fused/foreach arguments for this implementation (none: torch's own choice)."""
+        chosen = self.implementation
+        if chosen == "auto":
+            chosen = "fused" if torch.cuda.is_available() else "default"
+        return {"fused": {"fused": True}, "foreach": {"foreach": True}, "for-loop": {"foreach": False},
+                "default": {}}[chosen]
 
 
 @dataclass
@@ -341,7 +359,7 @@ class PlainStepper:
     def __init__(self, model: AEMGModel, cfg: PretrainConfig):
         self.model = model
         self.optimizer = torch.optim.AdamW(model.param_groups(cfg.optim.weight_decay), lr=cfg.optim.lr,
-                                           betas=(cfg.optim.beta1, cfg.optim.beta2))
+                                           betas=(cfg.optim.beta1, cfg.optim.beta2), **cfg.optim.adamw_options())
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg.optim))
         self.grad_clip = cfg.optim.grad_clip
 
@@ -354,6 +372,16 @@ class PlainStepper:
 
     def lr(self) -> float:
         return self.scheduler.get_last_lr()[0]
+
+    @property
+    def optimizer_implementation(self) -> str:
+        """fused, foreach or for-loop: how the torch AdamW steps (inside DeepSpeed's wrapper, if any)."""
+        group = getattr(self.optimizer, "optimizer", self.optimizer).param_groups[0]
+        if group.get("fused"):
+            return "fused"
+        if group.get("foreach") is None:  # torch's own choice: foreach when the parameters are on a GPU
+            return "foreach" if self.device.type == "cuda" else "for-loop"
+        return "foreach" if group["foreach"] else "for-loop"
 
     def prepare(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The batch on the model's device (and precision, for DeepSpeed bf16)."""

@@ -4,10 +4,12 @@
         --precision bf16,bf16-autocast --batch 256 --out benchmarks/out/gpu.json --md benchmarks/out/gpu.md
     python benchmarks/bench_gpu.py --presets tiny --zero 0 --compile off --steps 3 --warm 1   # on CPU (CI)
     python benchmarks/bench_gpu.py --one large,0,off,bf16 --batch 256 --profile prof.txt     # where a step goes
+    python benchmarks/bench_gpu.py --presets large --zero 0 --compile off --optimizer fused,foreach  # AdamW kernels
 
-Every (preset, ZeRO stage, torch.compile, precision) runs in its own process (a fresh single-rank process
-group, device memory and DeepSpeed state): the model of the preset, the training loop's DeepSpeedStepper
-(forward through the engine, a torch AdamW; `dist.precision` auto is bf16 on a GPU, fp32 on CPU) on
+Every (preset, ZeRO stage, torch.compile, precision, AdamW implementation) runs in its own process (a fresh
+single-rank process group, device memory and DeepSpeed state): the model of the preset, the training loop's
+DeepSpeedStepper (forward through the engine, a torch AdamW; `dist.precision` auto is bf16 on a GPU, fp32 on CPU;
+`optim.implementation` auto is the fused kernel on a GPU, torch's for-loop on CPU) on
 synthetic token windows of `--tokens` tokens each (batch `--batch` windows). After `--warm` steps, `--steps`
 steps are timed with the device synchronized. FLOPs per step come from `aemg_dist.model.training_flops`
 (6 N per token plus attention, the count the scaling study uses); MFU = achieved FLOP/s / the device's peak
@@ -78,8 +80,8 @@ def write_profile(stepper, data: dict, sync, gpu: bool, path: Path) -> None:
                                                 ["self_cpu_time_total"] + (["self_device_time_total"] if gpu else [])]))
 
 
-def run_one(preset: str, zero: int, compile_model: bool, precision: str, batch: int, tokens: int, steps: int,
-            warm: int, profile: Path | None = None) -> dict:
+def run_one(preset: str, zero: int, compile_model: bool, precision: str, optimizer: str, batch: int, tokens: int,
+            steps: int, warm: int, profile: Path | None = None) -> dict:
     """One configuration in this process (a single-rank DeepSpeed engine); with `profile`, three more steps under
     torch.profiler after the timed ones, their operators by self CPU and by device time written there."""
     import torch
@@ -94,7 +96,8 @@ def run_one(preset: str, zero: int, compile_model: bool, precision: str, batch: 
     os.environ.update({"DS_ACCELERATOR": "cuda" if gpu else "cpu", "MASTER_ADDR": "127.0.0.1",
                        "MASTER_PORT": str(port), "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1"})
     cfg = load_pretrain_config(None, [f"preset={preset}", f"dist.zero_stage={zero}", f"data.batch_size={batch}",
-                                      "dist.num_workers=1", f"dist.precision={precision}"])
+                                      "dist.num_workers=1", f"dist.precision={precision}",
+                                      f"optim.implementation={optimizer}"])
     torch.manual_seed(0)
     model = AEMGModel(cfg.model)
     if gpu:
@@ -122,7 +125,8 @@ def run_one(preset: str, zero: int, compile_model: bool, precision: str, batch: 
     device = torch.cuda.get_device_name() if gpu else "cpu"
     peak = peak_tflops(device)
     return {"preset": preset, "zero": zero, "compile": compile_model, "device": device,
-            "precision": stepper.precision, "batch": batch, "tokens": tokens,
+            "precision": stepper.precision, "optimizer": stepper.optimizer_implementation, "batch": batch,
+            "tokens": tokens,
             "step_s": step_s, "tokens_per_s": batch * tokens / step_s, "tflops": flops / step_s / 1e12,
             "mfu": flops / step_s / (peak * 1e12) if peak else None,
             "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if gpu else None,
@@ -130,17 +134,18 @@ def run_one(preset: str, zero: int, compile_model: bool, precision: str, batch: 
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| preset | ZeRO | compile | precision | step s | tokens/s | TFLOP/s | MFU | peak memory GiB |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| preset | ZeRO | compile | precision | AdamW | step s | tokens/s | TFLOP/s | MFU | peak memory GiB |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        configuration = (f"| {r['preset']} | {r['zero']} | {'on' if r['compile'] else 'off'} | {r['precision']} | "
+                         f"{r['optimizer']} |")
         if "error" in r:
-            lines.append(f"| {r['preset']} | {r['zero']} | {'on' if r['compile'] else 'off'} | {r['precision']} | "
-                         f"{r['error']} | – | – | – | – |")
+            lines.append(f"{configuration} {r['error']} | – | – | – | – |")
             continue
         mfu = f"{100 * r['mfu']:.1f} %" if r["mfu"] is not None else "–"
         memory = f"{r['peak_memory_gib']:.1f}" if r["peak_memory_gib"] is not None else "–"
-        lines.append(f"| {r['preset']} | {r['zero']} | {'on' if r['compile'] else 'off'} | {r['precision']} | "
-                     f"{r['step_s']:.4f} | {r['tokens_per_s']:.0f} | {r['tflops']:.2f} | {mfu} | {memory} |")
+        lines.append(f"{configuration} {r['step_s']:.4f} | {r['tokens_per_s']:.0f} | {r['tflops']:.2f} | {mfu} | "
+                     f"{memory} |")
     return "\n".join(lines)
 
 
@@ -166,27 +171,34 @@ def main() -> None:
     parser.add_argument("--precision", default="auto",
                         help="dist.precision values, comma-separated: auto (bf16 on GPU, fp32 on CPU), fp32, bf16, "
                              "bf16-autocast")
+    parser.add_argument("--optimizer", default="auto",
+                        help="optim.implementation values, comma-separated: auto (fused on GPU, for-loop on CPU), "
+                             "fused, foreach, for-loop")
     parser.add_argument("--batch", type=int, default=32, help="windows per step")
     parser.add_argument("--tokens", type=int, default=128, help="tokens per window")
     parser.add_argument("--steps", type=int, default=20, help="timed steps")
     parser.add_argument("--warm", type=int, default=5, help="untimed steps first (compilation, allocator)")
     parser.add_argument("--timeout", type=int, default=900, help="seconds per configuration")
     parser.add_argument("--profile", type=Path, help="with --one: write a torch.profiler table of 3 steps here")
-    parser.add_argument("--one", help=argparse.SUPPRESS)  # preset,zero,compile,precision: run one, print JSON
+    # preset,zero,compile,precision[,optimizer]: run one, print JSON
+    parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help="write every row as JSON here")
     parser.add_argument("--md", type=Path, help="write the table here")
     args = parser.parse_args()
     if args.one:
-        preset, zero, compile_model, precision = args.one.split(",")
-        print(json.dumps(run_one(preset, int(zero), compile_model == "on", precision, args.batch, args.tokens,
-                                 args.steps, args.warm, args.profile)))
+        preset, zero, compile_model, precision, optimizer = (args.one.split(",") + ["auto"])[:5]
+        print(json.dumps(run_one(preset, int(zero), compile_model == "on", precision, optimizer, args.batch,
+                                 args.tokens, args.steps, args.warm, args.profile)))
         return
     rows = []
-    for preset, zero, compile_model, precision in itertools.product(
-            args.presets.split(","), args.zero.split(","), args.compile.split(","), args.precision.split(",")):
-        command = [sys.executable, __file__, "--one", f"{preset},{zero},{compile_model},{precision}", "--batch",
-                   str(args.batch), "--tokens", str(args.tokens), "--steps", str(args.steps), "--warm", str(args.warm)]
-        failed = {"preset": preset, "zero": int(zero), "compile": compile_model == "on", "precision": precision}
+    for preset, zero, compile_model, precision, optimizer in itertools.product(
+            args.presets.split(","), args.zero.split(","), args.compile.split(","), args.precision.split(","),
+            args.optimizer.split(",")):
+        command = [sys.executable, __file__, "--one", f"{preset},{zero},{compile_model},{precision},{optimizer}",
+                   "--batch", str(args.batch), "--tokens", str(args.tokens), "--steps", str(args.steps), "--warm",
+                   str(args.warm)]
+        failed = {"preset": preset, "zero": int(zero), "compile": compile_model == "on", "precision": precision,
+                  "optimizer": optimizer}
         try:
             done = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout)
         except subprocess.TimeoutExpired:

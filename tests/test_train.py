@@ -108,6 +108,7 @@ def test_export_reloads_to_identical_outputs(tokens, tmp_path):
     ("model.mask_ratio=1.0", "mask_ratio"),
     ("data.batch_size=15", "divisible"),
     ("preset=huge", "unknown model preset"),
+    ("optim.implementation=fast", "optim.implementation must be one of auto, fused, foreach, for-loop, got 'fast'"),
 ])
 def test_bad_configs_fail_before_any_worker_starts(tokens, tmp_path, override, match):
     with pytest.raises(ConfigError, match=match):
@@ -273,8 +274,9 @@ def test_extra_token_folders_are_pretrained_on_and_counted_as_seen(tokens, extra
 
 def test_bf16_through_the_deepspeed_engine_on_cpu_tracks_fp32(tokens, tmp_path, monkeypatch):
     """The GPU configurations (DeepSpeed bf16, and fp32 parameters under bf16 autocast; the forward through the
-    engine) run on CPU: two steps on the same batch give finite losses within 3 % of the fp32 engine's (bf16 keeps
-    8 bits of mantissa: ~0.4 % per value)."""
+    engine; torch AdamW's fused kernel, the default on a GPU) run on CPU: two steps on the same batch give finite
+    losses within 3 % of the fp32 engine's (bf16 keeps 8 bits of mantissa: ~0.4 % per value), and the fused optimizer
+    steps as the unfused one does."""
     import socket
 
     from aemg_dist.model import AEMGModel
@@ -288,25 +290,31 @@ def test_bf16_through_the_deepspeed_engine_on_cpu_tracks_fp32(tokens, tmp_path, 
         monkeypatch.setenv(name, value)
     train, _ = split_tables(_config(tokens, tmp_path, "dist.ray=false").data)
     losses = {}
-    for precision in ("fp32", "bf16", "bf16-autocast"):
-        cfg = _config(tokens, tmp_path / precision, f"dist.precision={precision}", "dist.num_workers=1",
-                      "data.batch_size=16")
+    for precision, fused in (("fp32", "auto"), ("bf16", "auto"), ("bf16-autocast", "auto"), ("bf16", "fused"),
+                             ("fp32", "fused")):
+        cfg = _config(tokens, tmp_path / f"{precision}-{fused}", f"dist.precision={precision}", "dist.num_workers=1",
+                      "data.batch_size=16", f"optim.implementation={fused}")
         torch.manual_seed(0)
         stepper = DeepSpeedStepper(AEMGModel(cfg.model), cfg, world_size=1)
         # DeepSpeed bf16 holds bf16 parameters and batches; autocast keeps both float32 and lowers the matmuls
         assert stepper.dtype == (torch.bfloat16 if precision == "bf16" else torch.float32)
         assert {p.dtype for p in stepper.model.tokenizer.encoder.parameters()} == {stepper.dtype}
+        # auto is torch's for-loop on CPU; DeepSpeed's bf16 wrapper keeps the torch optimizer inside it
+        assert stepper.optimizer_implementation == ("fused" if fused == "fused" else "for-loop")
         batch = stepper.prepare(collate(train.slice(0, 16), cfg.data.max_tokens))
-        losses[precision] = []
+        losses[precision, fused] = []
         for step in range(2):
             torch.manual_seed(step)  # the same masks in both precisions
             out = stepper.forward(batch)
             stepper.step(out["loss"])
-            losses[precision].append(float(out["loss"]))
+            losses[precision, fused].append(float(out["loss"]))
     for precision in ("bf16", "bf16-autocast"):
-        assert np.isfinite(losses[precision]).all()
-        np.testing.assert_allclose(losses[precision], losses["fp32"], rtol=0.03)
-    assert losses["bf16-autocast"] != losses["fp32"]  # the autocast really lowered the precision
+        assert np.isfinite(losses[precision, "auto"]).all()
+        np.testing.assert_allclose(losses[precision, "auto"], losses["fp32", "auto"], rtol=0.03)
+    assert losses["bf16-autocast", "auto"] != losses["fp32", "auto"]  # the autocast really lowered the precision
+    # the fused kernel computes the same AdamW update: the second step's loss (after one update) agrees
+    np.testing.assert_allclose(losses["fp32", "fused"], losses["fp32", "auto"], rtol=1e-5)
+    np.testing.assert_allclose(losses["bf16", "fused"], losses["bf16", "auto"], rtol=1e-3)
 
 
 def test_the_gpu_benchmark_runs_on_cpu_at_tiny_size(tmp_path):
@@ -319,19 +327,21 @@ def test_the_gpu_benchmark_runs_on_cpu_at_tiny_size(tmp_path):
 
     repo = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PRESETS": "tiny", "ZERO": "0", "COMPILE": "off", "PRECISION": "auto,bf16-autocast",
-           "BATCH": "8", "STEPS": "2", "WARM": "1", "OUT": str(tmp_path), "PYTHON": sys.executable,
+           "OPTIMIZER": "auto,fused", "BATCH": "8", "STEPS": "2", "WARM": "1", "OUT": str(tmp_path), "PYTHON": sys.executable,
            "OMP_NUM_THREADS": "1"}
     done = subprocess.run(["bash", str(repo / "benchmarks" / "gpu.sh")], env=env, capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     rows = json.loads((tmp_path / "gpu.json").read_text())
-    assert [row.get("error") for row in rows] == [None, None], rows
-    assert [row["precision"] for row in rows] == ["fp32", "bf16-autocast"]  # auto is fp32 on CPU
+    assert [row.get("error") for row in rows] == [None] * 4, rows
+    # auto is fp32 and torch's for-loop AdamW on CPU
+    assert [(row["precision"], row["optimizer"]) for row in rows] == [
+        ("fp32", "for-loop"), ("fp32", "fused"), ("bf16-autocast", "for-loop"), ("bf16-autocast", "fused")]
     for row in rows:
         assert row["batch"] == 8 and row["mfu"] is None and np.isfinite(row["step_s"]) and np.isfinite(row["loss"])
         assert row["tokens_per_s"] == pytest.approx(row["batch"] * row["tokens"] / row["step_s"])
     table = (tmp_path / "gpu.md").read_text()
-    assert "| tiny | 0 | off | fp32 |" in table and "| tiny | 0 | off | bf16-autocast |" in table
+    assert "| tiny | 0 | off | fp32 | for-loop |" in table and "| tiny | 0 | off | bf16-autocast | fused |" in table
     # --profile: where one configuration's step goes, counted per step on the first line
     done = subprocess.run([sys.executable, str(repo / "benchmarks" / "bench_gpu.py"), "--one", "tiny,0,off,fp32",
                            "--batch", "4", "--steps", "1", "--warm", "1", "--profile", str(tmp_path / "prof.txt")],
