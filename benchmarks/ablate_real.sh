@@ -187,17 +187,18 @@ if [ "$LONG_STEPS" -gt 0 ]; then
     TABLE+=("v7, fine-tuned at 1000 source steps, scratch at 3000=$ABL/dev-v7-long-base1000$S@aemg_finetune+$(
       )$ABL/dev-v7-long-base3000$S@aemg_scratch:$ABL/v7-long")
   fi
-  # more unlabeled data: v7's pretraining also reading the synthetic corpus (four simulated devices, 23 h, tokenized
-  # like tokens-ws), fine-tuned at the same 1,000 source steps and set against scratch at 3,000 (needs that row).
-  # Cost: a step took about 4x v7's here (2026-12-04: 900 steps in 234 s against 4,100 for v7 side by side): the
-  # synthetic windows carry 47 tokens on average against the real ones' 24 (the 64-channel grid) and a batch pads
-  # to its longest window, so the 30,000 steps take about 2 hours on one core
+  # more unlabeled data: v7's pretraining also reading the synthetic corpus (tokenized like tokens-ws), fine-tuned at
+  # the same 1,000 source steps and set against scratch at 3,000 (needs that row). Without its 64-channel grid
+  # (synth_hdgrid): those windows carry 141 tokens on average against the real ones' 23, and a batch pads to its
+  # longest window, so with the grid a step took about 4x v7's (2026-12-04: 900 steps in 234 s against 4,100 for v7
+  # side by side); the other three simulated devices add 31,680 windows of 16 tokens on average to the real 12,537
   if want v9-synthetic && want v7-long-base3000; then
     [ -f "$ABL/synthetic.zarr/manifest.json" ] || $AEMG prepare --source synthetic --scale full \
       --out "$ABL/synthetic.zarr" --quiet
     [ -f "$ABL/tokens-synthetic-ws/tokens.json" ] || $AEMG tokenize --corpus "$ABL/synthetic.zarr" \
       --out "$ABL/tokens-synthetic-ws" --quiet "$SUMMARY"
-    pretrain v9-synthetic "$ABL/tokens-ws" "${LONG[@]}" "data.extra_tokens=[$ABL/tokens-synthetic-ws]"
+    pretrain v9-synthetic "$ABL/tokens-ws" "${LONG[@]}" "data.extra_tokens=[$ABL/tokens-synthetic-ws]" \
+      "data.exclude_datasets=[synth_hdgrid]"
     CHECKPOINT=v9-synthetic METHODS=aemg_finetune development v9-synthetic-base1000 "$ABL/windows-ws" \
       train.base_steps=1000
     TABLE+=("v9 v7 + the synthetic corpus, fine-tuned at 1000 source steps, scratch at 3000=$(

@@ -1,10 +1,11 @@
 """The ablation table of issue 14: one row per pretraining variant, scored on the same development folds.
 
-    python benchmarks/ablation_table.py --baselines DEV_BASELINES NAME=DEV_RUN[+RUN...][:PRETRAIN_RUN[:BASELINES]] ...
-        [--out table.md]
+    python benchmarks/ablation_table.py --baselines DEV_BASELINES[+RUN...] \\
+        NAME=DEV_RUN[+RUN...][:PRETRAIN_RUN[:BASELINES]] ... [--out table.md]
 
 Each DEV_RUN is an `aemg evaluate` output holding aemg_finetune, aemg_probe and aemg_scratch on development
-folds; DEV_BASELINES one holding the baselines on the same folds (same windows and budgets), or the row's own
+folds; DEV_BASELINES one holding the baselines on the same folds (same windows and budgets; DEV_BASELINES+RUN@m:
+each baseline from the run of its own source length, as for DEV_RUN), or the row's own
 BASELINES (a calibration recipe is every method's: its row compares with baselines calibrated alike). DEV_RUN+RUN:
 the methods RUN holds replace DEV_RUN's (a probe-only evaluation scored against an earlier run's fine-tuning);
 RUN@m1,m2: only those methods of RUN (each arm from the run of its own recipe).
@@ -93,14 +94,15 @@ def pretraining_cost(run: Path | None) -> str:
 Variant = tuple[str, list[Path], Path | None, Path | None]  # name, evaluation folders, pretraining run, baselines
 
 
-def table(variants: list[Variant], baselines: Path,
+def table(variants: list[Variant], baselines: list[Path],
           budgets: tuple[float, ...] = (1.0, 10.0)) -> str:
     head = "".join(f" pretrained − scratch, {b:g} % |" for b in budgets)
     lines = [f"| variant |{head} gap to best baseline, 10 % (datasets ≥ best) | probe − fine-tune, 100 % | pretraining |",
              "|---|" + "---|" * (len(budgets) + 3)]
     for name, run, pretrain_run, own_baselines in variants:
-        compared = own_baselines or baselines
-        rows = rows_of(*run) + (rows_of(compared) if (compared / "trials.jsonl").is_file() else [])
+        compared = [own_baselines] if own_baselines else baselines
+        present = [c for c in compared if (Path(str(c).partition("@")[0]) / "trials.jsonl").is_file()]
+        rows = rows_of(*run) + (rows_of(*present) if present else [])
         cells = "".join(f" {_cell(pooled(rows, 'aemg_finetune', 'aemg_scratch', b))} |" for b in budgets)
         gap = gap_to_best(per_subject(rows, "balanced_accuracy"), 10.0)
         tuned = any(r["method"] == "aemg_finetune" for r in rows)
@@ -191,7 +193,8 @@ def source_fit(variants: list[Variant]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("variants", nargs="+", help="NAME=DEV_RUN[+RUN...][:PRETRAIN_RUN[:BASELINES]]")
-    parser.add_argument("--baselines", type=Path, required=True, help="the baselines' evaluation on the same folds")
+    parser.add_argument("--baselines", required=True,
+                        help="the baselines' evaluation on the same folds: FOLDER[+FOLDER[@methods]...]")
     parser.add_argument("--out", type=Path, help="also write the table here")
     parser.add_argument("--budgets", default="1,10", help="budgets (%%) of the pretrained - scratch columns")
     parser.add_argument("--levels", action="store_true",
@@ -210,7 +213,7 @@ def main() -> None:
         variants.append((name, folders, Path(pretrain_run) if pretrain_run else None,
                          Path(own_baselines) if own_baselines else None))
     budgets = tuple(float(b) for b in args.budgets.split(","))
-    text = table(variants, args.baselines, budgets)
+    text = table(variants, [Path(folder) for folder in args.baselines.split("+")], budgets)
     if args.levels:
         text += "\n\n" + levels(variants, budgets)
     if args.probe_levels:

@@ -8,8 +8,10 @@
 # those datasets' test folds, for the unseen-device target. benchmarks/targets_table.py prints issue 14's targets.
 # PART=aemg or PART=baselines runs only those methods (to its own folder, -aemg / -baselines), to split an evaluation
 # that does not fit one sitting; the targets table pools every test folder of the recipe (all seeds and parts).
+# EVAL_CONFIG=configs/evaluate/real.yaml evaluates with that config (each method's source length, chosen on the
+# development folds) to folders named -real; without it every method trains train.base_steps (300) on the source.
 # Usage: RECIPE=v1-summary TOKENS=runs/ablate/tokens-ws WINDOWS=runs/ablate/windows-ws FOLDS=6 SEEDS=0 [LODO=1] \
-#          [PART=aemg|baselines] bash benchmarks/recipe_test.sh [OUT] [ABLATIONS]
+#          [PART=aemg|baselines] [EVAL_CONFIG=...] bash benchmarks/recipe_test.sh [OUT] [ABLATIONS]
 #        (defaults runs/eval_real, runs/ablate)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,10 +26,18 @@ SEEDS=${SEEDS:-0}
 AEMG=.venv/bin/aemg
 SPLITS=configs/splits/shared.yaml
 S=$([ "$SEEDS" = 0 ] || echo "-s${SEEDS//,/}")  # other seeds than 0 go to their own folders (test-v7-long-s12)
+CONFIG=()
+if [ -n "${EVAL_CONFIG:-}" ]; then  # the evaluation recipe: its own folders, never mixed with base_steps runs
+  CONFIG=(--config "$EVAL_CONFIG"); RECIPE_TEST="$RECIPE-$(basename "$EVAL_CONFIG" .yaml)"
+else
+  RECIPE_TEST=$RECIPE
+fi
 AEMG_METHODS=aemg_finetune,aemg_probe,aemg_scratch
 BASELINE_METHODS=td_lda,cnn,transformer,simclr,mae
 case "${PART:-}" in
-  "") METHODS=$AEMG_METHODS; [ -f "$OUT/test/trials.jsonl" ] || METHODS="$METHODS,$BASELINE_METHODS" ;;
+  # eval_real.sh's test baselines trained train.base_steps: reused only by a run without EVAL_CONFIG
+  "") METHODS=$AEMG_METHODS
+      [ -f "$OUT/test/trials.jsonl" ] && [ -z "${EVAL_CONFIG:-}" ] || METHODS="$METHODS,$BASELINE_METHODS" ;;
   aemg) METHODS=$AEMG_METHODS; S="$S-aemg" ;;
   baselines) METHODS=$BASELINE_METHODS; S="$S-baselines" ;;
   *) echo "PART must be aemg or baselines, not $PART" >&2; exit 2 ;;
@@ -40,24 +50,25 @@ pretrain() {  # name suffix, exclusion override; the recipe's development-subjec
 test_run() {  # out folder, then evaluation options: the test folds, seeds and windows every run of the recipe shares
   local out=$1; shift
   $AEMG evaluate --corpus "$OUT/corpus.zarr" --out "$out" --splits "$SPLITS" --role test --budgets 0,1,5,10,100 \
-    --max-folds "$FOLDS" --seeds "$SEEDS" --quiet "$@" windows_tokens="$WINDOWS" train.probe_init=true
+    --max-folds "$FOLDS" --seeds "$SEEDS" --quiet "${CONFIG[@]}" "$@" windows_tokens="$WINDOWS" train.probe_init=true
 }
 pretrain g0 "$($AEMG folds --corpus "$OUT/corpus.zarr" --groups 2 --group 0)" & first=$!
 pretrain g1 "$($AEMG folds --corpus "$OUT/corpus.zarr" --groups 2 --group 1)" & second=$!
 wait "$first"; wait "$second"  # each wait fails the script if its pretraining failed
-test_run "$ABL/test-$RECIPE$S" --checkpoint "$ABL/$RECIPE-g0" --checkpoint "$ABL/$RECIPE-g1" --methods "$METHODS"
+test_run "$ABL/test-$RECIPE_TEST$S" --checkpoint "$ABL/$RECIPE-g0" --checkpoint "$ABL/$RECIPE-g1" --methods "$METHODS"
 # the same folds of each left-out dataset, AEMG pretrained without the whole dataset
 if [ -n "${LODO:-}" ] && [ "${PART:-}" != baselines ]; then
   pretrain no-3dc "data.exclude_datasets=[3dc]" & first=$!
   pretrain no-coteallard "data.exclude_datasets=[coteallard]" & second=$!
   wait "$first"; wait "$second"
   for dataset in 3dc coteallard; do
-    test_run "$ABL/test-$RECIPE-lodo-$dataset$S" --checkpoint "$ABL/$RECIPE-no-$dataset" --datasets "$dataset" \
+    test_run "$ABL/test-$RECIPE_TEST-lodo-$dataset$S" --checkpoint "$ABL/$RECIPE-no-$dataset" --datasets "$dataset" \
       --methods aemg_finetune,aemg_probe
   done
 fi
 TEST_RUNS=() LODO_RUNS=()  # every test folder of the recipe so far: seeds and parts pooled
-for run in "$ABL/test-$RECIPE" "$ABL/test-$RECIPE"-{s[0-9]*,aemg,baselines} "$ABL/test-$RECIPE"-lodo-*; do
+T="$ABL/test-$RECIPE_TEST"
+for run in "$T" "$T"-{s[0-9]*,aemg,baselines} "$T"-lodo-*; do
   [ -f "$run/trials.jsonl" ] || continue
   case "$run" in
     *-lodo-*) dataset=${run##*-lodo-}; LODO_RUNS+=(--lodo "${dataset%%-*}=$run") ;;
@@ -65,8 +76,8 @@ for run in "$ABL/test-$RECIPE" "$ABL/test-$RECIPE"-{s[0-9]*,aemg,baselines} "$AB
   esac
 done
 .venv/bin/python benchmarks/targets_table.py "${TEST_RUNS[@]}" "${LODO_RUNS[@]}" --details \
-  --out "$ABL/test-$RECIPE-targets.md"
-if [ -f "$OUT/test/trials.jsonl" ] && [ -z "${PART:-}" ]; then
-  .venv/bin/python benchmarks/compare_runs.py "$ABL/test-$RECIPE$S" "$OUT/test" --methods "$METHODS" \
-    --out "$ABL/test-$RECIPE-vs-selected$S.md"
+  --out "$ABL/test-$RECIPE_TEST-targets.md"
+if [ -f "$OUT/test/trials.jsonl" ] && [ -z "${PART:-}" ] && [ -z "${EVAL_CONFIG:-}" ]; then
+  .venv/bin/python benchmarks/compare_runs.py "$ABL/test-$RECIPE_TEST$S" "$OUT/test" --methods "$METHODS" \
+    --out "$ABL/test-$RECIPE_TEST-vs-selected$S.md"
 fi

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from ablation_table import levels, source_fit  # noqa: E402
+from ablation_table import levels, source_fit, table  # noqa: E402
 from source_length import by_length, markdown, parts_of  # noqa: E402
 
 
@@ -88,3 +88,20 @@ def test_each_method_takes_the_source_length_with_the_best_mean_over_the_budgets
     # a folder whose trials trained another length than its label is refused
     with pytest.raises(ValueError, match="labelled 3000 trained cnn for \\[1000\\]"):
         by_length({3000: runs[1000]}, (0.0,))
+
+
+def test_the_gap_to_the_best_baseline_takes_each_baseline_from_the_folder_of_its_own_length(tmp_path):
+    arms = _folder(tmp_path, [_trial(m, "alpha", "S0", 10.0, level, 0.9)
+                              for m, level in (("aemg_finetune", 0.75), ("aemg_scratch", 0.7))], "arms")
+    short = _folder(tmp_path, [_trial("cnn", "alpha", "S0", 10.0, 0.8, 0.9),
+                               _trial("simclr", "alpha", "S0", 10.0, 0.5, 0.9)], "base300")
+    long = _folder(tmp_path, [_trial("cnn", "alpha", "S0", 10.0, 0.6, 0.9),
+                              _trial("simclr", "alpha", "S0", 10.0, 0.7, 0.9)], "base1000")
+
+    def gap(baselines: list[Path]) -> str:
+        return table([("v", [arms], None, None)], baselines, (10.0,)).splitlines()[-1].split("|")[3].strip()
+
+    assert gap([long]) == "+0.050 (1/1)"  # simclr 0.7 is the best
+    assert gap([long, Path(f"{short}@cnn")]) == "-0.050 (0/1)"  # the cnn of the shorter run (0.8) replaces it
+    assert gap([short]) == "-0.050 (0/1)"
+    assert gap([tmp_path / "not-run"]) == "– (baselines not run)"
