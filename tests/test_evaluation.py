@@ -411,6 +411,16 @@ def test_each_neural_method_trains_its_own_source_steps(setup, tmp_path, monkeyp
         _config(root, tmp_path / "bad", "train.source_steps.cnnn=7")
 
 
+def test_every_shipped_evaluation_config_loads_and_names_known_methods(tmp_path):
+    # unknown keys or methods, or a length below 1, raise ConfigError
+    configs = {path.name: load_config(EvaluateConfig, [path], [f"corpus={tmp_path / 'c.zarr'}", f"out={tmp_path}"])
+               for path in (Path(__file__).resolve().parents[1] / "configs" / "evaluate").glob("*.yaml")}
+    assert set(configs) >= {"demo.yaml", "real.yaml"}
+    assert all(set(cfg.train.source_steps) <= set(METHODS) for cfg in configs.values())
+    # the shared datasets' recipe gives every method that trains on the source subjects its own length
+    assert set(configs["real.yaml"].train.source_steps) == set(METHODS) - {"td_lda", "aemg_probe"}
+
+
 def test_source_models_are_scored_on_at_most_a_fixed_sample_of_their_windows():
     def context(source: np.ndarray) -> SimpleNamespace:
         return SimpleNamespace(source=source, seed=lambda *parts: zlib.crc32("/".join(parts).encode()))
