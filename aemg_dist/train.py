@@ -107,11 +107,10 @@ class OptimConfig:
 
     def adamw_options(self) -> dict[str, bool]:
         """torch.optim.AdamW's fused/foreach arguments for this implementation (none: torch's own choice)."""
-        chosen = self.implementation
-        if chosen == "auto":
-            chosen = "fused" if torch.cuda.is_available() else "default"
-        return {"fused": {"fused": True}, "foreach": {"foreach": True}, "for-loop": {"foreach": False},
-                "default": {}}[chosen]
+        if self.implementation == "auto":
+            return {"fused": True} if torch.cuda.is_available() else {}
+        options = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for-loop": {"foreach": False}}
+        return options[self.implementation]
 
 
 @dataclass

@@ -43,13 +43,19 @@ from aemg_dist.evaluation.report import paired, per_subject  # noqa: E402
 BASELINES = ("td_lda", "cnn", "transformer", "simclr", "mae")
 
 
+def folder_spec(spec: Path) -> tuple[Path, str]:
+    """FOLDER@m1,m2 -> (FOLDER, "m1,m2"); a plain FOLDER -> (FOLDER, "")."""
+    folder, _, only = str(spec).partition("@")
+    return Path(folder), only
+
+
 def rows_of(*folders: Path) -> list[dict]:
     """The trials of evaluation folders, each one's methods replacing those of the folders before it. A folder named
     FOLDER@m1,m2 gives only those methods' trials (each arm of a variant from the run at its own recipe)."""
     rows: list[dict] = []
     for spec in folders:
-        folder, _, only = str(spec).partition("@")
-        own = [r for line in (Path(folder) / "trials.jsonl").read_text().splitlines()
+        folder, only = folder_spec(spec)
+        own = [r for line in (folder / "trials.jsonl").read_text().splitlines()
                for r in json.loads(line)["trials"] if not only or r["method"] in only.split(",")]
         methods = {r["method"] for r in own}
         rows = [r for r in rows if r["method"] not in methods] + own
@@ -101,7 +107,7 @@ def table(variants: list[Variant], baselines: list[Path],
              "|---|" + "---|" * (len(budgets) + 3)]
     for name, run, pretrain_run, own_baselines in variants:
         compared = [own_baselines] if own_baselines else baselines
-        present = [c for c in compared if (Path(str(c).partition("@")[0]) / "trials.jsonl").is_file()]
+        present = [c for c in compared if (folder_spec(c)[0] / "trials.jsonl").is_file()]
         rows = rows_of(*run) + (rows_of(*present) if present else [])
         cells = "".join(f" {_cell(pooled(rows, 'aemg_finetune', 'aemg_scratch', b))} |" for b in budgets)
         gap = gap_to_best(per_subject(rows, "balanced_accuracy"), 10.0)

@@ -13,5 +13,6 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-.venv/bin/python}
 "$PYTHON" benchmarks/bench_gpu.py --presets "${PRESETS:-base,large,xl}" --zero "${ZERO:-0,2,3}" \
   --compile "${COMPILE:-off,on}" --precision "${PRECISION:-bf16,bf16-autocast}" --optimizer "${OPTIMIZER:-auto}" \
-  --batch "${BATCH:-256}" --tokens "${TOKENS:-128}" --steps "${STEPS:-20}" --warm "${WARM:-5}" --timeout "${TIMEOUT:-900}" \
+  --batch "${BATCH:-256}" --tokens "${TOKENS:-128}" --steps "${STEPS:-20}" --warm "${WARM:-5}" \
+  --timeout "${TIMEOUT:-900}" \
   --out "${OUT:-benchmarks/out}/gpu.json" --md "${OUT:-benchmarks/out}/gpu.md"

@@ -27,10 +27,9 @@ AEMG=.venv/bin/aemg
 SPLITS=configs/splits/shared.yaml
 S=$([ "$SEEDS" = 0 ] || echo "-s${SEEDS//,/}")  # other seeds than 0 go to their own folders (test-v7-long-s12)
 CONFIG=()
+T="$ABL/test-$RECIPE"  # every test folder of the recipe starts so
 if [ -n "${EVAL_CONFIG:-}" ]; then  # the evaluation recipe: its own folders, never mixed with base_steps runs
-  CONFIG=(--config "$EVAL_CONFIG"); RECIPE_TEST="$RECIPE-$(basename "$EVAL_CONFIG" .yaml)"
-else
-  RECIPE_TEST=$RECIPE
+  CONFIG=(--config "$EVAL_CONFIG"); T="$T-$(basename "$EVAL_CONFIG" .yaml)"
 fi
 AEMG_METHODS=aemg_finetune,aemg_probe,aemg_scratch
 BASELINE_METHODS=td_lda,cnn,transformer,simclr,mae
@@ -55,19 +54,18 @@ test_run() {  # out folder, then evaluation options: the test folds, seeds and w
 pretrain g0 "$($AEMG folds --corpus "$OUT/corpus.zarr" --groups 2 --group 0)" & first=$!
 pretrain g1 "$($AEMG folds --corpus "$OUT/corpus.zarr" --groups 2 --group 1)" & second=$!
 wait "$first"; wait "$second"  # each wait fails the script if its pretraining failed
-test_run "$ABL/test-$RECIPE_TEST$S" --checkpoint "$ABL/$RECIPE-g0" --checkpoint "$ABL/$RECIPE-g1" --methods "$METHODS"
+test_run "$T$S" --checkpoint "$ABL/$RECIPE-g0" --checkpoint "$ABL/$RECIPE-g1" --methods "$METHODS"
 # the same folds of each left-out dataset, AEMG pretrained without the whole dataset
 if [ -n "${LODO:-}" ] && [ "${PART:-}" != baselines ]; then
   pretrain no-3dc "data.exclude_datasets=[3dc]" & first=$!
   pretrain no-coteallard "data.exclude_datasets=[coteallard]" & second=$!
   wait "$first"; wait "$second"
   for dataset in 3dc coteallard; do
-    test_run "$ABL/test-$RECIPE_TEST-lodo-$dataset$S" --checkpoint "$ABL/$RECIPE-no-$dataset" --datasets "$dataset" \
+    test_run "$T-lodo-$dataset$S" --checkpoint "$ABL/$RECIPE-no-$dataset" --datasets "$dataset" \
       --methods aemg_finetune,aemg_probe
   done
 fi
 TEST_RUNS=() LODO_RUNS=()  # every test folder of the recipe so far: seeds and parts pooled
-T="$ABL/test-$RECIPE_TEST"
 for run in "$T" "$T"-{s[0-9]*,aemg,baselines} "$T"-lodo-*; do
   [ -f "$run/trials.jsonl" ] || continue
   case "$run" in
@@ -76,8 +74,8 @@ for run in "$T" "$T"-{s[0-9]*,aemg,baselines} "$T"-lodo-*; do
   esac
 done
 .venv/bin/python benchmarks/targets_table.py "${TEST_RUNS[@]}" "${LODO_RUNS[@]}" --details \
-  --out "$ABL/test-$RECIPE_TEST-targets.md"
+  --out "$T-targets.md"
 if [ -f "$OUT/test/trials.jsonl" ] && [ -z "${PART:-}" ] && [ -z "${EVAL_CONFIG:-}" ]; then
-  .venv/bin/python benchmarks/compare_runs.py "$ABL/test-$RECIPE_TEST$S" "$OUT/test" --methods "$METHODS" \
-    --out "$ABL/test-$RECIPE_TEST-vs-selected$S.md"
+  .venv/bin/python benchmarks/compare_runs.py "$T$S" "$OUT/test" --methods "$METHODS" \
+    --out "$T-vs-selected$S.md"
 fi

@@ -290,24 +290,24 @@ def test_bf16_through_the_deepspeed_engine_on_cpu_tracks_fp32(tokens, tmp_path, 
         monkeypatch.setenv(name, value)
     train, _ = split_tables(_config(tokens, tmp_path, "dist.ray=false").data)
     losses = {}
-    for precision, fused in (("fp32", "auto"), ("bf16", "auto"), ("bf16-autocast", "auto"), ("bf16", "fused"),
-                             ("fp32", "fused")):
-        cfg = _config(tokens, tmp_path / f"{precision}-{fused}", f"dist.precision={precision}", "dist.num_workers=1",
-                      "data.batch_size=16", f"optim.implementation={fused}")
+    for precision, implementation in (("fp32", "auto"), ("bf16", "auto"), ("bf16-autocast", "auto"),
+                                      ("bf16", "fused"), ("fp32", "fused")):
+        cfg = _config(tokens, tmp_path / f"{precision}-{implementation}", f"dist.precision={precision}",
+                      "dist.num_workers=1", "data.batch_size=16", f"optim.implementation={implementation}")
         torch.manual_seed(0)
         stepper = DeepSpeedStepper(AEMGModel(cfg.model), cfg, world_size=1)
         # DeepSpeed bf16 holds bf16 parameters and batches; autocast keeps both float32 and lowers the matmuls
         assert stepper.dtype == (torch.bfloat16 if precision == "bf16" else torch.float32)
         assert {p.dtype for p in stepper.model.tokenizer.encoder.parameters()} == {stepper.dtype}
         # auto is torch's for-loop on CPU; DeepSpeed's bf16 wrapper keeps the torch optimizer inside it
-        assert stepper.optimizer_implementation == ("fused" if fused == "fused" else "for-loop")
+        assert stepper.optimizer_implementation == ("fused" if implementation == "fused" else "for-loop")
         batch = stepper.prepare(collate(train.slice(0, 16), cfg.data.max_tokens))
-        losses[precision, fused] = []
+        losses[precision, implementation] = []
         for step in range(2):
             torch.manual_seed(step)  # the same masks in both precisions
             out = stepper.forward(batch)
             stepper.step(out["loss"])
-            losses[precision, fused].append(float(out["loss"]))
+            losses[precision, implementation].append(float(out["loss"]))
     for precision in ("bf16", "bf16-autocast"):
         assert np.isfinite(losses[precision, "auto"]).all()
         np.testing.assert_allclose(losses[precision, "auto"], losses["fp32", "auto"], rtol=0.03)
@@ -327,8 +327,8 @@ def test_the_gpu_benchmark_runs_on_cpu_at_tiny_size(tmp_path):
 
     repo = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PRESETS": "tiny", "ZERO": "0", "COMPILE": "off", "PRECISION": "auto,bf16-autocast",
-           "OPTIMIZER": "auto,fused", "BATCH": "8", "STEPS": "2", "WARM": "1", "OUT": str(tmp_path), "PYTHON": sys.executable,
-           "OMP_NUM_THREADS": "1"}
+           "OPTIMIZER": "auto,fused", "BATCH": "8", "STEPS": "2", "WARM": "1", "OUT": str(tmp_path),
+           "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(["bash", str(repo / "benchmarks" / "gpu.sh")], env=env, capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
