@@ -189,7 +189,7 @@ if [ "$LONG_STEPS" -gt 0 ]; then
   fi
   # more unlabeled data: v7's pretraining also reading the synthetic corpus (tokenized like tokens-ws), fine-tuned at
   # the same 1,000 source steps and set against scratch at 3,000 (needs that row). Without its 64-channel grid
-  # (synth_hdgrid): those windows carry 141 tokens on average against the real ones' 23, and a batch pads to its
+  # (synth_hdgrid): those windows carry 141 tokens on average against the real ones' 24, and a batch pads to its
   # longest window, so with the grid a step took about 4x v7's (2026-12-04: 900 steps in 234 s against 4,100 for v7
   # side by side); the other three simulated devices add 31,680 windows of 16 tokens on average to the real 12,537
   if want v9-synthetic && want v7-long-base3000; then
