@@ -505,7 +505,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     if rank == 0:
         files.fetch(RUN_METRICS)  # a resumed run appends to the rows of the earlier attempts
     log = MetricsLog(files.local, enabled=rank == 0)
-    started, last = time.perf_counter(), {}
+    started = time.perf_counter()
     for step in range(start_step, cfg.optim.max_steps):
         if step == cfg.run.fail_at_step and rank == min(1, world - 1):
             _fail_once(cfg.run.out)
@@ -518,22 +518,33 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         if step == 0:
             _record_first_step(cfg.run.out, rank, rows, float(out["loss"].detach()), model)
         stepper.step(out["loss"])
-        last = {name: float(out[name].detach()) for name in METRICS if name in out}
-        last.update(lr=stepper.lr(), step=step + 1, elapsed_s=time.perf_counter() - started)
-        if (step + 1) % cfg.run.val_every == 0 or step + 1 == cfg.optim.max_steps:
+        done = step + 1
+        validate = done % cfg.run.val_every == 0 or done == cfg.optim.max_steps
+        checkpoint = done % cfg.run.checkpoint_every == 0 or done == cfg.optim.max_steps
+        if not (validate or checkpoint or done % cfg.run.log_every == 0):
+            continue  # the metrics stay on the device: reading them is a host sync on a GPU
+        last = _read_metrics(out)
+        last.update(lr=stepper.lr(), step=done, elapsed_s=time.perf_counter() - started)
+        if validate:
             last["val_loss"] = _validate(stepper, val, cfg)
-        if (step + 1) % cfg.run.log_every == 0 or "val_loss" in last:
+        if validate or done % cfg.run.log_every == 0:
             log.write(last)
-        if (step + 1) % cfg.run.checkpoint_every == 0 or step + 1 == cfg.optim.max_steps:
+        if checkpoint:
             log.flush()
             if rank == 0:
                 files.sync(RUN_METRICS, "tensorboard")  # before the checkpoint: never behind it
-            _checkpoint(stepper, step + 1, last, cfg.run.out, distributed)
+            _checkpoint(stepper, done, last, cfg.run.out, distributed)
     log.close()
     stepper.export(files.local / RUN_EXPORT, cfg.model, rank, _token_settings(cfg.data.tokens) if rank == 0 else None)
     if rank == 0:
         files.sync(RUN_METRICS, "tensorboard", RUN_EXPORT)
     files.close()
+
+
+def _read_metrics(out: dict[str, torch.Tensor]) -> dict[str, float]:
+    """The step's METRICS in `out` as numbers, in one host read."""
+    names = [name for name in METRICS if name in out]
+    return dict(zip(names, torch.stack([out[name].detach().float() for name in names]).tolist()))
 
 
 def _validate(stepper: PlainStepper, val: pa.Table | None, cfg: PretrainConfig) -> float:

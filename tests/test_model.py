@@ -239,6 +239,9 @@ def test_mask_tokens_ratio_padding_and_whole_groups():
     assert torch.equal(masked.sum(1), torch.where(n_real > 0, torch.round(0.3 * n_real).clamp_min(1), 0).long())
     assert torch.equal(masked, mask_tokens(real, positions, 0.3, torch.Generator().manual_seed(0)))
     assert not torch.equal(masked, mask_tokens(real, positions, 0.3, torch.Generator().manual_seed(1)))
+    # the unit count the training step passes (the padded length, no read of the batch) draws the same masks
+    assert torch.equal(masked, mask_tokens(real, positions, 0.3, torch.Generator().manual_seed(0),
+                                           n_units=real.shape[1]))
 
     by_group = mask_tokens(real, group, 0.5, torch.Generator().manual_seed(0))
     for row in range(real.shape[0]):
@@ -333,6 +336,71 @@ def test_dead_codes_are_restarted_on_current_inputs():
     assert (quantizer.unused_steps[4:] == 0).all()
     assert ((quantizer.codebook[4:] @ data.T).max(dim=1).values > 0.999).all()  # each restarted code is an input
     assert quantizer(data, valid).usage > 0.5
+
+
+def _narrowing_inputs(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unit vectors that spread widely for 8 steps, then gather in a narrow cone (most codes die there)."""
+    spread = 1.0 if step < 8 else 0.1
+    data = torch.nn.functional.normalize(torch.ones(64, 4) + spread * torch.randn(64, 4), dim=1)
+    return data, torch.rand(64) < 0.9
+
+
+def _count_calls(monkeypatch, owner, name: str) -> list[int]:
+    """Count the calls of owner.name (a one-element list that grows with each call's count)."""
+    calls, original = [0], getattr(owner, name)
+
+    def counted(*args, **kwargs):
+        calls[0] += 1
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, counted)
+    return calls
+
+
+def test_dead_code_check_reads_the_device_only_when_a_code_can_be_dead(monkeypatch):
+    """unused_steps grows by at most 1 per step, so after one read the quantizer knows for how many steps no code
+    can reach dead_code_steps and skips the read (a host sync on a GPU) until then: the same restarts, the same
+    buffers as reading every step, with fewer reads."""
+    restarts = _count_calls(monkeypatch, VectorQuantizer, "_restart")
+    reads = _count_calls(monkeypatch, torch.Tensor, "tolist")
+    states = {}
+    for every_step in (True, False):
+        restarts[0] = reads[0] = 0
+        torch.manual_seed(0)
+        quantizer = VectorQuantizer(size=16, dim=4, decay=0.9, dead_code_steps=5, kmeans_iters=3).train()
+        for step in range(40):
+            if every_step:
+                quantizer._steps_without_restart = 0
+            quantizer(*_narrowing_inputs(step))
+        states[every_step] = (quantizer.state_dict(), restarts[0], reads[0])
+    (checked, checked_restarts, checked_reads), (skipped, skipped_restarts, skipped_reads) = states[True], states[False]
+    assert checked_restarts >= 2 and skipped_restarts == checked_restarts
+    assert all(torch.equal(checked[name], skipped[name]) for name in checked)
+    assert checked_reads == 40 and skipped_reads <= 40 // 2
+
+
+def test_a_loaded_quantizer_reads_its_new_buffers():
+    """What the quantizer knows of its buffers without reading them (initialized, steps until a code can die) is
+    forgotten on load_state_dict: loaded, it continues as the quantizer that saved the state would have."""
+    def quantizer(steps: int) -> VectorQuantizer:
+        torch.manual_seed(steps)
+        vq = VectorQuantizer(size=16, dim=4, decay=0.9, dead_code_steps=5, kmeans_iters=3).train()
+        for step in range(steps):
+            vq(*_narrowing_inputs(step))
+        return vq
+
+    def continued(vq: VectorQuantizer) -> dict[str, torch.Tensor]:
+        torch.manual_seed(99)
+        for step in range(8, 20):
+            vq(*_narrowing_inputs(step))
+        return vq.state_dict()
+
+    for saved_after in (0, 12):  # a fresh (uninitialized) state, and one of codes about to die
+        loaded = quantizer(1)  # initialized, all codes just used: it would skip the next reads
+        assert loaded._steps_without_restart > 0
+        loaded.load_state_dict(quantizer(saved_after).state_dict())
+        expected = continued(quantizer(saved_after))
+        assert all(torch.equal(value, expected[name]) for name, value in continued(loaded).items())
 
 
 def _data_parallel_quantizer(rank: int, world: int, init_file: str, out_dir: str) -> None:

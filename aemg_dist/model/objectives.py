@@ -51,16 +51,18 @@ def masked_mean(values: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 
 def mask_tokens(real: torch.Tensor, units: torch.Tensor, ratio: float,
-                generator: torch.Generator | None = None) -> torch.Tensor:
+                generator: torch.Generator | None = None, n_units: int | None = None) -> torch.Tensor:
     """Choose the masked tokens: round(ratio * n), at least one, of the n units present in each row.
 
     real: (B, T) bool, True = real token. units: (B, T) long >= 0, the unit each token belongs to:
     its position for token masking, its group index for whole-group masking. Units are drawn
     uniformly without replacement using `generator` (on the batch's device) or, when it is None,
     the global torch RNG, so torch.manual_seed makes the masks reproducible. Returns (B, T) bool;
-    padding is never masked.
+    padding is never masked. n_units: 1 + the largest unit index in `units` when the caller knows it (token
+    positions: T), else read from `units` (a host sync on a GPU); the draws depend on it.
     """
-    n_units = int(units.max()) + 1
+    if n_units is None:
+        n_units = int(units.max()) + 1
     slot = torch.where(real, units, n_units)  # padding lands in an extra slot, dropped below
     present = torch.zeros(real.shape[0], n_units + 1, dtype=torch.bool, device=real.device)
     present = present.scatter_(1, slot, True)[:, :n_units]
@@ -158,8 +160,10 @@ class AEMGModel(nn.Module):
         """Mask tokens (or groups), encode the window, score the predicted codes of the masked tokens."""
         real = batch["mask"]
         positions = torch.arange(real.shape[1], device=real.device).expand_as(real)
-        masked = mask_tokens(real, batch["group"] if self.cfg.mask_whole_groups else positions, self.cfg.mask_ratio,
-                             generator)
+        if self.cfg.mask_whole_groups:
+            masked = mask_tokens(real, batch["group"], self.cfg.mask_ratio, generator)
+        else:  # every position of the padded window is a unit: n_units is known without reading the batch
+            masked = mask_tokens(real, positions, self.cfg.mask_ratio, generator, n_units=real.shape[1])
         hidden = self.encoder(*self.embed(batch, masked))[:, 1:]  # (B, T, d_model), window token dropped
         logits = self.head(hidden)  # (B, T, K)
         # the targets are integer codes: no gradient of this loss can reach the tokenizer

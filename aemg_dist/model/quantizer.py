@@ -87,6 +87,10 @@ class VectorQuantizer(nn.Module):
         self.register_buffer("embed_sum", torch.zeros(size, dim))
         self.register_buffer("unused_steps", torch.zeros(size, dtype=torch.long))  # training steps since last chosen
         self.register_buffer("initialized", torch.tensor(False))  # saved, so a reloaded codebook is not re-initialised
+        # host-side knowledge that spares the training step its reads of device buffers (each one a host sync on a
+        # GPU): whether `initialized` is known to be True, and for how many coming EMA steps no code can reach
+        # dead_code_steps (each step adds at most 1 to unused_steps). Both are forgotten when buffers are loaded.
+        self._known_initialized, self._steps_without_restart = False, 0
 
     def forward(self, z: torch.Tensor, valid: torch.Tensor, update: bool = True) -> Quantized:
         """Quantize z (..., D); only vectors with `valid` (...) True count in statistics and updates.
@@ -102,8 +106,10 @@ class VectorQuantizer(nn.Module):
         z = F.normalize(z.float(), dim=-1)
         flat, weight = z.reshape(-1, z.shape[-1]), valid.reshape(-1).float()
         learn = update and self.training
-        if learn and not self.initialized:
-            self._kmeans_init(flat.detach()[weight > 0])
+        if learn and not self._known_initialized:
+            if not self.initialized:
+                self._kmeans_init(flat.detach()[weight > 0])
+            self._known_initialized = True
         with torch.no_grad():  # the assignment has no gradient; the straight-through estimator provides one
             codes = (flat @ self.codebook.T).argmax(dim=1)
             counts = torch.bincount(codes, weights=weight, minlength=self.size)
@@ -111,7 +117,7 @@ class VectorQuantizer(nn.Module):
         batch_usage, batch_perplexity = (counts > 0).float().mean(), perplexity(counts)
         if learn:
             sums = torch.zeros_like(self.embed_sum).index_add_(0, codes, flat.detach() * weight[:, None])
-            self._ema_update(counts, sums, flat.detach()[weight > 0])
+            self._ema_update(counts, sums, flat.detach(), weight)
         commit = (flat - code_vectors).pow(2).sum(dim=1)
         quantized = flat + (code_vectors - flat).detach()
         shape = z.shape[:-1]
@@ -126,9 +132,14 @@ class VectorQuantizer(nn.Module):
             dist.broadcast(self.codebook, src=0)
         self.initialized.fill_(True)
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._known_initialized, self._steps_without_restart = False, 0  # new buffers: read them again
+
     @torch.no_grad()
-    def _ema_update(self, counts: torch.Tensor, sums: torch.Tensor, vectors: torch.Tensor) -> None:
-        """EMA step from this batch's per-code counts (K,) and sums (K, D); restart codes unused for too long."""
+    def _ema_update(self, counts: torch.Tensor, sums: torch.Tensor, flat: torch.Tensor, weight: torch.Tensor) -> None:
+        """EMA step from this batch's per-code counts (K,) and sums (K, D); restart codes unused for too long
+        on random rows of the batch's valid vectors (`flat` (N, D) where `weight` (N,) > 0)."""
         if _distributed():  # one all-reduce for both: a round trip costs more than the tiny model's step does
             both = torch.cat([counts[:, None], sums], dim=1)
             dist.all_reduce(both)
@@ -140,10 +151,17 @@ class VectorQuantizer(nn.Module):
         self.codebook.copy_(torch.where(used[:, None], F.normalize(self.embed_sum, dim=1), self.codebook))
         self.unused_steps.add_(1).masked_fill_(used, 0)
 
-        dead = self.unused_steps >= self.dead_code_steps  # identical on all ranks: built from all-reduced counts
-        n_dead = int(dead.sum())
-        if n_dead == 0:
+        if self._steps_without_restart > 0:  # no code can be dead yet: nothing to read (the same on all ranks)
+            self._steps_without_restart -= 1
             return
+        dead = self.unused_steps >= self.dead_code_steps  # identical on all ranks: built from all-reduced counts
+        # one host read: how many codes restart now, and the longest unused streak of those that stay
+        n_dead, longest_kept = torch.stack([dead.sum(), self.unused_steps.masked_fill(dead, 0).max()]).tolist()
+        if n_dead:
+            self._restart(dead, n_dead, flat[weight > 0])
+        self._steps_without_restart = self.dead_code_steps - 1 - longest_kept
+
+    def _restart(self, dead: torch.Tensor, n_dead: int, vectors: torch.Tensor) -> None:
         # re-seed dead codes on random current inputs, where the data is now; a rank without any
         # valid input proposes the old codes and rank 0's proposal wins anyway
         seeds = _sample_rows(vectors, n_dead) if vectors.shape[0] > 0 else self.codebook[dead]
