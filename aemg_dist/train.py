@@ -443,8 +443,7 @@ class DeepSpeedStepper(PlainStepper):
         self.model.tokenizer.quantizer.float()  # EMA codebook statistics stay float32 under bf16
 
     def prepare(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {k: v.to(self.engine.device, dtype=self.dtype if v.is_floating_point() else None)
-                for k, v in batch.items()}
+        return to_device(batch, self.engine.device, self.dtype)
 
     def forward(self, batch: dict[str, torch.Tensor], **kwargs: Any) -> dict[str, torch.Tensor]:
         # through the engine, as on a GPU: its hooks (ZeRO-3 gathers, timers, bf16 casts) run around the module
@@ -539,6 +538,16 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     if rank == 0:
         files.sync(RUN_METRICS, "tensorboard", RUN_EXPORT)
     files.close()
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """The batch on `device`, its floating-point tensors in `dtype`. To a GPU through pinned memory without waiting:
+    a copy from pageable memory synchronizes the stream, so the host could not queue the next step's work while the
+    device still runs this one."""
+    pinned = torch.device(device).type == "cuda"
+    return {k: (v.pin_memory() if pinned else v).to(device, dtype=dtype if v.is_floating_point() else None,
+                                                     non_blocking=pinned)
+            for k, v in batch.items()}
 
 
 def _read_metrics(out: dict[str, torch.Tensor]) -> dict[str, float]:

@@ -17,7 +17,7 @@ from aemg_dist.config import ConfigError
 from aemg_dist.data import tokenize_corpus
 from aemg_dist.model import load_inference, param_count
 from aemg_dist.tokens import TokenConfig
-from aemg_dist.train import load_pretrain_config, pretrain, split_tables, collate
+from aemg_dist.train import collate, load_pretrain_config, pretrain, split_tables, to_device
 from preprocessing.prepare import prepare
 from preprocessing.synthetic import SyntheticConfig, synthetic_jobs
 
@@ -270,6 +270,18 @@ def test_extra_token_folders_are_pretrained_on_and_counted_as_seen(tokens, extra
     with pytest.raises(ConfigError, match=f"data.extra_tokens {other} was tokenized with other settings"):
         pretrain(_config(tokens, tmp_path / "refused", "dist.ray=false", f"data.extra_tokens=[{other}]"))
     assert not (tmp_path / "refused").exists()
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[
+    pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")])])
+def test_batches_reach_the_device_with_their_values(device):
+    """On a GPU through pinned memory without waiting for the stream; the values arrive all the same."""
+    batch = {"features": torch.randn(4, 8, 32), "channel": torch.arange(32).reshape(4, 8)}
+    moved = to_device(batch, torch.device(device), torch.bfloat16)
+    assert {t.device.type for t in moved.values()} == {device}
+    assert moved["features"].dtype == torch.bfloat16 and moved["channel"].dtype == torch.long
+    assert torch.equal(moved["features"].cpu(), batch["features"].to(torch.bfloat16))
+    assert torch.equal(moved["channel"].cpu(), batch["channel"])
 
 
 def test_bf16_through_the_deepspeed_engine_on_cpu_tracks_fp32(tokens, tmp_path, monkeypatch):
