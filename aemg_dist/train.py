@@ -519,14 +519,15 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         stepper.step(out["loss"])
         done = step + 1
         validate = done % cfg.run.val_every == 0 or done == cfg.optim.max_steps
+        logged = validate or done % cfg.run.log_every == 0  # a validation loss is always logged
         checkpoint = done % cfg.run.checkpoint_every == 0 or done == cfg.optim.max_steps
-        if not (validate or checkpoint or done % cfg.run.log_every == 0):
+        if not (logged or checkpoint):
             continue  # the metrics stay on the device: reading them is a host sync on a GPU
         last = _read_metrics(out)
         last.update(lr=stepper.lr(), step=done, elapsed_s=time.perf_counter() - started)
         if validate:
             last["val_loss"] = _validate(stepper, val, cfg)
-        if validate or done % cfg.run.log_every == 0:
+        if logged:
             log.write(last)
         if checkpoint:
             log.flush()

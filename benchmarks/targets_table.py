@@ -17,7 +17,9 @@ balanced accuracy:
 
 A target whose trials the runs do not hold yet (the baselines of a `PART=aemg` run, no --lodo) reads "not judged"; the
 field targets are judged over the 6 datasets, so a partial run reads "missed" only once the datasets it lacks could
-not reach the bar. With --details, the numbers behind the verdicts follow: every method's mean level per budget, fine-tuned − scratch
+not reach the bar.
+
+With --details, the numbers behind the verdicts follow: every method's mean level per budget, fine-tuned − scratch
 per evaluation seed and per dataset, every dataset's fine-tuned, scratch and best baseline levels (naming the
 baseline), and per left-out dataset the mean levels of fine-tuning pretrained without it, pretrained with its other
 subjects (TEST_RUN's), scratch, TD+LDA and the best baseline.
