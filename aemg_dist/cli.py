@@ -595,7 +595,9 @@ def build_parser() -> argparse.ArgumentParser:
          "aemg pretrain --config configs/pretrain/tiny.yaml dist.zero_stage=2 model.codebook_size=256",
          "aemg pretrain --config configs/pretrain/tiny.yaml --no-ray optim.max_steps=50"])
     p.add_argument("--config", help="YAML with a PretrainConfig (preset, model, data, optim, run, dist)")
-    p.add_argument("--no-ray", action="store_true", help="run the same loop in this process, without Ray/DeepSpeed")
+    p.add_argument("--no-ray", action="store_true",
+                   help="run the same loop in this process with plain torch, without Ray/DeepSpeed (on the GPU if "
+                        "torch sees one, bf16 autocast there by default)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. preset=small optim.max_steps=1000")
     p.set_defaults(func=cmd_pretrain)
 

@@ -162,6 +162,9 @@ class PretrainConfig:
     dist: DistConfig = field(default_factory=DistConfig)
 
     def __post_init__(self) -> None:
+        if not self.dist.ray and self.dist.precision == "bf16":
+            raise ValueError("dist.precision=bf16 (bf16 weights) needs DeepSpeed; without Ray, train in bf16 with "
+                             "dist.precision=bf16-autocast (fp32 weights, bf16 matmuls)")
         if self.dist.ray and self.data.batch_size % self.dist.num_workers:
             raise ValueError(f"data.batch_size {self.data.batch_size} must be divisible by dist.num_workers "
                              f"{self.dist.num_workers}")
@@ -353,10 +356,17 @@ def _token_meaning(tokens: str) -> dict | None:
 
 
 class PlainStepper:
-    """Backward/step/checkpoint with plain torch (the --no-ray path)."""
+    """Backward/step/checkpoint with plain torch (the --no-ray path), on the GPU when there is one."""
 
-    def __init__(self, model: AEMGModel, cfg: PretrainConfig):
-        self.model = model
+    def __init__(self, model: AEMGModel, cfg: PretrainConfig, device: torch.device | None = None):
+        """`device`: where the model trains (default: the GPU when torch sees one, else the CPU). Precision: fp32
+        parameters; auto = bf16 autocast on a GPU, fp32 on CPU (the DeepSpeed path's choices, without bf16 weights)."""
+        device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model = model.to(device)
+        self.precision = cfg.dist.precision
+        if self.precision == "auto":
+            self.precision = "bf16-autocast" if device.type == "cuda" else "fp32"
+        self.dtype = torch.float32
         self.optimizer = torch.optim.AdamW(model.param_groups(cfg.optim.weight_decay), lr=cfg.optim.lr,
                                            betas=(cfg.optim.beta1, cfg.optim.beta2), **cfg.optim.adamw_options())
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg.optim))
@@ -384,11 +394,12 @@ class PlainStepper:
 
     def prepare(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The batch on the model's device (and precision, for DeepSpeed bf16)."""
-        return batch
+        return to_device(batch, self.device, self.dtype)
 
     def forward(self, batch: dict[str, torch.Tensor], **kwargs: Any) -> dict[str, torch.Tensor]:
-        """The model's losses on one prepared batch."""
-        return self.model(batch, **kwargs)
+        """The model's losses on one prepared batch (under bf16 autocast if that is the precision)."""
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16-autocast"):
+            return self.model(batch, **kwargs)
 
     @property
     def device(self) -> torch.device:
@@ -403,7 +414,9 @@ class PlainStepper:
                     "scheduler": self.scheduler.state_dict(), "step": step}, Path(folder) / "state.pt")
 
     def load(self, folder: str) -> int:
-        state = torch.load(Path(folder) / "state.pt", weights_only=True)  # tensors and plain containers only
+        # tensors and plain containers only; read to the CPU, so a GPU run's checkpoint also resumes without one
+        # (load_state_dict copies to the parameters' device)
+        state = torch.load(Path(folder) / "state.pt", weights_only=True, map_location="cpu")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -416,9 +429,8 @@ class DeepSpeedStepper(PlainStepper):
     def __init__(self, model: AEMGModel, cfg: PretrainConfig, world_size: int):
         import deepspeed
 
-        super().__init__(model, cfg)
-        self.precision = cfg.dist.precision
-        if self.precision == "auto":
+        super().__init__(model, cfg, device=next(model.parameters()).device)  # the engine places the model
+        if cfg.dist.precision == "auto":
             self.precision = "bf16" if torch.cuda.is_available() else "fp32"
         bf16 = self.precision == "bf16"
         ds_config = {
