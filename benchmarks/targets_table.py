@@ -141,7 +141,8 @@ def details(rows: list[dict], left_out: dict[str, list[dict]]) -> str:
                 ("scratch", lambda b: _mean(cells, "aemg_scratch", dataset, b)),
                 ("TD+LDA", lambda b: _mean(cells, "td_lda", dataset, b)),
                 ("best baseline", lambda b: _best_baseline(cells, dataset, b))):
-            lines.append(f"| {label} | " + " | ".join(f"{level(b):.3f}" for b in BUDGETS) + " |")
+            values = [level(b) for b in BUDGETS]  # nan: no trials of that method (e.g. the AEMG part alone)
+            lines.append(f"| {label} | " + " | ".join("–" if np.isnan(v) else f"{v:.3f}" for v in values) + " |")
     return "\n".join(lines)
 
 
@@ -172,8 +173,10 @@ def targets(test_runs: list[Path], lodo: dict[str, list[Path]], with_details: bo
         *_datasets_cell(per_dataset(cells, 0.0, lambda d: _mean(cells, "td_lda", d, 0.0) + ZERO_SHOT_MARGIN),
                         f"fine-tuned − (TD+LDA + {ZERO_SHOT_MARGIN})"))
     probe, tuned = mean_level(cells, "aemg_probe", 100.0), mean_level(cells, "aemg_finetune", 100.0)
-    add(f"probe within {PROBE_WITHIN} of fine-tuning at 100 %", f"{probe:.3f} vs {tuned:.3f}: {probe - tuned:+.3f}",
-        None if np.isnan(probe - tuned) else bool(probe - tuned >= -PROBE_WITHIN))
+    gap = probe - tuned
+    add(f"probe within {PROBE_WITHIN} of fine-tuning at 100 %",
+        "no probe or fine-tuning trials in these runs" if np.isnan(gap) else f"{probe:.3f} vs {tuned:.3f}: {gap:+.3f}",
+        None if np.isnan(gap) else bool(gap >= -PROBE_WITHIN))
     if not left_out:
         add("leave-one-dataset-out keeps the first target", "not run", None)
     for dataset, tuned in sorted(left_out.items()):

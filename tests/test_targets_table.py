@@ -70,6 +70,9 @@ def test_targets_without_their_trials_are_not_judged(tmp_path):
     table = targets(behind_everywhere, {})
     # behind the CNN on the 4 datasets measured, 2 of 6 not measured: 0 + 2 < 4 cannot reach the bar
     assert list(_rows(table).values())[1] == "missed" and "2 of 6 datasets not measured" in table
+    # the left-out dataset's levels name the methods not run with a dash, not a number
+    details = targets([aemg_only], {"alpha": [_run(tmp_path / "lodo", {"aemg_finetune": 0.65}, 0, rng)]}, True)
+    assert "| TD+LDA | – | – | – | – | – |" in details and "nan" not in details
 
 
 def test_details_give_each_seed_dataset_and_left_out_level(tmp_path):
