@@ -361,7 +361,8 @@ class PlainStepper:
     def __init__(self, model: AEMGModel, cfg: PretrainConfig, device: torch.device | None = None):
         """`device`: where the model trains (default: the GPU when torch sees one, else the CPU). Precision: fp32
         parameters; auto = bf16 autocast on a GPU, fp32 on CPU (the DeepSpeed path's choices, without bf16 weights)."""
-        device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if device is None:
+            device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model = model.to(device)
         self.precision = cfg.dist.precision
         if self.precision == "auto":
