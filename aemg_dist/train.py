@@ -69,11 +69,16 @@ class DataConfig:
     exclude_datasets: list[str] = field(default_factory=list)  # datasets never seen (leave-one-dataset-out)
     val_fraction: float = 0.1  # recordings held out for the validation loss (chosen by a hash of the key)
     shuffle_buffer: int = 4096  # rows mixed before batches are drawn (part files hold one recording's rows in order)
+    # object store memory each rank's reader may fill ahead of training (Ray Data's backpressure). Unbounded, a
+    # reader ran ahead through the whole epoch's files while the model trained, and its memory grew with the
+    # corpus (0.41 -> 0.88 GB at 4x the large synthetic scale); at 256 the large scale's steps took 4x as long
+    # (the reader starved), at 1024 as long as unbounded (benchmarks/RESULTS.md)
+    read_ahead_mb: int = 1024
 
     def __post_init__(self) -> None:
         # attention memory grows with batch x max_tokens^2: beyond these a step cannot fit any machine
         check_ranges(self, batch_size="[1, 65536]", max_tokens="[1, 16384]", val_fraction="[0, 1)",
-                     shuffle_buffer="[1, 16777216]")
+                     shuffle_buffer="[1, 16777216]", read_ahead_mb="[16, 1048576]")
 
     @property
     def token_folders(self) -> list[str]:
@@ -327,6 +332,16 @@ def reader_datasets(split: ShardSplit, seed: int, readers: int, rows_needed: int
     finally:
         context.use_datasource_v2 = v2
     return datasets
+
+
+def ingest_options(read_ahead_mb: int) -> Any:
+    """Ray Train's default ingest options (carried over from the driver's DataContext), with each reader's
+    execution allowed `read_ahead_mb` of the object store: the blocks it may hold before training takes them."""
+    from ray.train import DataConfig as RayDataConfig
+
+    options = RayDataConfig.default_ingest_options()
+    options.resource_limits = options.resource_limits.copy(object_store_memory=read_ahead_mb * 2**20)
+    return options
 
 
 # ---------------------------------------------------------------- optimisation
@@ -787,7 +802,8 @@ def _fit_on_ray(cfg: PretrainConfig, split: ShardSplit, callbacks: Sequence[Any]
                                 worker_runtime_env={"env_vars": {"DS_ACCELERATOR": os.environ["DS_ACCELERATOR"]}}),
         datasets=reader_datasets(split, cfg.run.seed, input_readers(len(split.files), cfg.dist.num_workers),
                                  cfg.optim.max_steps * cfg.data.batch_size),
-        dataset_config=RayDataConfig(datasets_to_split=[]),  # each rank reads its reader's dataset whole
+        # each rank reads its reader's dataset whole, at most read_ahead_mb ahead of its training
+        dataset_config=RayDataConfig(datasets_to_split=[], execution_options=ingest_options(cfg.data.read_ahead_mb)),
     )
     result = trainer.fit()
     return result.checkpoint.path if result.checkpoint else ""

@@ -1,6 +1,7 @@
 """Distributed overhead of pretraining: Ray Train + DeepSpeed (2 CPU workers) vs the plain loop.
 
     python benchmarks/bench_pretrain.py --tokens runs/demo/tokens --out benchmarks/out/pretrain.json
+    python benchmarks/bench_pretrain.py --tokens runs/demo/tokens --set data.read_ahead_mb=64   # any setting, every run
 
 Same model preset, same global batch, same number of steps. Time per step is taken from the
 runs' own metrics.csv between step `--warm` and the last step, so start-up (Ray, DeepSpeed,
@@ -37,10 +38,12 @@ def main() -> None:
     parser.add_argument("--warm", type=int, default=20)
     parser.add_argument("--zero-stages", default="0,2,3")
     parser.add_argument("--out", help="write the results as JSON here")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a pretraining setting for every run (repeatable), as on `aemg pretrain`'s command line")
     args = parser.parse_args()
     common = [f"preset={args.preset}", f"data.tokens={args.tokens}", f"data.batch_size={args.batch_size}",
               f"optim.max_steps={args.steps}", "run.log_every=10", f"run.checkpoint_every={args.steps}",
-              f"run.val_every={args.steps}", "data.val_fraction=0"]
+              f"run.val_every={args.steps}", "data.val_fraction=0", *args.set]
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         runs = {"plain": ["dist.ray=false"], **{f"ray_zero{z}": [f"dist.zero_stage={z}"]
@@ -56,7 +59,8 @@ def main() -> None:
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps({"seconds_per_step": results, "batch_size": args.batch_size,
-                                              "preset": args.preset, "steps": args.steps}, indent=1))
+                                              "preset": args.preset, "steps": args.steps, "settings": args.set},
+                                             indent=1))
 
 
 if __name__ == "__main__":

@@ -28,6 +28,9 @@ class TreePeaks:
     total_mb: float  # peak of the sum over the whole tree (shared pages count once per process)
     ray_system_mb: float  # peak of the sum over Ray's daemons
     workers_mb: dict[str, float] = field(default_factory=dict)  # "pid title" -> that worker's peak
+    # "pid title" -> that worker's peak of RSS less its shared pages: what the process holds itself, without the
+    # object store's blocks it wrote or read (shared memory, one copy on the node, mapped into each process)
+    workers_private_mb: dict[str, float] = field(default_factory=dict)
 
     @property
     def max_worker_mb(self) -> float:
@@ -65,11 +68,13 @@ def _sample(proc: subprocess.Popen, interval_s: float) -> TreePeaks:
     root = psutil.Process(proc.pid)
     peaks = TreePeaks(wall_s=0.0, driver_mb=0.0, total_mb=0.0, ray_system_mb=0.0)
     workers: dict[int, tuple[float, str]] = {}  # pid -> (peak, the title it had then)
+    private: dict[int, float] = {}  # pid -> peak of RSS less shared pages
     while proc.poll() is None:
         total = system = 0.0
         for p in [root, *_children(root)]:
             try:
-                rss, cmdline = p.memory_info().rss / MB, p.cmdline()
+                memory, cmdline = p.memory_info(), p.cmdline()
+                rss = memory.rss / MB
             except psutil.Error:  # ended between the listing and the reading
                 continue
             total += rss
@@ -78,11 +83,13 @@ def _sample(proc: subprocess.Popen, interval_s: float) -> TreePeaks:
             elif is_ray_worker(cmdline):
                 title = cmdline[0] if cmdline[0].startswith("ray::") else "ray::starting"
                 workers[p.pid] = max(workers.get(p.pid, (0.0, "")), (rss, title))
+                private[p.pid] = max(private.get(p.pid, 0.0), (memory.rss - memory.shared) / MB)
             else:
                 system += rss
         peaks.total_mb, peaks.ray_system_mb = max(peaks.total_mb, total), max(peaks.ray_system_mb, system)
         time.sleep(interval_s)
     peaks.workers_mb = {f"{pid} {title}": rss for pid, (rss, title) in workers.items()}
+    peaks.workers_private_mb = {f"{pid} {title}": private[pid] for pid, (_, title) in workers.items()}
     return peaks
 
 

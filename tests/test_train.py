@@ -17,7 +17,7 @@ from aemg_dist.config import ConfigError
 from aemg_dist.data import tokenize_corpus
 from aemg_dist.model import load_inference, param_count
 from aemg_dist.tokens import TokenConfig
-from aemg_dist.train import collate, load_pretrain_config, pretrain, split_tables, to_device
+from aemg_dist.train import collate, ingest_options, load_pretrain_config, pretrain, split_tables, to_device
 from preprocessing.prepare import prepare
 from preprocessing.synthetic import SyntheticConfig, synthetic_jobs
 
@@ -109,10 +109,25 @@ def test_export_reloads_to_identical_outputs(tokens, tmp_path):
     ("data.batch_size=15", "divisible"),
     ("preset=huge", "unknown model preset"),
     ("optim.implementation=fast", "optim.implementation must be one of auto, fused, foreach, for-loop, got 'fast'"),
+    ("data.read_ahead_mb=8", "read_ahead_mb"),
 ])
 def test_bad_configs_fail_before_any_worker_starts(tokens, tmp_path, override, match):
     with pytest.raises(ConfigError, match=match):
         _config(tokens, tmp_path, override)
+
+
+def test_each_reader_may_hold_read_ahead_mb_of_the_object_store_and_keeps_the_drivers_other_options():
+    from ray.data import DataContext
+
+    context = DataContext.get_current()
+    order, context.execution_options.preserve_order = context.execution_options.preserve_order, True
+    try:
+        options = ingest_options(64)
+    finally:
+        context.execution_options.preserve_order = order
+    assert options.resource_limits.object_store_memory == 64 * 2**20
+    assert options.preserve_order  # carried over from the driver's context, as Ray Train's default does
+    assert context.execution_options.resource_limits.object_store_memory != 64 * 2**20  # the driver's left as it was
 
 
 def test_missing_tokens_fail_with_the_path(tmp_path):
