@@ -95,7 +95,7 @@ def worker_kinds(workers_mb: dict[str, float]) -> dict[str, float]:
     readers compare even when Ray Data fuses them differently."""
     kinds: dict[str, float] = {}
     for worker, rss in workers_mb.items():
-        kind = worker.split(" ", 1)[-1].split("->", 1)[0]
+        kind = _title(worker).split("->", 1)[0]
         kinds[kind] = max(kinds.get(kind, 0.0), rss)
     return kinds
 
@@ -106,9 +106,14 @@ def kinds_over(small: dict[str, float], large: dict[str, float], limit: float) -
             if large[kind] > limit * small[kind]}
 
 
+def _title(worker: str) -> str:
+    """A worker's process title, from TreePeaks' "pid title"."""
+    return worker.split(" ", 1)[-1]
+
+
 def _row(peaks: TreePeaks) -> str:
     return (f"{peaks.wall_s:.1f} s, driver {peaks.driver_mb:.0f} MB, max worker {peaks.max_worker_mb:.0f} MB "
-            f"({peaks.max_worker.split(' ', 1)[-1]}), Ray daemons {peaks.ray_system_mb:.0f} MB, total {peaks.total_mb:.0f} MB")
+            f"({_title(peaks.max_worker)}), Ray daemons {peaks.ray_system_mb:.0f} MB, total {peaks.total_mb:.0f} MB")
 
 
 def tables(results: dict[str, dict]) -> str:
@@ -121,7 +126,7 @@ def tables(results: dict[str, dict]) -> str:
             s, p = r["size"], r["stages"][stage]
             lines.append(f"| {stage} | {name} | {s['subjects']} | {s['recordings']} | {s['emg_hours']} | "
                          f"{p['wall_s']:.1f} | {p['driver_mb']:.0f} | {p['max_worker_mb']:.0f} | "
-                         f"{p['ray_system_mb']:.0f} | {p['total_mb']:.0f} | {p['max_worker'].split(' ', 1)[-1]} |")
+                         f"{p['ray_system_mb']:.0f} | {p['total_mb']:.0f} | {_title(p['max_worker'])} |")
     lines += ["", f"| stage | {large}/{small} wall | driver | max worker | total | worker kinds over {TARGET_RATIO} | "
               f"the same, private memory | <= {TARGET_RATIO} |", "|---|---|---|---|---|---|---|---|"]
     for stage, ratio in ratios(results).items():
@@ -161,8 +166,9 @@ def main() -> None:
     args = parser.parse_args()
     if not 0 < args.fraction <= 1 or args.factor < 2:
         parser.error("--fraction must be in (0, 1] and --factor at least 2")
-    stages = [stage for stage in STAGES if stage in args.stages.split(",")]
-    if unknown := set(args.stages.split(",")) - set(STAGES):
+    named = args.stages.split(",")
+    stages = [stage for stage in STAGES if stage in named]
+    if unknown := set(named) - set(STAGES):
         parser.error(f"--stages: unknown {', '.join(sorted(unknown))} (choose from {', '.join(STAGES)})")
     if stages != list(STAGES) and not args.work:
         parser.error("--stages without every stage needs --work: the folder where the stages left out ran")
